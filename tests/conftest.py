@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from core.nets import Critic, CriticConfig, Generator, GeneratorConfig
+from core.zoo import SourceModel
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(0)
+    monkeypatch.setenv("MINEGAN_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def tiny_source(width: int = 4, z_dim: int = 8, n_classes: int = 0, name: str = "tiny") -> SourceModel:
+    G = Generator(GeneratorConfig(z_dim=z_dim, img_size=28, channels=1, width=width, n_classes=n_classes))
+    D = Critic(CriticConfig(img_size=28, channels=1, width=width, n_classes=n_classes))
+    return SourceModel(name=name, G=G.eval(), D=D, meta={})
+
+
+@pytest.fixture
+def source() -> SourceModel:
+    return tiny_source()
+
+
+@pytest.fixture
+def target() -> torch.Tensor:
+    # a small target set: bright square blobs, clearly not what a random G produces
+    x = -torch.ones(16, 1, 28, 28)
+    for i in range(16):
+        r, c = 4 + i % 8, 6 + i % 5
+        x[i, :, r : r + 12, c : c + 10] = 1.0
+    return x

@@ -1,0 +1,49 @@
+import pytest
+import torch
+
+from core.nets import ClassEmbeddingMiner, Critic, CriticConfig, Generator, GeneratorConfig, Miner, MinerConfig
+
+
+@pytest.mark.parametrize("size,channels", [(28, 1), (32, 3), (64, 3)])
+def test_generator_and_critic_shapes(size: int, channels: int) -> None:
+    G = Generator(GeneratorConfig(z_dim=16, img_size=size, channels=channels, width=4))
+    D = Critic(CriticConfig(img_size=size, channels=channels, width=4))
+    x = G(torch.randn(3, 16))
+    assert x.shape == (3, channels, size, size)
+    assert x.min() >= -1 and x.max() <= 1
+    assert D(x).shape == (3,)
+
+
+def test_conditional_variant_uses_the_label() -> None:
+    G = Generator(GeneratorConfig(z_dim=8, width=4, n_classes=10))
+    D = Critic(CriticConfig(width=4, n_classes=10))
+    z = torch.randn(2, 8)
+    a = G(z, torch.tensor([0, 0]))
+    b = G(z, torch.tensor([5, 5]))
+    assert not torch.allclose(a, b)
+    assert D(a, torch.tensor([0, 1])).shape == (2,)
+    with pytest.raises(ValueError):
+        G(z)
+
+
+def test_unsupported_size_is_refused() -> None:
+    with pytest.raises(ValueError, match="unsupported image size"):
+        Generator(GeneratorConfig(img_size=30))
+
+
+def test_miner_matches_appendix_a() -> None:
+    M = Miner(MinerConfig())  # MNIST: two FC layers of |z| = 128, N(0, 0.01) init
+    linears = [m for m in M.modules() if isinstance(m, torch.nn.Linear)]
+    assert [(lin.in_features, lin.out_features) for lin in linears] == [(128, 128), (128, 128)]
+    w = torch.cat([lin.weight.detach().flatten() for lin in linears])
+    assert abs(float(w.std()) - 0.01) < 0.001 and abs(float(w.mean())) < 0.001
+    assert M(torch.randn(5, 128)).shape == (5, 128)
+    deep = Miner(MinerConfig(z_dim=16, hidden=32, layers=4))
+    assert sum(isinstance(m, torch.nn.Linear) for m in deep.modules()) == 4
+
+
+def test_class_embedding_miner_outputs_embeddings() -> None:
+    Mc = ClassEmbeddingMiner(MinerConfig(z_dim=16, hidden=16, layers=2, out_dim=12))
+    assert Mc(torch.randn(4, 16)).shape == (4, 12)
+    with pytest.raises(ValueError):
+        ClassEmbeddingMiner(MinerConfig(z_dim=16))
