@@ -89,6 +89,19 @@ def cmd_mnist_zip(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(a: argparse.Namespace) -> int:
+    import uvicorn
+
+    from api.main import create_app
+    from store.settings import get_settings
+
+    settings = get_settings()
+    mode = "embedded (SQLite, local storage, in-process worker, no auth)" if settings.embedded else "service (Celery + S3)"
+    print(f"minegan serve: {mode}; database {settings.database_url}; http://{a.host}:{a.port}/docs", file=sys.stderr)
+    uvicorn.run(create_app(settings), host=a.host, port=a.port, log_level="warning")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="minegan", description="Few-shot GAN transfer by mining (MineGAN / MineGAN++).")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -124,6 +137,11 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--steps", type=int, default=None)
     b.add_argument("--seed", type=int, default=0)
     b.set_defaults(fn=cmd_zoo_build)
+
+    v = sub.add_parser("serve", help="run the HTTP API (embedded worker unless MINEGAN_BROKER_URL is set)")
+    v.add_argument("--host", default="127.0.0.1")
+    v.add_argument("--port", type=int, default=8000)
+    v.set_defaults(fn=cmd_serve)
 
     m = sub.add_parser("mnist-zip", help="write a zip of real MNIST images (for demos and tests)")
     m.add_argument("--digits", required=True, help="comma-separated digits, e.g. 9 or 3,8")

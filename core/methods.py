@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -145,7 +146,7 @@ class _Run:
         done = sum(s.steps for s in self.stages[: self.stage_idx])
         return done + (self.state.step if self.state else 0)
 
-    def checkpoint(self) -> None:
+    def checkpoint(self) -> Path:
         st = self.state
         obj = {
             "format": RUN_FORMAT, "config": _jsonable(asdict(self.cfg)), "source": self.source.name,
@@ -161,6 +162,7 @@ class _Run:
         for old in self.run_dir.glob("ckpt-*.pt"):  # keep only the newest
             if old != path:
                 old.unlink(missing_ok=True)
+        return path
 
     def restore(self, path: Path) -> None:
         obj = checkpoints.load(path)
@@ -201,8 +203,11 @@ def train(
     on_progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
     device: str = "cpu",
+    after_checkpoint: Callable[[Path], None] | None = None,
 ) -> RunResult:
-    """Run ``cfg.method`` from ``source`` on ``target`` ([N, C, H, W] in [-1, 1]); resumable via ``run_dir``."""
+    """Run ``cfg.method`` from ``source`` on ``target`` ([N, C, H, W] in [-1, 1]); resumable via ``run_dir``.
+
+    ``after_checkpoint(path)`` is called after each checkpoint is written (the worker uploads it)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if tuple(target.shape[1:]) != (source.G.cfg.channels, source.G.cfg.img_size, source.G.cfg.img_size):
@@ -234,7 +239,9 @@ def train(
         def _ckpt() -> None:
             run.elapsed += time.perf_counter() - t_last[0]
             t_last[0] = time.perf_counter()
-            run.checkpoint()
+            path = run.checkpoint()
+            if after_checkpoint is not None:
+                after_checkpoint(path)
 
         run_stage(mods, run.state, stage, images, None, step_offset=run.global_step - run.state.step,
                   total_steps=cfg.total_steps, on_progress=on_progress, should_stop=should_stop,
@@ -242,7 +249,9 @@ def train(
         run.elapsed += time.perf_counter() - t_last[0]
         run.stage_idx += 1
         run.state = None
-        run.checkpoint()
+        path = run.checkpoint()
+        if after_checkpoint is not None:
+            after_checkpoint(path)
     model = MinedGenerator(mods.G.cpu().eval(), mods.M.cpu().eval() if mods.M is not None else None)
     summary = {"method": cfg.method, "source": source.name, "steps": cfg.total_steps, "train_seconds": round(run.elapsed, 2),
                "steps_per_s": round(cfg.total_steps / max(run.elapsed, 1e-9), 3), **run.history}

@@ -24,11 +24,15 @@ def source() -> SourceModel:
     return tiny_source()
 
 
-@pytest.fixture
-def target() -> torch.Tensor:
-    # a small target set: bright square blobs, clearly not what a random G produces
-    x = -torch.ones(16, 1, 28, 28)
-    for i in range(16):
+def blobs_target(n: int = 16) -> torch.Tensor:
+    """A small target set: bright rectangles, clearly not what a random G produces. [n, 1, 28, 28]"""
+    x = -torch.ones(n, 1, 28, 28)
+    for i in range(n):
         r, c = 4 + i % 8, 6 + i % 5
         x[i, :, r : r + 12, c : c + 10] = 1.0
     return x
+
+
+@pytest.fixture
+def target() -> torch.Tensor:
+    return blobs_target(16)

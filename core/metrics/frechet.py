@@ -2,7 +2,7 @@
 
 * FID / FD: ||mu_r - mu_g||^2 + Tr(S_r + S_g - 2 (S_r S_g)^(1/2)) between Gaussian fits of two feature
   sets (Heusel et al.).
-* KMMD with a Gaussian kernel (as in BSA, Noguchi & Harada 2019): the unbiased MMD^2 estimate with
+* KMMD with a Gaussian kernel (as in BSA, Noguchi & Harada 2019): the (biased, non-negative) MMD^2 estimate with
   k(a, b) = exp(-||a - b||^2 / (2 sigma^2)); sigma defaults to the median pairwise distance of the
   pooled features (the usual bandwidth heuristic). Low is better.
 * MV, mean variance: the per-dimension variance of the generated features averaged over dimensions;
@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,7 +35,9 @@ def gaussian_stats(feats: np.ndarray) -> GaussianStats:
 
 def frechet_distance(a: GaussianStats, b: GaussianStats, eps: float = 1e-6) -> float:
     diff = a.mu - b.mu
-    covmean, _ = scipy.linalg.sqrtm(a.sigma @ b.sigma, disp=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # singular products are handled below
+        covmean = scipy.linalg.sqrtm(a.sigma @ b.sigma)
     if not np.isfinite(covmean).all():  # near-singular product: regularise (as in the reference FID code)
         offset = np.eye(a.sigma.shape[0]) * eps
         covmean = scipy.linalg.sqrtm((a.sigma + offset) @ (b.sigma + offset))
@@ -43,7 +46,7 @@ def frechet_distance(a: GaussianStats, b: GaussianStats, eps: float = 1e-6) -> f
 
 
 def kmmd(x: np.ndarray, y: np.ndarray, sigma: float | None = None) -> float:
-    """Unbiased MMD^2 with a Gaussian kernel between feature sets x [N, F] and y [M, F]."""
+    """MMD^2 (biased V-statistic: >= 0, exactly 0 for identical sets) with a Gaussian kernel between feature sets x [N, F] and y [M, F]."""
     xt = torch.as_tensor(np.asarray(x), dtype=torch.float64)
     yt = torch.as_tensor(np.asarray(y), dtype=torch.float64)
     if sigma is None:
@@ -55,11 +58,7 @@ def kmmd(x: np.ndarray, y: np.ndarray, sigma: float | None = None) -> float:
     def k(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return torch.exp(-gamma * torch.cdist(a, b) ** 2)
 
-    n, m = xt.shape[0], yt.shape[0]
-    kxx, kyy, kxy = k(xt, xt), k(yt, yt), k(xt, yt)
-    sxx = (kxx.sum() - kxx.diagonal().sum()) / (n * (n - 1))
-    syy = (kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1))
-    return float(sxx + syy - 2 * kxy.mean())
+    return float(k(xt, xt).mean() + k(yt, yt).mean() - 2 * k(xt, yt).mean())
 
 
 def mean_variance(feats: np.ndarray) -> float:

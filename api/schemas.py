@@ -1,0 +1,97 @@
+"""Pydantic schemas of the HTTP API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from core.methods import METHODS
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
+
+
+class MethodOptions(BaseModel):
+    """Optional method settings (defaults: Appendix A / Sec. 5 of the paper)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    n_critic: int | None = Field(default=None, ge=1, le=20)
+    miner_layers: int | None = Field(default=None, ge=1, le=8)
+    miner_hidden: int | None = Field(default=None, ge=1, le=4096)
+    lr_miner: float | None = Field(default=None, gt=0, le=0.1)
+    lr_generator: float | None = Field(default=None, gt=0, le=0.1)
+    lr_critic: float | None = Field(default=None, gt=0, le=0.1)
+    sparse_top_fraction: float | None = Field(default=None, gt=0, le=1)
+    sparse_min_weights: int | None = Field(default=None, ge=1)
+    freeze_critic_layers: int | None = Field(default=None, ge=0, le=8)
+
+
+class JobSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    sources: list[str] = Field(min_length=1, max_length=8, description="source model ids (see GET /models)")
+    method: str = Field(default="minegan++", description=f"one of {', '.join(METHODS)}")
+    mining_steps: int = Field(default=300, ge=0, le=100_000)
+    finetune_steps: int = Field(default=200, ge=0, le=100_000)
+    batch_size: int = Field(default=64, ge=1, le=1024)
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    options: MethodOptions = Field(default_factory=MethodOptions)
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, v: str) -> str:
+        if v not in METHODS:
+            raise ValueError(f"unknown method {v!r}; choose one of {', '.join(METHODS)}")
+        return v
+
+    def run_options(self) -> dict[str, Any]:
+        return {k: v for k, v in self.options.model_dump().items() if v is not None}
+
+
+class ErrorInfo(BaseModel):
+    code: str
+    message: str
+
+
+class JobPublic(BaseModel):
+    id: str
+    status: JobStatus
+    phase: str | None
+    progress: float
+    step: int
+    total_steps: int
+    method: str
+    spec: dict[str, Any]
+    stats: dict[str, Any] | None
+    metrics: dict[str, Any] | None
+    target: dict[str, Any] | None
+    error: ErrorInfo | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    links: dict[str, str]
+
+
+class JobList(BaseModel):
+    items: list[JobPublic]
+    total: int
+    limit: int
+    offset: int
+
+
+class Artifact(BaseModel):
+    name: str
+    key: str
+    url: str
+
+
+class ModelInfo(BaseModel):
+    id: str
+    resolution: int
+    channels: int
+    conditional: bool
+    n_classes: int
+    z_dim: int
+    description: str

@@ -1,0 +1,49 @@
+"""What the app holds for its lifetime: settings, blob store, job dispatcher, and the sampling cache."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from core.methods import load_model
+from core.mining import MinedGenerator
+from store.blobs import BlobStore
+from store.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class ModelCache:
+    """Finished jobs' generators, loaded once from the blob store and kept (LRU) for sampling."""
+
+    def __init__(self, blobs: BlobStore, size: int) -> None:
+        self.blobs, self.size = blobs, size
+        self._items: OrderedDict[str, MinedGenerator] = OrderedDict()
+        self._lock = threading.Lock()
+        self.loads = 0  # how many times a model was fetched from storage (tests assert on it)
+
+    def get(self, key: str) -> MinedGenerator:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        model, _ = load_model(self.blobs.get(key))
+        with self._lock:
+            self.loads += 1
+            self._items[key] = model
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return model
+
+
+@dataclass
+class Services:
+    settings: Settings
+    blobs: BlobStore
+    enqueue: Callable[[str], None]
+    models: ModelCache
+    check_broker: Callable[[], None] = field(default=lambda: None)
+    sample_lock: threading.Lock = field(default_factory=threading.Lock)

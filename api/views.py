@@ -1,0 +1,17 @@
+"""Job row -> public JSON."""
+
+from __future__ import annotations
+
+from api.schemas import ErrorInfo, JobPublic
+from store.models import Job
+
+
+def job_public(job: Job) -> JobPublic:
+    links = {"self": f"/jobs/{job.id}", "cancel": f"/jobs/{job.id}/cancel", "artifacts": f"/jobs/{job.id}/artifacts",
+             "sample": f"/jobs/{job.id}/sample?n=16"}
+    return JobPublic(
+        id=job.id, status=job.status, phase=job.phase, progress=round(job.progress, 4), step=job.step,  # type: ignore[arg-type]
+        total_steps=job.total_steps, method=job.method, spec=job.spec, stats=job.stats, metrics=job.metrics,
+        target=job.target_report, error=ErrorInfo(code=job.error_code, message=job.error_message or "") if job.error_code else None,
+        created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at, links=links,
+    )

@@ -1,0 +1,1 @@
+"""Service glue shared by the API and the worker: settings, SQL models, data access, blob storage."""

@@ -1,0 +1,124 @@
+"""The HTTP API in embedded mode (SQLite, local blobs, in-process worker) on a tiny source model.
+
+Unit-level: SQLite and the in-process worker stand in for PostgreSQL/Celery here; the same routes run
+against the real stack in tests/integration/.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from api.main import create_app
+from store.settings import Settings
+from tests.helpers import TINY_SPEC, target_zip_bytes, wait_for, write_tiny_zoo
+
+
+@pytest.fixture
+def client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
+    weights = tmp_path / "zoo"
+    write_tiny_zoo(weights)
+    monkeypatch.setattr("core.zoo.WEIGHTS_DIR", weights)
+    settings = Settings(database_url=f"sqlite:///{tmp_path}/db.sqlite", storage_dir=str(tmp_path / "blobs"),
+                        work_dir=str(tmp_path / "work"), progress_interval_s=0, checkpoint_every=2)
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+def submit(client: TestClient, spec: dict | str = TINY_SPEC, data: bytes | None = None):  # type: ignore[no-untyped-def]
+    files = {"images": ("target.zip", data if data is not None else target_zip_bytes(), "application/zip")}
+    return client.post("/jobs", files=files, data={"spec": spec if isinstance(spec, str) else json.dumps(spec)})
+
+
+def test_submit_poll_sample(client: TestClient) -> None:
+    r = submit(client)
+    assert r.status_code == 202, r.text
+    job = r.json()
+    assert job["status"] in ("queued", "running") and job["total_steps"] == 6 and job["target"]["n_images"] == 16
+    done = wait_for(client, job["id"])
+    assert done["status"] == "succeeded", done
+    assert done["progress"] == 1.0 and done["step"] == 6 and "g_loss" in done["stats"]
+    assert "fd_classifier" in done["metrics"] or "train_seconds" in done["metrics"]
+
+    png = client.get("/sample?n=16")
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+    img = Image.open(io.BytesIO(png.content))
+    assert img.size == (4 * 30 + 2, 4 * 30 + 2)  # 4x4 grid of 28px images with 2px padding
+    assert client.get(f"/jobs/{job['id']}/sample?n=16").content == png.content  # same seed -> same images
+    assert client.get("/sample?n=16&seed=1").content != png.content
+
+    z = client.get(f"/sample?n=5&format=zip&job={job['id']}")
+    assert z.headers["content-type"] == "application/zip"
+    assert len(zipfile.ZipFile(io.BytesIO(z.content)).namelist()) == 5
+    assert client.app.state.services.models.loads == 1  # loaded once, then served from the cache
+
+    names = {a["name"] for a in client.get(f"/jobs/{job['id']}/artifacts").json()}
+    assert {"model.pt", "samples.png", "metrics.json"} <= names
+    url = next(a["url"] for a in client.get(f"/jobs/{job['id']}/artifacts").json() if a["name"] == "samples.png")
+    assert client.get(url).headers["content-type"] == "image/png"
+    listing = client.get("/jobs?limit=5").json()
+    assert listing["total"] == 1 and listing["items"][0]["id"] == job["id"]
+
+
+@pytest.mark.parametrize(
+    "spec,field",
+    [
+        ("{not json", "spec is not valid JSON"),
+        ({**TINY_SPEC, "method": "magic"}, "method"),
+        ({**TINY_SPEC, "sources": ["nope"]}, "sources"),
+        ({**TINY_SPEC, "mining_steps": -1}, "mining_steps"),
+        ({**TINY_SPEC, "batch_size": 64}, "batch_size"),
+        ({**TINY_SPEC, "bogus": 1}, "bogus"),
+    ],
+)
+def test_bad_specs_get_422_naming_the_field(client: TestClient, spec, field: str) -> None:  # type: ignore[no-untyped-def]
+    r = submit(client, spec)
+    assert r.status_code == 422, r.text
+    err = r.json()["error"]
+    assert field in err["message"] and err["code"] in ("invalid_spec", "unknown_source")
+    assert client.get("/healthz").status_code == 200
+
+
+def test_bad_uploads_get_clear_errors(client: TestClient) -> None:
+    r = submit(client, data=b"this is not a zip")
+    assert r.status_code == 422 and "not a zip" in r.json()["error"]["message"]
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("readme.txt", "no images here")
+    r = submit(client, data=buf.getvalue())
+    assert r.status_code == 422 and "no readable" in r.json()["error"]["message"]
+    assert client.get("/jobs").json()["total"] == 0  # nothing was created
+
+
+def test_sample_limits_and_unknown_jobs(client: TestClient) -> None:
+    assert client.get("/sample").status_code == 404
+    assert client.get("/sample?n=0").status_code == 422
+    r = client.get("/sample?n=257")
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request"
+    assert client.get("/jobs/does-not-exist").json()["error"]["code"] == "job_not_found"
+
+
+def test_cancel_a_running_job(client: TestClient) -> None:
+    spec = {**TINY_SPEC, "mining_steps": 5000, "finetune_steps": 0}
+    job = submit(client, spec).json()
+    wait_for(client, job["id"], until=("running",))
+    r = client.post(f"/jobs/{job['id']}/cancel")
+    assert r.status_code == 200
+    done = wait_for(client, job["id"], timeout=30)
+    assert done["status"] == "canceled" and done["step"] < 5000
+    assert client.get(f"/jobs/{job['id']}/sample").status_code == 409
+
+
+def test_models_and_readiness(client: TestClient) -> None:
+    models = client.get("/models").json()
+    assert models == [{"id": "tiny-src", "resolution": 28, "channels": 1, "conditional": False, "n_classes": 0,
+                       "z_dim": 8, "description": "tiny test source"}]
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["checks"] == {"database": "ok", "broker": "ok", "storage": "ok"}

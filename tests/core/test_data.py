@@ -1,0 +1,68 @@
+import io
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from core.data import TargetDataError, load_mnist, load_target, write_mnist_zip
+
+
+def _png(mode: str, size: tuple[int, int], value: int = 200) -> bytes:
+    img = Image.new(mode, size, value if mode == "L" else (value, 0, 0))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_zip_of_rgb_images_is_converted_and_reported(tmp_path: Path) -> None:
+    path = tmp_path / "t.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        for i in range(3):
+            zf.writestr(f"img{i}.png", _png("RGB", (64, 48)))
+        zf.writestr("notes.txt", "not an image")
+        zf.writestr("broken.png", b"\x89PNG garbage")
+    ts = load_target(path, channels=1, size=28)
+    assert ts.images.shape == (3, 1, 28, 28)
+    assert ts.images.min() >= -1 and ts.images.max() <= 1
+    assert ts.report["converted"] == {"mode RGB -> L": 3, "resized 64x48 -> 28x28": 3}
+    assert len(ts.report["skipped"]) == 1 and "broken.png" in ts.report["skipped"][0]
+
+
+def test_folder_and_grayscale_to_rgb(tmp_path: Path) -> None:
+    (tmp_path / "a.png").write_bytes(_png("L", (32, 32), 255))
+    ts = load_target(tmp_path, channels=3, size=32)
+    assert ts.images.shape == (1, 3, 32, 32) and float(ts.images.min()) == 1.0
+    assert ts.report["converted"] == {"mode L -> RGB": 1}
+
+
+def test_no_images_and_not_a_zip_are_errors(tmp_path: Path) -> None:
+    empty = tmp_path / "e.zip"
+    with zipfile.ZipFile(empty, "w") as zf:
+        zf.writestr("readme.txt", "x")
+    with pytest.raises(TargetDataError, match="no readable"):
+        load_target(empty, 1, 28)
+    junk = tmp_path / "j.bin"
+    junk.write_bytes(b"hello")
+    with pytest.raises(TargetDataError, match="neither a folder nor a zip"):
+        load_target(junk, 1, 28)
+    with pytest.raises(TargetDataError, match="more than the limit"):
+        (tmp_path / "d").mkdir()
+        for i in range(3):
+            (tmp_path / "d" / f"{i}.png").write_bytes(_png("L", (28, 28)))
+        load_target(tmp_path / "d", 1, 28, max_images=2)
+
+
+def test_mnist_split_and_zip_helper_round_trip(tmp_path: Path) -> None:
+    x, y = load_mnist("test", [9])
+    assert x.shape[1:] == (1, 28, 28) and set(y.tolist()) == {9} and 900 < len(y) < 1100
+    path = write_mnist_zip(tmp_path / "nines.zip", [9], 20, seed=1)
+    ts = load_target(path, 1, 28)
+    assert len(ts) == 20 and ts.report["converted"] == {}
+    # pixels survive the PNG round trip exactly (stored as byte/256 -> recovered byte)
+    got = np.sort(((ts.images + 1) * 127.5).round().flatten().numpy())
+    pool = set(np.unique(((x + 1) * 127.5).round().numpy()).tolist())
+    assert set(np.unique(got).tolist()) <= pool
+    mixed = load_target(write_mnist_zip(tmp_path / "m.zip", [3, 8], 5), 1, 28)
+    assert sorted(n.split("_")[0] for n in mixed.names) == ["digit3"] * 3 + ["digit8"] * 2

@@ -1,0 +1,155 @@
+"""Run one job: re-read the row, fetch the upload, call ``core``, write progress and artifacts.
+
+Used by the Celery task (``worker/tasks.py``) and by the embedded in-process worker alike. Idempotent:
+artifacts go to deterministic keys (``jobs/{id}/ckpt-{step}.pt``, ``jobs/{id}/model.pt``, ...), and a
+redelivered job downloads its latest checkpoint and resumes from it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from core import zoo
+from core.data import TargetDataError, load_target
+from core.images import grid_png
+from core.methods import MethodError, RunConfig, train
+from core.trainer import Stopped
+from store import jobs as jobs_dao
+from store.blobs import BlobStore
+from store.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class PermanentJobError(Exception):
+    """The job cannot succeed as specified: mark it failed, do not retry."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def artifact_key(job_id: str, name: str) -> str:
+    return f"jobs/{job_id}/{name}"
+
+
+def pick_device(setting: str) -> str:
+    if setting != "auto":
+        return setting
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass
+class _Reporter:
+    """Throttled progress writes to the job row, and cancellation checks."""
+
+    settings: Settings
+    job_id: str
+    last_write: float = 0.0
+    last_check: float = 0.0
+    canceled: bool = False
+
+    def on_progress(self, phase: str, step: int, total: int, stats: dict[str, float]) -> None:
+        now = time.monotonic()
+        if now - self.last_write >= self.settings.progress_interval_s or step >= total:
+            self.last_write = now
+            jobs_dao.report_progress(self.settings.database_url, self.job_id, phase, step, total,
+                                     {k: round(float(v), 5) for k, v in stats.items()})
+
+    def should_stop(self) -> bool:
+        now = time.monotonic()
+        if now - self.last_check >= min(1.0, self.settings.progress_interval_s or 1.0):
+            self.last_check = now
+            self.canceled = jobs_dao.cancel_requested(self.settings.database_url, self.job_id)
+        return self.canceled
+
+
+def _restore_checkpoint(blobs: BlobStore, job_id: str, run_dir: Path) -> str | None:
+    keys = [k for k in blobs.list(artifact_key(job_id, "ckpt-")) if k.endswith(".pt")]
+    if not keys:
+        return None
+    latest = max(keys, key=lambda k: int(Path(k).stem.split("-")[1]))
+    (run_dir / Path(latest).name).write_bytes(blobs.get(latest))
+    return latest
+
+
+def run_config_from_spec(spec: dict[str, Any], settings: Settings) -> RunConfig:
+    opts = dict(spec.get("options") or {})
+    return RunConfig(method=spec["method"], mining_steps=spec["mining_steps"], finetune_steps=spec["finetune_steps"],
+                     batch_size=spec["batch_size"], seed=spec["seed"], checkpoint_every=settings.checkpoint_every, **opts)
+
+
+def execute_job(job_id: str, settings: Settings, blobs: BlobStore) -> str:
+    """Run the job to an end state; returns the final status."""
+    job = jobs_dao.claim(settings.database_url, job_id, worker=f"{socket.gethostname()}:{os.getpid()}")
+    if job is None:  # already finished or canceled: nothing to do (a duplicate delivery)
+        return jobs_dao.get_status(settings.database_url, job_id) or "missing"
+    run_dir = Path(settings.work_dir) / job_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    reporter = _Reporter(settings, job_id)
+    try:
+        spec = job.spec
+        source = zoo.load_source(spec["sources"][0])
+        upload = run_dir / "target.zip"
+        upload.write_bytes(blobs.get(job.upload_key))
+        target = load_target(upload, source.G.cfg.channels, source.G.cfg.img_size, max_images=settings.max_target_images)
+        jobs_dao.set_target_report(settings.database_url, job_id, target.report)
+        cfg = run_config_from_spec(spec, settings)
+        resumed = _restore_checkpoint(blobs, job_id, run_dir)
+        if resumed:
+            log.info("job %s resumes from %s", job_id, resumed)
+
+        def upload_checkpoint(path: Path) -> None:
+            blobs.put(artifact_key(job_id, path.name), path.read_bytes())
+            for key in blobs.list(artifact_key(job_id, "ckpt-")):
+                if Path(key).name != path.name:
+                    blobs.delete(key)
+
+        result = train(cfg, source, target.images, run_dir, on_progress=reporter.on_progress,
+                       should_stop=reporter.should_stop, device=pick_device(settings.device),
+                       after_checkpoint=upload_checkpoint)
+        samples = result.model.sample(64, seed=0)
+        blobs.put(artifact_key(job_id, "samples.png"), grid_png(samples, nrow=8), "image/png")
+        metrics = _job_metrics(samples, target.images, result.summary)
+        blobs.put(artifact_key(job_id, "metrics.json"), json.dumps(metrics, indent=2).encode(), "application/json")
+        blobs.put(artifact_key(job_id, "model.pt"), (run_dir / "model.pt").read_bytes())
+        jobs_dao.finish(settings.database_url, job_id, "succeeded", model_key=artifact_key(job_id, "model.pt"),
+                        metrics=metrics, train_seconds=result.summary.get("train_seconds"))
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return "succeeded"
+    except Stopped:
+        jobs_dao.finish(settings.database_url, job_id, "canceled")
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return "canceled"
+    except (zoo.UnknownModelError, TargetDataError, MethodError, PermanentJobError) as exc:
+        code = getattr(exc, "code", None) or {zoo.UnknownModelError: "unknown_source", TargetDataError: "bad_target",
+                                              MethodError: "bad_spec"}.get(type(exc), "failed")
+        jobs_dao.finish(settings.database_url, job_id, "failed", error=(code, str(exc)))
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return "failed"
+
+
+def _job_metrics(samples: torch.Tensor, target: torch.Tensor, summary: dict[str, Any]) -> dict[str, Any]:
+    """Cheap metrics every job gets; MNIST-shaped jobs also get the classifier-feature FD to the target set."""
+    from core.metrics import evaluate
+
+    out: dict[str, Any] = {"train_seconds": summary.get("train_seconds"), "steps_per_s": summary.get("steps_per_s")}
+    fr = [s["s3_trainable_fraction"] for s in summary.get("stages", []) if "s3_trainable_fraction" in s]
+    if fr:
+        out["s3_trainable_fraction"] = fr[-1]
+    if tuple(samples.shape[1:]) == (1, 28, 28) and target.shape[0] >= 2:
+        try:
+            out |= evaluate(samples, target, ["fd_classifier"])
+        except FileNotFoundError:
+            pass
+    return out
