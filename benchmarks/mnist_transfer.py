@@ -28,6 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._doc import update_section  # noqa: E402
 from core import zoo  # noqa: E402
 from core.data import load_mnist, load_target, write_mnist_zip  # noqa: E402
 from core.images import grid_png  # noqa: E402
@@ -78,7 +79,6 @@ def main() -> int:
     ap.add_argument("--settings", default="off-manifold,on-manifold")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "out"))
-    ap.add_argument("--doc", default=str(ROOT / "docs" / "benchmarks.md"))
     a = ap.parse_args()
     command = "python benchmarks/mnist_transfer.py " + " ".join(shlex.quote(x) for x in sys.argv[1:])
     out = Path(a.out)
@@ -116,14 +116,14 @@ def main() -> int:
     source = zoo.load_source("mnist-no-9")
     cost = step_cost(source, target)
     print("step cost", cost, flush=True)
-    write_doc(Path(a.doc), results, cost, command, a)
+    write_doc(results, cost, command, a)
     return 0
 
 
-def write_doc(doc: Path, results: dict, cost: dict[str, float], command: str, a: argparse.Namespace) -> None:
+def write_doc(results: dict, cost: dict[str, float], command: str, a: argparse.Namespace) -> None:
     _, clf_meta = load_classifier()
     lines = [
-        "# MNIST transfer benchmark",
+        "## MNIST transfer (issue 2)",
         "",
         f"Command: `{command}`  ",
         f"Machine: {torch.get_num_threads()} CPU threads, torch {torch.__version__}, no GPU.  ",
@@ -136,7 +136,7 @@ def write_doc(doc: Path, results: dict, cost: dict[str, float], command: str, a:
     ]
     for setting, rows in results.items():
         paper_fid, paper_err = PAPER_TABLE5_D9[setting]
-        lines += [f"## {setting}: `{SETTINGS[setting][0]}` -> 9", "",
+        lines += [f"### {setting}: `{SETTINGS[setting][0]}` -> 9", "",
                   "| method | FID | classifier FD | KMMD | MV | classifier error | wall time (s) | steps/s |",
                   "|---|---|---|---|---|---|---|---|"]
         for method, m in rows.items():
@@ -147,7 +147,7 @@ def write_doc(doc: Path, results: dict, cost: dict[str, float], command: str, a:
     r_step = cost["mine_step"] / cost["finetune_step"]
     r_upd = cost["mine_update"] / cost["finetune_update"]
     lines += [
-        "## Mining step vs finetuning step (same nets, interleaved, medians of 15)",
+        "### Mining step vs finetuning step (same nets, interleaved, medians of 15)",
         "",
         "| | mining (G frozen) | finetuning (G trained) | ratio |",
         "|---|---|---|---|",
@@ -155,12 +155,10 @@ def write_doc(doc: Path, results: dict, cost: dict[str, float], command: str, a:
         f"| miner/generator update alone | {1000 * cost['mine_update']:.1f} ms | {1000 * cost['finetune_update']:.1f} ms | {r_upd:.2f} |",
         "",
     ]
-    notes = doc.parent / "benchmarks_notes.md"
+    notes = ROOT / "docs" / "mnist_transfer_notes.md"
     if notes.exists():
         lines += [notes.read_text()]
-    doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text("\n".join(lines) + "\n")
-    print(f"wrote {doc}")
+    print(f"wrote {update_section('mnist_transfer', chr(10).join(lines))}")
 
 
 if __name__ == "__main__":

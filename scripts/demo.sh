@@ -1,11 +1,21 @@
 #!/usr/bin/env bash
-# The main job end to end: 100 real MNIST 9s, source `mnist-no-9` (never saw a 9), MineGAN++,
-# then a 4x4 sample grid in demo/samples.png.
+# `make demo`: the main job end to end on the embedded default (SQLite, local storage, in-process worker):
+# start `minegan serve`, POST 100 real MNIST 9s against `mnist-no-9` (MineGAN++), show progress,
+# write demo/samples.png from GET /sample?n=16, stop the server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BIN=.venv/bin
+BIN=$PWD/.venv/bin
 mkdir -p demo
+export MINEGAN_DATABASE_URL="sqlite:///$PWD/demo/minegan.db" MINEGAN_STORAGE_DIR="$PWD/demo/blobs" MINEGAN_WORK_DIR="$PWD/demo/work"
+unset MINEGAN_BROKER_URL
+PORT=$($BIN/python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 $BIN/minegan mnist-zip --digits 9 -n 100 -o demo/nines.zip
-$BIN/minegan train --source mnist-no-9 --target demo/nines.zip --method minegan++ --out demo/run
-$BIN/minegan sample demo/run -n 16 --seed 0 -o demo/samples.png
-echo "sample grid: demo/samples.png"
+$BIN/minegan serve --port "$PORT" > demo/server.log 2>&1 &
+SERVER=$!
+trap 'kill $SERVER 2>/dev/null || true' EXIT
+for _ in $(seq 60); do
+  $BIN/python -c "import httpx,sys; sys.exit(httpx.get('http://127.0.0.1:$PORT/readyz').status_code != 200)" 2>/dev/null && break
+  kill -0 $SERVER 2>/dev/null || { cat demo/server.log; exit 1; }
+  sleep 1
+done
+$BIN/python scripts/demo_client.py "http://127.0.0.1:$PORT" demo/nines.zip demo/samples.png

@@ -1,0 +1,19 @@
+"""Benchmarks share docs/benchmarks.md: each one rewrites only its own marked section."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+HEADER = "# Benchmarks\n\nEach section is written by the benchmark named in it, with the exact command that produced it.\n"
+
+
+def update_section(name: str, text: str, doc: Path = DOC) -> Path:
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    current = doc.read_text() if doc.exists() else HEADER
+    block = f"<!-- BEGIN {name} -->\n{text.rstrip()}\n<!-- END {name} -->"
+    pattern = re.compile(rf"<!-- BEGIN {re.escape(name)} -->.*?<!-- END {re.escape(name)} -->", re.S)
+    new = pattern.sub(lambda _: block, current) if pattern.search(current) else current.rstrip() + "\n\n" + block + "\n"
+    doc.write_text(new)
+    return doc

@@ -1,0 +1,124 @@
+"""Integration fixtures: the real stack. PostgreSQL, Redis and the S3 server are started by
+``scripts/services.sh`` (``make test`` does it); here we start the API (``minegan serve``) and a real
+Celery worker process against them, each as a subprocess."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import sqlalchemy
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def _need_services() -> None:
+    if not os.environ.get("MINEGAN_IT_DATABASE_URL"):
+        if os.environ.get("CI"):
+            pytest.fail("integration services are not running in CI (scripts/services.sh start)")
+        pytest.skip("integration services not running; `make test` starts them")
+
+
+def _free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return int(port)
+
+
+@dataclass
+class Stack:
+    url: str
+    env: dict[str, str]
+    database_url: str
+    bucket: str
+    worker: subprocess.Popen
+    api: subprocess.Popen
+    tmp: Path
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=60)
+
+    def s3(self):  # type: ignore[no-untyped-def]
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.env["MINEGAN_S3_ENDPOINT_URL"], region_name="us-east-1",
+                            aws_access_key_id=self.env["MINEGAN_S3_ACCESS_KEY"],
+                            aws_secret_access_key=self.env["MINEGAN_S3_SECRET_KEY"])
+
+    def start_worker(self, log_name: str = "worker.log") -> subprocess.Popen:
+        log = open(self.tmp / log_name, "ab")
+        self.worker = subprocess.Popen(
+            [str(BIN / "celery"), "-A", "worker.celery_app", "worker", "-Q", "gpu", "-c", "1", "-P", "prefork",
+             "--prefetch-multiplier", "1", "--loglevel", "INFO", "-n", f"it-{uuid.uuid4().hex[:6]}@%h"],
+            cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        return self.worker
+
+
+def _stop(p: subprocess.Popen) -> None:
+    if p.poll() is None:
+        p.terminate()
+        try:
+            p.wait(20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    _need_services()
+    tmp = tmp_path_factory.mktemp("stack")
+    base_url = os.environ["MINEGAN_IT_DATABASE_URL"]
+    dbname = f"minegan_it_{uuid.uuid4().hex[:8]}"
+    admin = sqlalchemy.create_engine(base_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(sqlalchemy.text(f"CREATE DATABASE {dbname}"))
+    database_url = base_url.rsplit("/", 1)[0] + f"/{dbname}"
+    bucket = f"minegan-it-{uuid.uuid4().hex[:8]}"
+    port = _free_port()
+    env = {
+        **os.environ,
+        "MINEGAN_DATABASE_URL": database_url,
+        "MINEGAN_BROKER_URL": os.environ["MINEGAN_IT_BROKER_URL"],
+        "MINEGAN_STORAGE": "s3",
+        "MINEGAN_S3_ENDPOINT_URL": os.environ["MINEGAN_IT_S3_ENDPOINT"],
+        "MINEGAN_S3_ACCESS_KEY": os.environ["MINEGAN_IT_S3_ACCESS_KEY"],
+        "MINEGAN_S3_SECRET_KEY": os.environ["MINEGAN_IT_S3_SECRET_KEY"],
+        "MINEGAN_S3_BUCKET": bucket,
+        "MINEGAN_WORK_DIR": str(tmp / "work"),
+        "MINEGAN_CHECKPOINT_EVERY": "2",
+        "MINEGAN_PROGRESS_INTERVAL_S": "0.2",
+        "OMP_NUM_THREADS": "1",
+    }
+    api_log = open(tmp / "api.log", "ab")
+    api = subprocess.Popen([str(BIN / "minegan"), "serve", "--port", str(port)], cwd=ROOT, env=env, stdout=api_log,
+                           stderr=subprocess.STDOUT, start_new_session=True)
+    st = Stack(url=f"http://127.0.0.1:{port}", env=env, database_url=database_url, bucket=bucket, worker=None,  # type: ignore[arg-type]
+               api=api, tmp=tmp)
+    deadline = time.time() + 60
+    while True:
+        try:
+            if httpx.get(f"{st.url}/readyz", timeout=5).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if time.time() > deadline or api.poll() is not None:
+            raise RuntimeError(f"API did not become ready:\n{(tmp / 'api.log').read_text()[-3000:]}")
+        time.sleep(0.5)
+    st.start_worker()
+    yield st
+    _stop(st.worker)
+    _stop(api)
+    with admin.connect() as c:
+        c.execute(sqlalchemy.text(f"DROP DATABASE IF EXISTS {dbname} WITH (FORCE)"))

@@ -1,0 +1,71 @@
+"""The whole path over HTTP against the real stack: upload zip -> job runs on a Celery worker process
+(Redis broker) -> progress in PostgreSQL -> artifacts in the S3 server -> /sample returns 16 images."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+
+import httpx
+import sqlalchemy
+from PIL import Image
+
+from tests.integration.conftest import Stack
+
+SPEC = {"sources": ["mnist-no-9"], "method": "minegan++", "mining_steps": 4, "finetune_steps": 4, "batch_size": 16,
+        "seed": 0, "options": {"n_critic": 1}}
+
+
+def _nines_zip(tmp) -> bytes:  # type: ignore[no-untyped-def]
+    from core.data import write_mnist_zip
+
+    return write_mnist_zip(tmp / "nines.zip", [9], 100, seed=0).read_bytes()
+
+
+def _wait(c: httpx.Client, job_id: str, timeout: float = 180) -> dict:
+    deadline = time.time() + timeout
+    seen_running = False
+    while time.time() < deadline:
+        body = c.get(f"/jobs/{job_id}").json()
+        seen_running |= body["status"] == "running"
+        if body["status"] in ("succeeded", "failed", "canceled"):
+            body["_seen_running"] = seen_running
+            return body
+        time.sleep(0.1)
+    raise AssertionError(f"job stuck: {body}")
+
+
+def test_upload_to_samples_through_celery_postgres_and_s3(stack: Stack, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    with stack.client() as c:
+        ready = c.get("/readyz").json()
+        assert ready["checks"] == {"database": "ok", "broker": "ok", "storage": "ok"}
+        r = c.post("/jobs", files={"images": ("nines.zip", _nines_zip(tmp_path), "application/zip")},
+                   data={"spec": json.dumps(SPEC)})
+        assert r.status_code == 202, r.text
+        job_id = r.json()["id"]
+        done = _wait(c, job_id)
+        assert done["status"] == "succeeded", (done, (stack.tmp / "worker.log").read_text()[-3000:])
+        assert done["_seen_running"] and done["progress"] == 1.0 and done["target"]["n_images"] == 100
+
+        # the row lives in PostgreSQL and was run by the Celery worker process, not the API process
+        with sqlalchemy.create_engine(stack.database_url).connect() as conn:
+            worker, status = conn.execute(sqlalchemy.text("select worker, status from jobs where id = :i"), {"i": job_id}).one()
+        assert status == "succeeded" and worker.split(":")[-1] != str(stack.api.pid)
+        assert stack.worker.poll() is None
+
+        # artifacts are in the S3 bucket, and the presigned URLs work
+        keys = {o["Key"] for o in stack.s3().list_objects_v2(Bucket=stack.bucket, Prefix=f"jobs/{job_id}/")["Contents"]}
+        assert {f"jobs/{job_id}/model.pt", f"jobs/{job_id}/samples.png", f"jobs/{job_id}/metrics.json"} <= keys
+        assert [k for k in keys if "/ckpt-" in k] == [f"jobs/{job_id}/ckpt-8.pt"]  # only the newest checkpoint kept
+        arts = {a["name"]: a for a in c.get(f"/jobs/{job_id}/artifacts").json()}
+        assert "X-Amz-Signature" in arts["samples.png"]["url"] or "Signature" in arts["samples.png"]["url"]
+        png = httpx.get(arts["samples.png"]["url"], timeout=30)
+        assert png.status_code == 200 and Image.open(io.BytesIO(png.content)).size == (8 * 30 + 2, 8 * 30 + 2)
+
+        s = c.get("/sample?n=16")
+        assert s.status_code == 200 and s.headers["content-type"] == "image/png"
+        assert Image.open(io.BytesIO(s.content)).size == (4 * 30 + 2, 4 * 30 + 2)
+        assert c.get(f"/jobs/{job_id}/sample?n=16").content == s.content
+        assert os.path.exists(stack.tmp / "api.log")
