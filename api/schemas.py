@@ -33,8 +33,8 @@ class JobSpec(BaseModel):
 
     sources: list[str] = Field(min_length=1, max_length=8, description="source model ids (see GET /models)")
     method: str = Field(default="minegan++", description=f"one of {', '.join(METHODS)}")
-    mining_steps: int = Field(default=300, ge=0, le=100_000)
-    finetune_steps: int = Field(default=200, ge=0, le=100_000)
+    mining_steps: int = Field(default=200, ge=0, le=100_000)
+    finetune_steps: int = Field(default=100, ge=0, le=100_000)
     batch_size: int = Field(default=64, ge=1, le=1024)
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     options: MethodOptions = Field(default_factory=MethodOptions)

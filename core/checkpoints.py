@@ -55,7 +55,7 @@ def _config_from_dict(cls: type[C], data: dict[str, Any]) -> C:
 
 def pack_module(kind: str, module: nn.Module) -> dict[str, Any]:
     """{"kind", "config", "state"} for one of the project's nets."""
-    cfg = getattr(module, "cfg")
+    cfg: Any = module.cfg
     return {"kind": kind, "config": asdict(cfg), "state": {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}}
 
 
@@ -65,7 +65,7 @@ def unpack_module(packed: dict[str, Any]) -> nn.Module:
     except KeyError as exc:
         raise CheckpointError(f"unknown module kind {packed.get('kind')!r}") from exc
     try:
-        cfg = _config_from_dict(cfg_cls, dict(packed["config"]))
+        cfg: Any = _config_from_dict(cfg_cls, dict(packed["config"]))
         module = module_cls(cfg)
         module.load_state_dict(packed["state"])
     except (TypeError, ValueError, RuntimeError, KeyError) as exc:

@@ -49,8 +49,8 @@ class MethodError(ValueError):
 @dataclass(frozen=True)
 class RunConfig:
     method: str = "minegan++"
-    mining_steps: int = 300
-    finetune_steps: int = 200
+    mining_steps: int = 200
+    finetune_steps: int = 100
     batch_size: int = 64
     n_critic: int = 5
     seed: int = 0
@@ -84,7 +84,7 @@ class RunConfig:
 def plan(cfg: RunConfig) -> list[StageConfig]:
     """The stages a method runs (see the table in the module docstring)."""
     cfg.validate()
-    opts = dict(n_critic=cfg.n_critic, batch_size=cfg.batch_size, lr_miner=cfg.lr_miner, lr_generator=cfg.lr_generator,
+    opts: dict[str, Any] = dict(n_critic=cfg.n_critic, batch_size=cfg.batch_size, lr_miner=cfg.lr_miner, lr_generator=cfg.lr_generator,
                 lr_critic=cfg.lr_critic, betas=tuple(cfg.betas), gp_weight=cfg.gp_weight)
     total, m, f = cfg.total_steps, cfg.mining_steps, cfg.finetune_steps
     stages: dict[str, list[StageConfig]] = {
@@ -222,6 +222,16 @@ def train(
             m.to(device)
     images = target.to(device)
     sparse_cfg = SparseConfig(cfg.sparse_top_fraction, cfg.sparse_min_weights)
+    t_mark = [time.perf_counter()]
+
+    def save() -> None:
+        now = time.perf_counter()
+        run.elapsed += now - t_mark[0]  # training time only, summed over resumed attempts
+        t_mark[0] = now
+        path = run.checkpoint()
+        if after_checkpoint is not None:
+            after_checkpoint(path)
+
     while run.stage_idx < len(run.stages):
         stage = run.stages[run.stage_idx]
         if run.state is None:  # a fresh stage: new optimisers; S^3 selects the critic filters now
@@ -233,25 +243,13 @@ def train(
                 if on_progress:
                     on_progress("select", run.global_step, cfg.total_steps, {"s3_trainable_fraction": frac})
             run.state = make_stage_state(mods, stage, masks)
-        t0 = time.perf_counter()
-        t_last = [t0]
-
-        def _ckpt() -> None:
-            run.elapsed += time.perf_counter() - t_last[0]
-            t_last[0] = time.perf_counter()
-            path = run.checkpoint()
-            if after_checkpoint is not None:
-                after_checkpoint(path)
-
         run_stage(mods, run.state, stage, images, None, step_offset=run.global_step - run.state.step,
                   total_steps=cfg.total_steps, on_progress=on_progress, should_stop=should_stop,
-                  on_checkpoint=_ckpt, checkpoint_every=cfg.checkpoint_every, rng=run.data_rng)
-        run.elapsed += time.perf_counter() - t_last[0]
+                  on_checkpoint=save, checkpoint_every=cfg.checkpoint_every, rng=run.data_rng)
         run.stage_idx += 1
         run.state = None
-        path = run.checkpoint()
-        if after_checkpoint is not None:
-            after_checkpoint(path)
+        save()
+    assert isinstance(mods.G, Generator) and (mods.M is None or isinstance(mods.M, Miner))
     model = MinedGenerator(mods.G.cpu().eval(), mods.M.cpu().eval() if mods.M is not None else None)
     summary = {"method": cfg.method, "source": source.name, "steps": cfg.total_steps, "train_seconds": round(run.elapsed, 2),
                "steps_per_s": round(cfg.total_steps / max(run.elapsed, 1e-9), 3), **run.history}

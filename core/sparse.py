@@ -36,7 +36,7 @@ def _weighted_layers(critic: nn.Module) -> list[tuple[str, nn.Module]]:
 def weight_scores(critic: nn.Module, real_batches: Iterable[tuple[torch.Tensor, torch.Tensor | None]]) -> dict[str, torch.Tensor]:
     """S(-w) = -w (.) Hg for every weight tensor of the critic (Eq. 13)."""
     layers = _weighted_layers(critic)
-    weights = [m.weight for _, m in layers]
+    weights: list[torch.Tensor] = [m.weight for _, m in layers]  # type: ignore[misc]
     loss = torch.zeros(())
     n = 0
     for x, c in real_batches:
@@ -45,7 +45,7 @@ def weight_scores(critic: nn.Module, real_batches: Iterable[tuple[torch.Tensor, 
         n += 1
     loss = loss / max(n, 1)
     grads = torch.autograd.grad(loss, weights, create_graph=True)  # g
-    dot = sum((g * g.detach()).sum() for g in grads)  # g . stopgrad(g)
+    dot = torch.stack([(g * g.detach()).sum() for g in grads]).sum()  # g . stopgrad(g)
     hg = torch.autograd.grad(dot, weights)  # Hg (Eq. 12)
     return {f"{name}.weight": (-w.detach() * h).detach() for (name, _), w, h in zip(layers, weights, hg)}
 

@@ -2,8 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from core.metrics import evaluate, frechet_distance, gaussian_stats, kmmd, mean_variance
-from core.metrics import inception
+from core.metrics import evaluate, frechet_distance, gaussian_stats, inception, kmmd, mean_variance
 
 
 def test_frechet_of_a_set_with_itself_is_zero_and_known_gaussians() -> None:

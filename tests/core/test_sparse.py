@@ -1,9 +1,8 @@
 import torch
 
-from core.nets import Critic, CriticConfig
+from core.nets import Critic, CriticConfig, Generator, GeneratorConfig
 from core.sparse import SparseConfig, apply_grad_masks, filter_masks, select_subnetwork, trainable_fraction, weight_scores
 from core.trainer import GanModules, StageConfig, make_stage_state, run_stage
-from core.nets import Generator, GeneratorConfig
 
 
 def _batches(x: torch.Tensor) -> list[tuple[torch.Tensor, None]]:
