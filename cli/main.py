@@ -98,7 +98,8 @@ def cmd_serve(a: argparse.Namespace) -> int:
     settings = get_settings()
     mode = "embedded (SQLite, local storage, in-process worker, no auth)" if settings.embedded else "service (Celery + S3)"
     print(f"minegan serve: {mode}; database {settings.database_url}; http://{a.host}:{a.port}/docs", file=sys.stderr)
-    uvicorn.run(create_app(settings), host=a.host, port=a.port, log_level="warning")
+    # "auto" picks httptools + uvloop (dependencies) when importable; no per-request access log on the hot path
+    uvicorn.run(create_app(settings), host=a.host, port=a.port, log_level="warning", access_log=False, http="auto", loop="auto")
     return 0
 
 

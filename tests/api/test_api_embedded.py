@@ -57,7 +57,10 @@ def test_submit_poll_sample(client: TestClient) -> None:
     z = client.get(f"/sample?n=5&format=zip&job={job['id']}")
     assert z.headers["content-type"] == "application/zip"
     assert len(zipfile.ZipFile(io.BytesIO(z.content)).namelist()) == 5
-    assert client.app.state.services.models.loads == 1  # loaded once, then served from the cache
+    svc = client.app.state.services
+    assert svc.models.loads == 1  # loaded once, then served from the cache
+    assert svc.finished.get(job["id"]) == ("default", f"jobs/{job['id']}/model.pt")  # no DB round trip next time
+    assert client.get(f"/jobs/{job['id']}/sample?n=16").content == png.content  # served via the finished-job cache
 
     names = {a["name"] for a in client.get(f"/jobs/{job['id']}/artifacts").json()}
     assert {"model.pt", "samples.png", "metrics.json"} <= names
