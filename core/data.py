@@ -151,14 +151,50 @@ def load_mnist(split: str = "train", digits: list[int] | None = None) -> tuple[t
     return images, torch.from_numpy(y.astype(np.int64))
 
 
-def write_mnist_zip(path: str | Path, digits: list[int], n: int, seed: int = 0, split: str = "test") -> Path:
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian package dataset-fashion-mnist
+FASHION_CLASSES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle-boot")
+
+
+def load_fashion(split: str = "train", classes: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fashion-MNIST images [N, 1, 28, 28] in [-1, 1] and labels [N] from the Debian package's IDX files."""
+    prefix = {"train": "train", "test": "t10k"}.get(split)
+    if prefix is None:
+        raise ValueError("Fashion-MNIST has splits 'train' and 'test'")
+    img_path, lab_path = FASHION_DIR / f"{prefix}-images-idx3-ubyte.gz", FASHION_DIR / f"{prefix}-labels-idx1-ubyte.gz"
+    if not img_path.exists():
+        raise FileNotFoundError(f"{img_path} not found; install it with `apt-get install dataset-fashion-mnist`")
+    with gzip.open(img_path) as fh:
+        x = np.frombuffer(fh.read(), np.uint8, offset=16).reshape(-1, 1, 28, 28)  # IDX3: 16-byte header
+    with gzip.open(lab_path) as fh:
+        y = np.frombuffer(fh.read(), np.uint8, offset=8).astype(np.int64)  # IDX1: 8-byte header
+    if classes is not None:
+        keep = np.isin(y, classes)
+        x, y = x[keep], y[keep]
+    return torch.from_numpy(x.astype(np.float32) / 255.0) * 2 - 1, torch.from_numpy(y)
+
+
+def split_counts(n: int, k: int, weights: list[float] | None = None) -> list[int]:
+    """``n`` items over ``k`` groups: evenly (remainder to the first groups) or in proportion to ``weights``."""
+    if weights is None:
+        return [n // k + (1 if i < n % k else 0) for i in range(k)]
+    if len(weights) != k or min(weights) < 0 or sum(weights) <= 0:
+        raise ValueError("weights: one non-negative weight per digit")
+    raw = [n * w / sum(weights) for w in weights]
+    counts = [int(r) for r in raw]
+    for i in sorted(range(k), key=lambda i: raw[i] - counts[i], reverse=True)[: n - sum(counts)]:
+        counts[i] += 1  # largest remainders first
+    return counts
+
+
+def write_mnist_zip(path: str | Path, digits: list[int], n: int, seed: int = 0, split: str = "test",
+                    weights: list[float] | None = None) -> Path:
     """Write a zip of ``n`` real MNIST images of the chosen digits (from ``split``) for demos and tests.
 
-    With several digits the images are split evenly (remainder to the first digits)."""
+    With several digits the images are split evenly, or in proportion to ``weights`` (e.g. [0.3, 0.7])."""
     path = Path(path)
     rng = np.random.default_rng(seed)
     images, labels = load_mnist(split, digits)
-    per = [n // len(digits) + (1 if i < n % len(digits) else 0) for i in range(len(digits))]
+    per = split_counts(n, len(digits), weights)
     chosen: list[int] = []
     for d, k in zip(digits, per):
         idx = np.flatnonzero(labels.numpy() == d)

@@ -10,6 +10,11 @@
 | ``transfergan++`` | source     | no    | finetune G+D with S^3 on the critic                           |
 | ``freezed``     | source       | no    | finetune G+D, lowest critic layers frozen (FreezeD)           |
 
+Mining methods also take several sources, or one one-hot conditional source (its classes become the
+family members): then there is one miner per member, one critic (initialised from source
+``critic_source``), supersamples and the selector of Sec. 3.3 (``core/multi.py``), trained with the
+permuted rule of Eq. 9-10 (``selection="permuted"``) or the original max rule of Eq. 5-6 (``"max"``).
+
 :func:`train` runs a method with checkpoints in a run directory and resumes from the latest one.
 """
 
@@ -24,11 +29,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from core import checkpoints
 from core.baselines import finetune_all_stage
 from core.finetune import finetune_stage
 from core.mining import MinedGenerator, mining_stage
+from core.multi import SELECTION_RULES, MultiGanModules, MultiMinedGenerator, unconditional_critic
 from core.nets import Critic, Generator, Miner, MinerConfig
 from core.sparse import SparseConfig, select_subnetwork, trainable_fraction
 from core.trainer import GanModules, ProgressFn, StageConfig, StageState, StopFn, make_stage_state, run_stage
@@ -39,6 +46,7 @@ log = logging.getLogger(__name__)
 METHODS = ("mine", "minegan", "minegan++", "scratch", "transfergan", "transfergan++", "freezed")
 MINING_METHODS = ("mine", "minegan", "minegan++")
 MODEL_FORMAT = "minegan-model/1"
+TransferredModel = MinedGenerator | MultiMinedGenerator
 RUN_FORMAT = "minegan-run/1"
 
 
@@ -67,6 +75,8 @@ class RunConfig:
     sparse_min_weights: int = 6  # theta_f (Sec. 5)
     freeze_critic_layers: int = 2  # FreezeD
     checkpoint_every: int = 50
+    selection: str = "permuted"  # several sources: Eq. 9-10 ("permuted") or Eq. 5-6 ("max")
+    critic_source: int = 0  # several sources: whose pretrained critic initialises the single critic D
 
     @property
     def total_steps(self) -> int:
@@ -79,6 +89,8 @@ class RunConfig:
             raise MethodError("mining_steps and finetune_steps must be >= 0 with a positive total")
         if self.batch_size < 1 or self.n_critic < 1 or self.miner_layers < 1:
             raise MethodError("batch_size, n_critic and miner_layers must be positive")
+        if self.selection not in SELECTION_RULES:
+            raise MethodError(f"selection must be one of {', '.join(SELECTION_RULES)}")
 
 
 def plan(cfg: RunConfig) -> list[StageConfig]:
@@ -99,25 +111,69 @@ def plan(cfg: RunConfig) -> list[StageConfig]:
     return [s for s in stages[cfg.method] if s.steps > 0]
 
 
-def build_modules(cfg: RunConfig, source: SourceModel) -> GanModules:
-    """Fresh copies of the source nets (random init for ``scratch``) plus a miner for mining methods."""
-    if source.conditional:
-        raise MethodError(f"{source.name} is conditional; single-source methods need an unconditional generator")
+def _as_list(source: SourceModel | list[SourceModel]) -> list[SourceModel]:
+    return list(source) if isinstance(source, (list, tuple)) else [source]
+
+
+def is_family(sources: list[SourceModel]) -> bool:
+    """Several sources, or one conditional source: multi-GAN mining with a selector (Sec. 3.3, supp. A)."""
+    return len(sources) > 1 or sources[0].conditional
+
+
+def _new_miner(cfg: RunConfig, z: int) -> Miner:
+    return Miner(MinerConfig(z_dim=z, hidden=cfg.miner_hidden or z, layers=cfg.miner_layers, init_std=cfg.miner_init_std))
+
+
+def build_modules(cfg: RunConfig, source: SourceModel | list[SourceModel]) -> GanModules:
+    """Fresh copies of the source nets (random init for ``scratch``) plus a miner for mining methods;
+    for a family (several sources or a conditional one) one miner per member and one critic."""
+    sources = _as_list(source)
+    if not sources:
+        raise MethodError("at least one source model is needed")
+    if is_family(sources):
+        return _build_family(cfg, sources)
+    source = sources[0]
     G = Generator(source.G.cfg)
     D = Critic(source.D.cfg)
     if cfg.method != "scratch":
         G.load_state_dict(source.G.state_dict())
         D.load_state_dict(source.D.state_dict())
-    M = None
-    if cfg.method in MINING_METHODS:
-        z = source.G.cfg.z_dim
-        M = Miner(MinerConfig(z_dim=z, hidden=cfg.miner_hidden or z, layers=cfg.miner_layers, init_std=cfg.miner_init_std))
+    M = _new_miner(cfg, source.G.cfg.z_dim) if cfg.method in MINING_METHODS else None
     return GanModules(G=G, D=D, M=M, z_dim=source.G.cfg.z_dim)
+
+
+def _build_family(cfg: RunConfig, sources: list[SourceModel]) -> MultiGanModules:
+    what = "a conditional source" if len(sources) == 1 else "several sources"
+    if cfg.method not in MINING_METHODS:
+        raise MethodError(f"{cfg.method} uses one unconditional source; {what} need a mining method ({', '.join(MINING_METHODS)})")
+    g0 = sources[0].G.cfg
+    for s in sources[1:]:
+        if (s.G.cfg.z_dim, s.G.cfg.img_size, s.G.cfg.channels) != (g0.z_dim, g0.img_size, g0.channels):
+            raise MethodError(f"sources must share |z|, resolution and channels; {s.name} differs from {sources[0].name}")
+    if not 0 <= cfg.critic_source < len(sources):
+        raise MethodError(f"critic_source must index one of the {len(sources)} sources")
+    Gs, members, names = nn.ModuleList(), [], []
+    for gi, s in enumerate(sources):
+        G = Generator(s.G.cfg)
+        G.load_state_dict(s.G.state_dict())
+        Gs.append(G)
+        if s.conditional:  # supplement Sec. A: the family {G(i, z)} of one one-hot conditional generator
+            members += [(gi, c) for c in range(s.G.cfg.n_classes)]
+            names += [f"{s.name}:{c}" for c in range(s.G.cfg.n_classes)]
+        else:
+            members.append((gi, -1))
+            names.append(s.name)
+    crit = sources[cfg.critic_source].D
+    D = Critic(crit.cfg)
+    D.load_state_dict(crit.state_dict())
+    Ms = nn.ModuleList(_new_miner(cfg, g0.z_dim) for _ in members)
+    return MultiGanModules(G=Gs, D=unconditional_critic(D), M=Ms, z_dim=g0.z_dim, members=members, rule=cfg.selection,
+                           member_names=names)
 
 
 @dataclass
 class RunResult:
-    model: MinedGenerator
+    model: TransferredModel
     run_dir: Path
     summary: dict[str, Any] = field(default_factory=dict)
 
@@ -130,11 +186,12 @@ def _latest_checkpoint(run_dir: Path) -> Path | None:
 class _Run:
     """State of one run between checkpoints (modules, current stage, optimisers, RNG)."""
 
-    def __init__(self, cfg: RunConfig, source: SourceModel, target: torch.Tensor, run_dir: Path) -> None:
-        self.cfg, self.source, self.target, self.run_dir = cfg, source, target, run_dir
+    def __init__(self, cfg: RunConfig, sources: list[SourceModel], target: torch.Tensor, run_dir: Path) -> None:
+        self.cfg, self.target, self.run_dir = cfg, target, run_dir
+        self.source_name = ",".join(s.name for s in sources)
         self.stages = plan(cfg)
         torch.manual_seed(cfg.seed)
-        self.mods = build_modules(cfg, source)
+        self.mods = build_modules(cfg, sources)
         self.data_rng = torch.Generator().manual_seed(cfg.seed + 1)
         self.stage_idx = 0
         self.state: StageState | None = None
@@ -149,13 +206,14 @@ class _Run:
     def checkpoint(self) -> Path:
         st = self.state
         obj = {
-            "format": RUN_FORMAT, "config": _jsonable(asdict(self.cfg)), "source": self.source.name,
+            "format": RUN_FORMAT, "config": _jsonable(asdict(self.cfg)), "source": self.source_name,
             "stage_idx": self.stage_idx, "stage_step": st.step if st else 0, "elapsed": self.elapsed,
             "G": self.mods.G.state_dict(), "D": self.mods.D.state_dict(),
             "M": self.mods.M.state_dict() if self.mods.M is not None else {},
             "opt_d": st.opt_d.state_dict() if st else {}, "opt_g": st.opt_g.state_dict() if st and st.opt_g else {},
             "masks": st.masks if st else {}, "rng": torch.get_rng_state(), "data_rng": self.data_rng.get_state(),
             "history": json.dumps(self.history),
+            "selector": json.dumps(self.mods.selector.state()) if isinstance(self.mods, MultiGanModules) and self.mods.selector else "",
         }
         path = self.run_dir / f"ckpt-{self.global_step}.pt"
         checkpoints.save(obj, path)
@@ -166,7 +224,7 @@ class _Run:
 
     def restore(self, path: Path) -> None:
         obj = checkpoints.load(path)
-        if obj.get("format") != RUN_FORMAT or obj.get("config") != _jsonable(asdict(self.cfg)) or obj.get("source") != self.source.name:
+        if obj.get("format") != RUN_FORMAT or obj.get("config") != _jsonable(asdict(self.cfg)) or obj.get("source") != self.source_name:
             raise MethodError(f"{path} belongs to a different run configuration; use a fresh run directory")
         self.mods.G.load_state_dict(obj["G"])
         self.mods.D.load_state_dict(obj["D"])
@@ -174,6 +232,8 @@ class _Run:
             self.mods.M.load_state_dict(obj["M"])
         self.stage_idx, self.elapsed = int(obj["stage_idx"]), float(obj["elapsed"])
         self.history = json.loads(obj["history"])
+        if isinstance(self.mods, MultiGanModules) and self.mods.selector and obj.get("selector"):
+            self.mods.selector.load(json.loads(obj["selector"]))
         if self.stage_idx < len(self.stages):
             st = make_stage_state(self.mods, self.stages[self.stage_idx], obj["masks"])
             if obj["opt_d"]:
@@ -197,7 +257,7 @@ def _sparse_batches(target: torch.Tensor, batch: int, n: int, gen: torch.Generat
 
 def train(
     cfg: RunConfig,
-    source: SourceModel,
+    source: SourceModel | list[SourceModel],
     target: torch.Tensor,
     run_dir: str | Path,
     on_progress: ProgressFn | None = None,
@@ -205,14 +265,17 @@ def train(
     device: str = "cpu",
     after_checkpoint: Callable[[Path], None] | None = None,
 ) -> RunResult:
-    """Run ``cfg.method`` from ``source`` on ``target`` ([N, C, H, W] in [-1, 1]); resumable via ``run_dir``.
+    """Run ``cfg.method`` from ``source`` (one model or a list) on ``target`` ([N, C, H, W] in [-1, 1]);
+    resumable via ``run_dir``.
 
     ``after_checkpoint(path)`` is called after each checkpoint is written (the worker uploads it)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    if tuple(target.shape[1:]) != (source.G.cfg.channels, source.G.cfg.img_size, source.G.cfg.img_size):
+    sources = _as_list(source)
+    g = sources[0].G.cfg
+    if tuple(target.shape[1:]) != (g.channels, g.img_size, g.img_size):
         raise MethodError(f"target images {tuple(target.shape[1:])} do not match the source's output shape")
-    run = _Run(cfg, source, target, run_dir)
+    run = _Run(cfg, sources, target, run_dir)
     latest = _latest_checkpoint(run_dir)
     if latest is not None:
         run.restore(latest)
@@ -220,6 +283,13 @@ def train(
     for m in (mods.G, mods.D, mods.M):
         if m is not None:
             m.to(device)
+    family = mods if isinstance(mods, MultiGanModules) else None
+    if family is not None and on_progress is not None:  # the selector's pi goes out with every progress report
+        user_progress = on_progress
+
+        def on_progress(phase: str, step: int, total: int, stats: dict[str, float]) -> None:
+            user_progress(phase, step, total, {**stats, **{f"pi/{n}": p for n, p in zip(family.member_names, family.pi)}})
+
     images = target.to(device)
     sparse_cfg = SparseConfig(cfg.sparse_top_fraction, cfg.sparse_min_weights)
     t_mark = [time.perf_counter()]
@@ -249,30 +319,49 @@ def train(
         run.stage_idx += 1
         run.state = None
         save()
-    assert isinstance(mods.G, Generator) and (mods.M is None or isinstance(mods.M, Miner))
-    model = MinedGenerator(mods.G.cpu().eval(), mods.M.cpu().eval() if mods.M is not None else None)
-    summary = {"method": cfg.method, "source": source.name, "steps": cfg.total_steps, "train_seconds": round(run.elapsed, 2),
+    model: TransferredModel
+    if family is not None:
+        assert isinstance(family.G, nn.ModuleList) and isinstance(family.M, nn.ModuleList)
+        model = MultiMinedGenerator(family.G.cpu().eval(), family.M.cpu().eval(), family.members, family.pi, family.member_names)
+    else:
+        assert isinstance(mods.G, Generator) and (mods.M is None or isinstance(mods.M, Miner))
+        model = MinedGenerator(mods.G.cpu().eval(), mods.M.cpu().eval() if mods.M is not None else None)
+    summary = {"method": cfg.method, "source": run.source_name, "steps": cfg.total_steps, "train_seconds": round(run.elapsed, 2),
                "steps_per_s": round(cfg.total_steps / max(run.elapsed, 1e-9), 3), **run.history}
+    if family is not None:
+        summary["selector_pi"] = dict(zip(family.member_names, family.pi))
     save_model(model, run_dir / "model.pt", {"config": _jsonable(asdict(cfg)), **summary})
     (run_dir / "run.json").write_text(json.dumps(summary, indent=2))
     return RunResult(model=model, run_dir=run_dir, summary=summary)
 
 
-def save_model(model: MinedGenerator, path: Path, meta: dict[str, Any]) -> Path:
-    obj = {"format": MODEL_FORMAT, "generator": checkpoints.pack_module("generator", model.G),
-           "miner": checkpoints.pack_module("miner", model.M) if model.M is not None else {}, "meta": json.dumps(meta)}
+def save_model(model: TransferredModel, path: Path, meta: dict[str, Any]) -> Path:
+    obj: dict[str, Any] = {"format": MODEL_FORMAT, "meta": json.dumps(meta)}
+    if isinstance(model, MultiMinedGenerator):
+        obj |= {"generators": [checkpoints.pack_module("generator", g) for g in model.G],
+                "miners": [checkpoints.pack_module("miner", m) for m in model.M],
+                "family": json.dumps({"members": model.members, "pi": model.pi, "names": model.member_names})}
+    else:
+        obj |= {"generator": checkpoints.pack_module("generator", model.G),
+                "miner": checkpoints.pack_module("miner", model.M) if model.M is not None else {}}
     return checkpoints.save(obj, path)
 
 
-def load_model(path: str | Path | bytes) -> tuple[MinedGenerator, dict[str, Any]]:
-    """The transferred generator (G and M) of a finished run, from ``model.pt`` (weights only)."""
+def load_model(path: str | Path | bytes) -> tuple[TransferredModel, dict[str, Any]]:
+    """The transferred generator(s) and miner(s) of a finished run, from ``model.pt`` (weights only)."""
     obj = checkpoints.load(path)
     if obj.get("format") != MODEL_FORMAT:
         raise checkpoints.CheckpointError("not a MineGAN model file")
+    meta = json.loads(obj["meta"])
+    if "family" in obj:
+        fam = json.loads(obj["family"])
+        Gs = nn.ModuleList(checkpoints.unpack_module(g) for g in obj["generators"])
+        Ms = nn.ModuleList(checkpoints.unpack_module(m) for m in obj["miners"])
+        return MultiMinedGenerator(Gs.eval(), Ms.eval(), fam["members"], fam["pi"], fam["names"]), meta
     G = checkpoints.unpack_module(obj["generator"])
     M = checkpoints.unpack_module(obj["miner"]) if obj.get("miner") else None
     assert isinstance(G, Generator) and (M is None or isinstance(M, Miner))
-    return MinedGenerator(G.eval(), M.eval() if M is not None else None), json.loads(obj["meta"])
+    return MinedGenerator(G.eval(), M.eval() if M is not None else None), meta
 
 
 def with_overrides(cfg: RunConfig, **kw: Any) -> RunConfig:

@@ -68,6 +68,14 @@ class GanModules:
     def critic(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         return self.D(x, c) if self.n_classes else self.D(x)
 
+    def critic_fakes(self, n: int, labels: torch.Tensor | None, device: torch.device) -> torch.Tensor:
+        """The fake minibatch of a critic update (called under no_grad). Multi-GAN mining overrides it."""
+        return self.fake(self.latent(n, device=device), labels)
+
+    def generator_fakes(self, n: int, labels: torch.Tensor | None, device: torch.device) -> torch.Tensor:
+        """The fake minibatch of a miner/generator update (with grad). Multi-GAN mining overrides it."""
+        return self.fake(self.latent(n, device=device), labels)
+
 
 @dataclass
 class StageState:
@@ -113,7 +121,7 @@ def critic_step(
     """One critic update: Eq. 3 (L_D = E[D(G(M(u)))] - E[D(x)]) plus the gradient penalty."""
     n = real.shape[0]
     with torch.no_grad():
-        fake = mods.fake(mods.latent(n, device=real.device), labels)  # [N, C, H, W]
+        fake = mods.critic_fakes(n, labels, real.device)  # [N, C, H, W]
     d_real = mods.critic(real, labels)
     d_fake = mods.critic(fake, labels)
     loss_w = critic_loss(d_fake, d_real)
@@ -131,7 +139,7 @@ def generator_step(mods: GanModules, st: StageState, n: int, labels: torch.Tenso
     assert st.opt_g is not None
     mods.D.requires_grad_(False)
     try:
-        fake = mods.fake(mods.latent(n, device=device), labels)
+        fake = mods.generator_fakes(n, labels, device)
         loss = generator_loss(mods.critic(fake, labels))
         st.opt_g.zero_grad(set_to_none=True)
         loss.backward()

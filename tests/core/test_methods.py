@@ -84,8 +84,8 @@ def test_resume_refuses_a_different_config(source, target, tmp_path: Path) -> No
 
 
 def test_conditional_source_and_wrong_shape_are_refused(target, tmp_path: Path) -> None:
-    with pytest.raises(MethodError, match="conditional"):
-        train(RunConfig(method="mine", **TINY), tiny_source(n_classes=10), target, tmp_path)
+    with pytest.raises(MethodError, match="conditional source"):  # baselines take one unconditional source
+        train(RunConfig(method="transfergan", **TINY), tiny_source(n_classes=10), target, tmp_path)
     with pytest.raises(MethodError, match="do not match"):
         train(RunConfig(method="mine", **TINY), tiny_source(), torch.zeros(4, 3, 28, 28), tmp_path)
 
