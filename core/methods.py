@@ -9,6 +9,8 @@
 | ``transfergan`` | source       | no    | finetune G+D (Wang et al. 2018)                               |
 | ``transfergan++`` | source     | no    | finetune G+D with S^3 on the critic                           |
 | ``freezed``     | source       | no    | finetune G+D, lowest critic layers frozen (FreezeD)           |
+| ``fusion``      | fused G_F    | yes   | fuse the sources (Eq. 15-16, ``fusion_steps``), then minegan  |
+| ``fusion++``    | fused G_F    | yes   | fuse, then minegan++                                          |
 
 Mining methods also take several sources, or one one-hot conditional source (its classes become the
 family members): then there is one miner per member, one critic (initialised from source
@@ -34,17 +36,19 @@ from torch import nn
 from core import checkpoints
 from core.baselines import finetune_all_stage
 from core.finetune import finetune_stage
+from core.fusion import FusionConfig, fuse
 from core.mining import MinedGenerator, mining_stage
 from core.multi import SELECTION_RULES, MultiGanModules, MultiMinedGenerator, unconditional_critic
 from core.nets import Critic, Generator, Miner, MinerConfig
 from core.sparse import SparseConfig, select_subnetwork, trainable_fraction
 from core.trainer import GanModules, ProgressFn, StageConfig, StageState, StopFn, make_stage_state, run_stage
-from core.zoo import SourceModel
+from core.zoo import SourceModel, load_source_file
 
 log = logging.getLogger(__name__)
 
-METHODS = ("mine", "minegan", "minegan++", "scratch", "transfergan", "transfergan++", "freezed")
-MINING_METHODS = ("mine", "minegan", "minegan++")
+METHODS = ("mine", "minegan", "minegan++", "scratch", "transfergan", "transfergan++", "freezed", "fusion", "fusion++")
+FUSION_METHODS = ("fusion", "fusion++")
+MINING_METHODS = ("mine", "minegan", "minegan++", *FUSION_METHODS)
 MODEL_FORMAT = "minegan-model/1"
 TransferredModel = MinedGenerator | MultiMinedGenerator
 RUN_FORMAT = "minegan-run/1"
@@ -77,16 +81,25 @@ class RunConfig:
     checkpoint_every: int = 50
     selection: str = "permuted"  # several sources: Eq. 9-10 ("permuted") or Eq. 5-6 ("max")
     critic_source: int = 0  # several sources: whose pretrained critic initialises the single critic D
+    fusion_steps: int = 500  # fusion / fusion++: steps training G_F before mining it (Eq. 15-16)
+    fusion_mean_scale: float = 3.0  # fusion: distance of each source's prior mean from the origin
 
     @property
     def total_steps(self) -> int:
-        return self.mining_steps + self.finetune_steps
+        return self.pre_steps + self.mining_steps + self.finetune_steps
+
+    @property
+    def pre_steps(self) -> int:
+        """Steps before mining starts: the fusion of the sources for fusion methods, else none."""
+        return self.fusion_steps if self.method in FUSION_METHODS else 0
 
     def validate(self) -> None:
         if self.method not in METHODS:
             raise MethodError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
-        if self.mining_steps < 0 or self.finetune_steps < 0 or self.total_steps < 1:
+        if self.mining_steps < 0 or self.finetune_steps < 0 or self.mining_steps + self.finetune_steps < 1:
             raise MethodError("mining_steps and finetune_steps must be >= 0 with a positive total")
+        if self.method in FUSION_METHODS and self.fusion_steps < 1:
+            raise MethodError("fusion_steps must be positive for fusion methods")
         if self.batch_size < 1 or self.n_critic < 1 or self.miner_layers < 1:
             raise MethodError("batch_size, n_critic and miner_layers must be positive")
         if self.selection not in SELECTION_RULES:
@@ -98,7 +111,8 @@ def plan(cfg: RunConfig) -> list[StageConfig]:
     cfg.validate()
     opts: dict[str, Any] = dict(n_critic=cfg.n_critic, batch_size=cfg.batch_size, lr_miner=cfg.lr_miner, lr_generator=cfg.lr_generator,
                 lr_critic=cfg.lr_critic, betas=tuple(cfg.betas), gp_weight=cfg.gp_weight)
-    total, m, f = cfg.total_steps, cfg.mining_steps, cfg.finetune_steps
+    m, f = cfg.mining_steps, cfg.finetune_steps
+    total = m + f
     stages: dict[str, list[StageConfig]] = {
         "mine": [mining_stage(total, **opts)],
         "minegan": [mining_stage(m, **opts), finetune_stage(f, **opts)],
@@ -107,6 +121,8 @@ def plan(cfg: RunConfig) -> list[StageConfig]:
         "transfergan": [finetune_all_stage(total, **opts)],
         "transfergan++": [finetune_all_stage(total, sparse=True, **opts)],
         "freezed": [finetune_all_stage(total, freeze_critic_layers=cfg.freeze_critic_layers, **opts)],
+        "fusion": [mining_stage(m, **opts), finetune_stage(f, **opts)],  # after fuse(), on G_F
+        "fusion++": [mining_stage(m, sparse=True, **opts), finetune_stage(f, sparse=True, **opts)],
     }
     return [s for s in stages[cfg.method] if s.steps > 0]
 
@@ -130,6 +146,8 @@ def build_modules(cfg: RunConfig, source: SourceModel | list[SourceModel]) -> Ga
     sources = _as_list(source)
     if not sources:
         raise MethodError("at least one source model is needed")
+    if cfg.method in FUSION_METHODS and len(sources) > 1:
+        raise MethodError("fusion methods mine the fused generator: call fuse() first (train() does)")
     if is_family(sources):
         return _build_family(cfg, sources)
     source = sources[0]
@@ -146,6 +164,8 @@ def _build_family(cfg: RunConfig, sources: list[SourceModel]) -> MultiGanModules
     what = "a conditional source" if len(sources) == 1 else "several sources"
     if cfg.method not in MINING_METHODS:
         raise MethodError(f"{cfg.method} uses one unconditional source; {what} need a mining method ({', '.join(MINING_METHODS)})")
+    if cfg.method in FUSION_METHODS and any(s.conditional for s in sources):
+        raise MethodError("fusion takes unconditional sources")
     g0 = sources[0].G.cfg
     for s in sources[1:]:
         if (s.G.cfg.z_dim, s.G.cfg.img_size, s.G.cfg.channels) != (g0.z_dim, g0.img_size, g0.channels):
@@ -178,8 +198,9 @@ class RunResult:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-def _latest_checkpoint(run_dir: Path) -> Path | None:
-    found = sorted(run_dir.glob("ckpt-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
+def _latest_checkpoint(run_dir: Path, after: int = 0) -> Path | None:
+    """The newest run checkpoint; ``after``: ignore ckpt-{step} with step <= after (fusion's own checkpoints)."""
+    found = sorted((p for p in run_dir.glob("ckpt-*.pt") if int(p.stem.split("-")[1]) > after), key=lambda p: int(p.stem.split("-")[1]))
     return found[-1] if found else None
 
 
@@ -188,6 +209,7 @@ class _Run:
 
     def __init__(self, cfg: RunConfig, sources: list[SourceModel], target: torch.Tensor, run_dir: Path) -> None:
         self.cfg, self.target, self.run_dir = cfg, target, run_dir
+        self.offset = cfg.pre_steps  # fusion's steps come first; checkpoints and progress count on from there
         self.source_name = ",".join(s.name for s in sources)
         self.stages = plan(cfg)
         torch.manual_seed(cfg.seed)
@@ -201,7 +223,7 @@ class _Run:
     @property
     def global_step(self) -> int:
         done = sum(s.steps for s in self.stages[: self.stage_idx])
-        return done + (self.state.step if self.state else 0)
+        return self.offset + done + (self.state.step if self.state else 0)
 
     def checkpoint(self) -> Path:
         st = self.state
@@ -275,8 +297,11 @@ def train(
     g = sources[0].G.cfg
     if tuple(target.shape[1:]) != (g.channels, g.img_size, g.img_size):
         raise MethodError(f"target images {tuple(target.shape[1:])} do not match the source's output shape")
+    cfg.validate()
+    if cfg.method in FUSION_METHODS:  # Sec. 4.2: fuse the sources into G_F first, then mine G_F
+        sources = [_fused_source(cfg, sources, run_dir, on_progress, should_stop, device, after_checkpoint)]
     run = _Run(cfg, sources, target, run_dir)
-    latest = _latest_checkpoint(run_dir)
+    latest = _latest_checkpoint(run_dir, after=cfg.pre_steps)
     if latest is not None:
         run.restore(latest)
     mods = run.mods
@@ -333,6 +358,26 @@ def train(
     save_model(model, run_dir / "model.pt", {"config": _jsonable(asdict(cfg)), **summary})
     (run_dir / "run.json").write_text(json.dumps(summary, indent=2))
     return RunResult(model=model, run_dir=run_dir, summary=summary)
+
+
+def _fused_source(cfg: RunConfig, sources: list[SourceModel], run_dir: Path, on_progress: ProgressFn | None,
+                  should_stop: StopFn | None, device: str, after_checkpoint: Callable[[Path], None] | None) -> SourceModel:
+    if len(sources) < 2:
+        raise MethodError("fusion needs at least two sources")
+    if any(s.conditional for s in sources):
+        raise MethodError("fusion takes unconditional sources")
+    fused_path = run_dir / "fused.pt"
+    name = "fused(" + ",".join(s.name for s in sources) + ")"
+    if fused_path.exists():  # fusion finished in an earlier attempt
+        return load_source_file(fused_path, name)
+    fcfg = FusionConfig(steps=cfg.fusion_steps, batch_size=cfg.batch_size, n_critic=cfg.n_critic, lr_generator=cfg.lr_generator,
+                        lr_critic=cfg.lr_critic, betas=tuple(cfg.betas), gp_weight=cfg.gp_weight,  # type: ignore[arg-type]
+                        mean_scale=cfg.fusion_mean_scale, seed=cfg.seed, checkpoint_every=cfg.checkpoint_every)
+    try:
+        return fuse(sources, fcfg, run_dir, name=name, on_progress=on_progress, should_stop=should_stop,
+                    after_checkpoint=after_checkpoint, total_steps=cfg.total_steps, device=device)
+    except ValueError as exc:
+        raise MethodError(str(exc)) from exc
 
 
 def save_model(model: TransferredModel, path: Path, meta: dict[str, Any]) -> Path:

@@ -125,7 +125,7 @@ def critic_step(
     d_real = mods.critic(real, labels)
     d_fake = mods.critic(fake, labels)
     loss_w = critic_loss(d_fake, d_real)
-    gp = gradient_penalty(mods.D, real, fake, labels, cfg.gp_weight)
+    gp = gradient_penalty(mods.D, real, fake, labels if mods.n_classes else None, cfg.gp_weight)
     st.opt_d.zero_grad(set_to_none=True)
     (loss_w + gp).backward()
     if st.masks:

@@ -113,13 +113,18 @@ def load_source(name: str, weights_dir: Path | None = None) -> SourceModel:
     path = weights_path(name, weights_dir)
     if not path.exists():
         raise UnknownModelError(f"no weights for source model {name!r}; build them with `minegan zoo build {name}`")
+    return load_source_file(path, name)
+
+
+def load_source_file(path: Path, name: str | None = None) -> SourceModel:
+    """A source model from a source-model file (a zoo weight file or a fusion's ``fused.pt``)."""
     obj = checkpoints.load(path)
     if obj.get("format") != SOURCE_FORMAT:
         raise checkpoints.CheckpointError(f"{path} is not a source-model file")
     G = checkpoints.unpack_module(obj["generator"])
     D = checkpoints.unpack_module(obj["critic"])
     assert isinstance(G, Generator) and isinstance(D, Critic)
-    return SourceModel(name=name, G=G.eval(), D=D, meta=dict(obj.get("meta", {})))
+    return SourceModel(name=name or str(obj.get("name", path.stem)), G=G.eval(), D=D, meta=dict(obj.get("meta", {})))
 
 
 def source_checkpoint(name: str, G: Generator, D: Critic, meta: dict[str, Any]) -> dict[str, Any]:

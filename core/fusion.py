@@ -1,0 +1,204 @@
+"""Fusing several pretrained GANs into one conditional generator G_F (MineGAN++ Sec. 4.2).
+
+The sources' own samples are the *pseudo real* data; G_F is trained adversarially against a critic D
+that tells G_F's samples from the sources' samples (WGAN-GP, as everywhere in this project):
+
+    L_D^F = E_{z ~ p_z^F}[D(G_F(z))] - sum_i E_{z ~ p_z^i}[D(G_i(z))]      (Eq. 15)
+    L_G^F = -E_{z ~ p_z^F}[D(G_F(z))]                                      (Eq. 16)
+
+Conditioning is implicit in the prior (Sec. 4.2): source i owns the Gaussian N(mu_i, I) with its own mean,
+so G_F(mu_i + e), e ~ N(0, I), should look like G_i's samples. The means are ``mean_scale`` times
+orthonormal random directions. Every minibatch is *balanced*: the same number of slots per source for the
+pseudo-real images and for G_F's samples (the slot's source picks both the pseudo-real generator and the
+fake's prior mean), so each source weighs equally in the sum of Eq. 15; the gradient penalty interpolates
+between a pseudo-real and a fake image of the same source.
+
+The result is an ordinary unconditional ``Generator`` + ``Critic`` pair (a :class:`SourceModel`) that
+mining then treats like any other source; its file can be registered as a new zoo source.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from core import checkpoints
+from core.nets import Critic, Generator
+from core.trainer import GanModules, ProgressFn, StageConfig, StopFn, critic_step, generator_step, make_stage_state, set_trainable
+from core.zoo import SourceModel, source_checkpoint
+
+log = logging.getLogger(__name__)
+
+FUSION_FORMAT = "minegan-fusion-run/1"
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    steps: int = 500
+    batch_size: int = 64
+    n_critic: int = 5
+    lr_generator: float = 1e-4
+    lr_critic: float = 1e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    gp_weight: float = 10.0
+    mean_scale: float = 3.0  # |mu_i|: how far apart the sources' prior regions lie
+    init: str = "source"  # "source": G_F, D start from the first source's weights; "random"
+    seed: int = 0
+    checkpoint_every: int = 50
+
+
+def fusion_means(n_sources: int, z_dim: int, scale: float, seed: int = 0) -> torch.Tensor:
+    """mu_i: ``scale`` times orthonormal random directions, one per source. [n_sources, z_dim]"""
+    gen = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(z_dim, n_sources, generator=gen))  # [z_dim, n] orthonormal columns
+    return scale * q.T.contiguous()
+
+
+def balanced_labels(n: int, n_sources: int, gen: torch.Generator | None = None) -> torch.Tensor:
+    """Source index per slot: each source gets n // N slots (the remainder spread at random). [n]"""
+    labels = torch.arange(n) % n_sources
+    return labels[torch.randperm(n, generator=gen)]
+
+
+@dataclass
+class FusionModules(GanModules):
+    """G_F with the source-indexed prior: ``labels`` (source indices) select the prior mean of each fake."""
+
+    means: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
+
+    def prior(self, labels: torch.Tensor) -> torch.Tensor:
+        return self.means.to(labels.device)[labels] + torch.randn(len(labels), self.z_dim, device=labels.device)  # z ~ N(mu_i, I)
+
+    def critic_fakes(self, n: int, labels: torch.Tensor | None, device: torch.device) -> torch.Tensor:
+        assert labels is not None
+        return self.G(self.prior(labels))  # type: ignore[no-any-return]  # G_F(z), Eq. 15
+
+    def generator_fakes(self, n: int, labels: torch.Tensor | None, device: torch.device) -> torch.Tensor:
+        assert labels is not None
+        return self.G(self.prior(labels))  # type: ignore[no-any-return]  # G_F(z), Eq. 16
+
+
+@torch.no_grad()
+def pseudo_real(sources: list[SourceModel], labels: torch.Tensor) -> torch.Tensor:
+    """One sample G_i(z), z ~ N(0, I), per slot from the slot's source i: the pseudo-real batch of Eq. 15."""
+    g0 = sources[0].G
+    out = torch.empty(len(labels), g0.cfg.channels, g0.cfg.img_size, g0.cfg.img_size, device=labels.device)
+    for i, s in enumerate(sources):
+        idx = (labels == i).nonzero().flatten()
+        if len(idx):
+            out[idx] = s.G(torch.randn(len(idx), s.G.cfg.z_dim, device=labels.device))
+    return out
+
+
+def fuse(
+    sources: list[SourceModel],
+    cfg: FusionConfig,
+    run_dir: str | Path,
+    name: str = "fused",
+    on_progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+    after_checkpoint: Callable[[Path], None] | None = None,
+    step_offset: int = 0,
+    total_steps: int | None = None,
+    device: str = "cpu",
+) -> SourceModel:
+    """Train G_F (Eq. 15-16), checkpointing as ``ckpt-{step}.pt`` in ``run_dir`` and resuming from the
+    latest; writes ``fused.pt`` (a source-model file) and returns the fused source."""
+    from core.trainer import Stopped
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if len(sources) < 2:
+        raise ValueError("fusion needs at least two sources")
+    g0, d0 = sources[0].G, sources[0].D
+    for s in sources:
+        if s.conditional or (s.G.cfg.z_dim, s.G.cfg.img_size, s.G.cfg.channels) != (g0.cfg.z_dim, g0.cfg.img_size, g0.cfg.channels):
+            raise ValueError("fusion needs unconditional sources with the same |z|, resolution and channels")
+    torch.manual_seed(cfg.seed)
+    G, D = Generator(g0.cfg), Critic(d0.cfg)
+    if cfg.init == "source":
+        G.load_state_dict(g0.state_dict())
+        D.load_state_dict(d0.state_dict())
+    means = fusion_means(len(sources), g0.cfg.z_dim, cfg.mean_scale, cfg.seed)
+    mods = FusionModules(G=G, D=D, z_dim=g0.cfg.z_dim, means=means)
+    stage = StageConfig("fuse", steps=cfg.steps, train_miner=False, train_generator=True, n_critic=cfg.n_critic,
+                        batch_size=cfg.batch_size, lr_generator=cfg.lr_generator, lr_critic=cfg.lr_critic,
+                        betas=tuple(cfg.betas), gp_weight=cfg.gp_weight)  # type: ignore[arg-type]
+    st = make_stage_state(mods, stage)
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    cfg_json = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
+    names = [s.name for s in sources]
+    found = [p for p in run_dir.glob("ckpt-*.pt")]
+    latest = max(found, key=lambda p: int(p.stem.split("-")[1])) if found else None
+    if latest is not None:
+        obj = checkpoints.load(latest)
+        if obj.get("format") == FUSION_FORMAT:
+            if obj["config"] != cfg_json or obj["sources"] != names:
+                raise ValueError(f"{latest} belongs to a different fusion; use a fresh run directory")
+            G.load_state_dict(obj["G"])
+            D.load_state_dict(obj["D"])
+            st.opt_d.load_state_dict(obj["opt_d"])
+            assert st.opt_g is not None
+            st.opt_g.load_state_dict(obj["opt_g"])
+            st.step = int(obj["step"])
+            torch.set_rng_state(obj["rng"])
+            gen.set_state(obj["gen"])
+            log.info("fusion resumes at step %d", st.step)
+
+    def save() -> None:
+        assert st.opt_g is not None
+        obj = {"format": FUSION_FORMAT, "config": cfg_json, "sources": names, "step": st.step, "G": G.state_dict(),
+               "D": D.state_dict(), "opt_d": st.opt_d.state_dict(), "opt_g": st.opt_g.state_dict(),
+               "rng": torch.get_rng_state(), "gen": gen.get_state()}
+        path = checkpoints.save(obj, run_dir / f"ckpt-{step_offset + st.step}.pt")
+        for old in run_dir.glob("ckpt-*.pt"):
+            if old != path:
+                old.unlink(missing_ok=True)
+        if after_checkpoint is not None:
+            after_checkpoint(path)
+
+    dev = torch.device(device)
+    G.to(dev)
+    D.to(dev)
+    set_trainable(mods, stage)
+    for s in sources:
+        s.G.eval().requires_grad_(False).to(dev)
+    total = total_steps or cfg.steps
+    while st.step < cfg.steps:
+        if should_stop is not None and should_stop():
+            raise Stopped(f"stopped in fuse at step {st.step}")
+        stats: dict[str, float] = {}
+        for _ in range(cfg.n_critic):
+            labels = balanced_labels(cfg.batch_size, len(sources), gen).to(dev)
+            stats = critic_step(mods, st, stage, pseudo_real(sources, labels), labels)  # Eq. 15 + GP
+        stats |= generator_step(mods, st, cfg.batch_size, balanced_labels(cfg.batch_size, len(sources), gen).to(dev), dev)  # Eq. 16
+        st.step += 1
+        if on_progress is not None:
+            on_progress("fuse", step_offset + st.step, total, stats)
+        if cfg.checkpoint_every and st.step % cfg.checkpoint_every == 0 and st.step < cfg.steps:
+            save()
+    meta: dict[str, Any] = {"description": f"fusion of {', '.join(names)} (Eq. 15-16)", "fusion": {
+        "sources": names, "means": means.tolist(), "steps": cfg.steps, "config": cfg_json}}
+    out = run_dir / "fused.pt"
+    G, D = G.cpu().eval(), D.cpu()
+    for s in sources:
+        s.G.cpu()
+    checkpoints.save(source_checkpoint(name, G, D, meta), out)
+    for old in run_dir.glob("ckpt-*.pt"):
+        old.unlink(missing_ok=True)
+    if after_checkpoint is not None:
+        after_checkpoint(out)
+    return SourceModel(name=name, G=G, D=D, meta=meta)
+
+
+@torch.no_grad()
+def sample_source_region(fused: SourceModel, i: int, n: int, seed: int = 0) -> torch.Tensor:
+    """n samples of G_F from source i's prior region, z ~ N(mu_i, I). [n, C, H, W]"""
+    means = torch.tensor(fused.meta["fusion"]["means"])
+    gen = torch.Generator().manual_seed(seed)
+    return fused.G(means[i] + torch.randn(n, fused.G.cfg.z_dim, generator=gen))

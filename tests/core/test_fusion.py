@@ -1,0 +1,80 @@
+"""Fusion (Sec. 4.2, Eq. 15-16): balanced pseudo-real batches, per-source prior means, fusion + mining."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from core.fusion import FusionConfig, balanced_labels, fuse, fusion_means, pseudo_real, sample_source_region
+from core.methods import MethodError, RunConfig, load_model, train
+from core.trainer import Stopped
+from core.zoo import load_source_file
+from tests.conftest import tiny_source
+
+TINY_F = FusionConfig(steps=3, batch_size=8, n_critic=2, checkpoint_every=1)
+
+
+def test_balanced_labels_give_every_source_the_same_share() -> None:
+    for n, k in [(64, 2), (64, 3), (9, 3)]:
+        labels = balanced_labels(n, k, torch.Generator().manual_seed(0))
+        counts = torch.bincount(labels, minlength=k)
+        assert counts.max() - counts.min() <= 1 and counts.sum() == n
+
+
+def test_means_are_distinct_and_at_the_given_scale() -> None:
+    mu = fusion_means(3, 16, 3.0)
+    assert mu.shape == (3, 16)
+    assert torch.allclose(mu.norm(dim=1), torch.full((3,), 3.0), atol=1e-5)
+    assert torch.allclose(mu @ mu.T, 9.0 * torch.eye(3), atol=1e-4)  # orthogonal: regions far apart
+
+
+def test_pseudo_real_batch_takes_each_slot_from_its_source() -> None:
+    a, b = tiny_source(name="a"), tiny_source(name="b")
+    torch.nn.init.constant_(a.G.ups[-1].bias, 5.0)  # a's images saturate at +1
+    torch.nn.init.constant_(b.G.ups[-1].bias, -5.0)  # b's at -1
+    labels = torch.tensor([0, 1, 1, 0, 1])
+    x = pseudo_real([a, b], labels)
+    means = x.flatten(1).mean(1)
+    assert torch.all(means[labels == 0] > 0.5) and torch.all(means[labels == 1] < -0.5)
+
+
+def test_fuse_trains_writes_a_source_file_and_resumes(tmp_path: Path) -> None:
+    srcs = [tiny_source(name="a"), tiny_source(name="b")]
+    progress: list[tuple[str, int]] = []
+    fused = fuse(srcs, TINY_F, tmp_path / "full", on_progress=lambda ph, s, t, st: progress.append((ph, s)))
+    assert progress == [("fuse", 1), ("fuse", 2), ("fuse", 3)]
+    assert not any(torch.equal(x, y) for x, y in zip(fused.G.state_dict().values(), srcs[0].G.state_dict().values())
+                   if x.dtype.is_floating_point and x.numel() > 1)
+    loaded = load_source_file(tmp_path / "full" / "fused.pt")
+    assert loaded.meta["fusion"]["sources"] == ["a", "b"] and not loaded.conditional
+    assert sample_source_region(loaded, 1, 4).shape == (4, 1, 28, 28)
+    calls = {"n": 0}
+
+    def stop() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 2
+
+    with pytest.raises(Stopped):
+        fuse(srcs, TINY_F, tmp_path / "cut", should_stop=stop)
+    assert [p.name for p in (tmp_path / "cut").glob("ckpt-*.pt")] == ["ckpt-2.pt"]
+    resumed = fuse(srcs, TINY_F, tmp_path / "cut")
+    for x, y in zip(fused.G.state_dict().values(), resumed.G.state_dict().values()):
+        assert torch.equal(x, y)
+
+
+@pytest.mark.parametrize("method", ["fusion", "fusion++"])
+def test_fusion_method_fuses_then_mines(method: str, target, tmp_path: Path) -> None:
+    srcs = [tiny_source(name="a"), tiny_source(name="b")]
+    phases: list[tuple[str, int, int]] = []
+    cfg = RunConfig(method=method, fusion_steps=2, mining_steps=2, finetune_steps=1, batch_size=8, n_critic=2, checkpoint_every=1)
+    res = train(cfg, srcs, target, tmp_path, on_progress=lambda ph, s, t, st: phases.append((ph, s, t)))
+    assert [(p, s) for p, s, _ in phases if p != "select"] == [("fuse", 1), ("fuse", 2), ("mine", 3), ("mine", 4), ("finetune", 5)]
+    assert all(t == 5 for _, _, t in phases)
+    assert (tmp_path / "fused.pt").exists() and res.model.M is not None
+    model, meta = load_model(tmp_path / "model.pt")
+    assert meta["source"] == "fused(a,b)" and model.sample(3, seed=1).shape == (3, 1, 28, 28)
+
+
+def test_fusion_needs_several_unconditional_sources(target, tmp_path: Path) -> None:
+    with pytest.raises(MethodError, match="at least two"):
+        train(RunConfig(method="fusion", fusion_steps=1, mining_steps=1, finetune_steps=0), tiny_source(), target, tmp_path)
