@@ -26,12 +26,18 @@ class MethodOptions(BaseModel):
     sparse_top_fraction: float | None = Field(default=None, gt=0, le=1)
     sparse_min_weights: int | None = Field(default=None, ge=1)
     freeze_critic_layers: int | None = Field(default=None, ge=0, le=8)
+    selection: Literal["permuted", "max"] | None = Field(
+        default=None, description="several sources: improved permuted training (Eq. 9-10, default) or the original max rule (Eq. 5-6)")
+    critic_source: int | None = Field(default=None, ge=0, le=7, description="several sources: index of the source whose critic initialises D")
+    fusion_steps: int | None = Field(default=None, ge=1, le=100_000, description="fusion, fusion++: steps training the fused G_F")
+    fusion_mean_scale: float | None = Field(default=None, gt=0, le=100, description="fusion: distance of each source's prior mean")
 
 
 class JobSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    sources: list[str] = Field(min_length=1, max_length=8, description="source model ids (see GET /models)")
+    sources: list[str] = Field(min_length=1, max_length=8, description="source model ids (see GET /models); several for "
+                               "multi-GAN mining (mining methods) or fusion (fusion, fusion++)")
     method: str = Field(default="minegan++", description=f"one of {', '.join(METHODS)}")
     mining_steps: int = Field(default=200, ge=0, le=100_000)
     finetune_steps: int = Field(default=100, ge=0, le=100_000)
@@ -68,6 +74,8 @@ class JobPublic(BaseModel):
     metrics: dict[str, Any] | None
     target: dict[str, Any] | None
     error: ErrorInfo | None
+    selector: dict[str, float] | None = Field(
+        default=None, description="multi-GAN mining: the selector's current pi per generator (class, for a conditional source)")
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None

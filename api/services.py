@@ -8,8 +8,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from core.methods import load_model
-from core.mining import MinedGenerator
+from core.methods import TransferredModel, load_model
 from store.blobs import BlobStore
 from store.settings import Settings
 
@@ -21,11 +20,11 @@ class ModelCache:
 
     def __init__(self, blobs: BlobStore, size: int) -> None:
         self.blobs, self.size = blobs, size
-        self._items: OrderedDict[str, MinedGenerator] = OrderedDict()
+        self._items: OrderedDict[str, TransferredModel] = OrderedDict()
         self._lock = threading.Lock()
         self.loads = 0  # how many times a model was fetched from storage (tests assert on it)
 
-    def get(self, key: str) -> MinedGenerator:
+    def get(self, key: str) -> TransferredModel:
         with self._lock:
             if key in self._items:
                 self._items.move_to_end(key)

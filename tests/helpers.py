@@ -13,9 +13,9 @@ from core.images import png_bytes, to_uint8
 from tests.conftest import tiny_source
 
 
-def write_tiny_zoo(weights_dir: Path, name: str = "tiny-src") -> Path:
-    src = tiny_source(width=4, z_dim=8, name=name)
-    return checkpoints.save(zoo.source_checkpoint(name, src.G, src.D, {"description": "tiny test source"}),
+def write_tiny_zoo(weights_dir: Path, name: str = "tiny-src", n_classes: int = 0, description: str = "tiny test source") -> Path:
+    src = tiny_source(width=4, z_dim=8, name=name, n_classes=n_classes)
+    return checkpoints.save(zoo.source_checkpoint(name, src.G, src.D, {"description": description}),
                             weights_dir / f"{name}.pt")
 
 

@@ -75,9 +75,13 @@ class _Reporter:
 
 
 def _restore_checkpoint(blobs: BlobStore, job_id: str, run_dir: Path) -> str | None:
+    """Download the newest checkpoint (and a finished fusion's ``fused.pt``) of an interrupted attempt."""
+    fused = artifact_key(job_id, "fused.pt")
+    if blobs.exists(fused):
+        (run_dir / "fused.pt").write_bytes(blobs.get(fused))
     keys = [k for k in blobs.list(artifact_key(job_id, "ckpt-")) if k.endswith(".pt")]
     if not keys:
-        return None
+        return fused if blobs.exists(fused) else None
     latest = max(keys, key=lambda k: int(Path(k).stem.split("-")[1]))
     (run_dir / Path(latest).name).write_bytes(blobs.get(latest))
     return latest
@@ -99,7 +103,8 @@ def execute_job(job_id: str, settings: Settings, blobs: BlobStore) -> str:
     reporter = _Reporter(settings, job_id)
     try:
         spec = job.spec
-        source = zoo.load_source(spec["sources"][0])
+        sources = [zoo.load_source(name) for name in spec["sources"]]
+        source = sources[0]
         upload = run_dir / "target.zip"
         upload.write_bytes(blobs.get(job.upload_key))
         target = load_target(upload, source.G.cfg.channels, source.G.cfg.img_size, max_images=settings.max_target_images)
@@ -111,11 +116,12 @@ def execute_job(job_id: str, settings: Settings, blobs: BlobStore) -> str:
 
         def upload_checkpoint(path: Path) -> None:
             blobs.put(artifact_key(job_id, path.name), path.read_bytes())
-            for key in blobs.list(artifact_key(job_id, "ckpt-")):
-                if Path(key).name != path.name:
-                    blobs.delete(key)
+            if path.name.startswith("ckpt-"):  # keep only the newest checkpoint (fused.pt stays: it is an artifact)
+                for key in blobs.list(artifact_key(job_id, "ckpt-")):
+                    if Path(key).name != path.name:
+                        blobs.delete(key)
 
-        result = train(cfg, source, target.images, run_dir, on_progress=reporter.on_progress,
+        result = train(cfg, sources, target.images, run_dir, on_progress=reporter.on_progress,
                        should_stop=reporter.should_stop, device=pick_device(settings.device),
                        after_checkpoint=upload_checkpoint)
         samples = result.model.sample(64, seed=0)
@@ -147,6 +153,8 @@ def _job_metrics(samples: torch.Tensor, target: torch.Tensor, summary: dict[str,
     fr = [s["s3_trainable_fraction"] for s in summary.get("stages", []) if "s3_trainable_fraction" in s]
     if fr:
         out["s3_trainable_fraction"] = fr[-1]
+    if summary.get("selector_pi"):
+        out["selector_pi"] = summary["selector_pi"]
     if tuple(samples.shape[1:]) == (1, 28, 28) and target.shape[0] >= 2:
         try:
             out |= evaluate(samples, target, ["fd_classifier"])

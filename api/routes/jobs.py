@@ -15,6 +15,7 @@ from api.schemas import Artifact, JobList, JobPublic, JobSpec
 from api.uploads import read_upload, validate_target
 from api.views import job_public
 from core import zoo
+from core.methods import FUSION_METHODS, MINING_METHODS, MethodError, RunConfig
 from store import jobs as jobs_dao
 
 router = APIRouter(tags=["jobs"])
@@ -32,6 +33,33 @@ def _parse_spec(raw: str) -> JobSpec:
         raise ApiError(422, "invalid_spec", msg) from exc
 
 
+def _check_sources(spec: JobSpec, srcs: list[dict]) -> RunConfig:  # type: ignore[type-arg]
+    """Which methods fit which sources, checked before anything is stored (the worker would fail later)."""
+    try:
+        cfg = RunConfig(method=spec.method, mining_steps=spec.mining_steps, finetune_steps=spec.finetune_steps,
+                        batch_size=spec.batch_size, seed=spec.seed, **spec.run_options())
+        cfg.validate()
+    except (MethodError, TypeError) as exc:
+        raise ApiError(422, "invalid_spec", str(exc)) from exc
+    ids = [s["id"] for s in srcs]
+    if len(set(ids)) != len(ids):
+        raise ApiError(422, "invalid_spec", "sources: each source at most once")
+    shape = {(s["resolution"], s["channels"], s["z_dim"]) for s in srcs}
+    if len(shape) > 1:
+        raise ApiError(422, "invalid_spec", f"sources: {ids} differ in resolution, channels or |z|; they must match")
+    family = len(srcs) > 1 or srcs[0]["conditional"]
+    if spec.method in FUSION_METHODS:
+        if len(srcs) < 2 or any(s["conditional"] for s in srcs):
+            raise ApiError(422, "invalid_spec", f"sources: {spec.method} fuses two or more unconditional sources")
+    elif family and spec.method not in MINING_METHODS:
+        what = "several sources" if len(srcs) > 1 else f"{ids[0]} is conditional and"
+        raise ApiError(422, "invalid_spec", f"method: {spec.method} takes one unconditional source; {what} need a mining "
+                                            f"method ({', '.join(m for m in MINING_METHODS if m not in FUSION_METHODS)})")
+    if cfg.critic_source >= len(srcs):
+        raise ApiError(422, "invalid_spec", f"options.critic_source: {cfg.critic_source} is not the index of one of the {len(srcs)} sources")
+    return cfg
+
+
 @router.post("/jobs", status_code=202, response_model=JobPublic, summary="Submit a transfer job")
 async def submit_job(
     svc: ServicesDep,
@@ -44,11 +72,9 @@ async def submit_job(
     unknown = [s for s in job_spec.sources if s not in known]
     if unknown:
         raise ApiError(422, "unknown_source", f"sources: unknown source model(s) {unknown}; see GET /models")
-    if len(job_spec.sources) > 1:
-        raise ApiError(422, "invalid_spec", "sources: mining several GANs at once is not available yet; give one source")
-    src = known[job_spec.sources[0]]
-    if src["conditional"]:
-        raise ApiError(422, "invalid_spec", f"sources: {src['id']} is conditional; use an unconditional source")
+    srcs = [known[s] for s in job_spec.sources]
+    src = srcs[0]
+    cfg = _check_sources(job_spec, srcs)
     data = await read_upload(images, svc.settings.max_upload_bytes)
     report = validate_target(data, src["channels"], src["resolution"], svc.settings.max_target_images)
     if job_spec.batch_size > report["n_images"]:
@@ -59,7 +85,7 @@ async def submit_job(
     svc.blobs.put(upload_key, data, "application/zip")
     stored = job_spec.model_dump() | {"options": job_spec.run_options()}
     job = jobs_dao.create(svc.settings.database_url, job_id=job_id, tenant=tenant, spec=stored, upload_key=upload_key,
-                          total_steps=job_spec.mining_steps + job_spec.finetune_steps)
+                          total_steps=cfg.total_steps)
     svc.enqueue(job_id)  # after the row is committed, so the worker always finds it
     job.target_report = report
     return job_public(job)

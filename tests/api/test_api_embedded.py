@@ -25,6 +25,8 @@ from tests.helpers import TINY_SPEC, target_zip_bytes, wait_for, write_tiny_zoo
 def client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
     weights = tmp_path / "zoo"
     write_tiny_zoo(weights)
+    write_tiny_zoo(weights, "tiny-b", description="second tiny source")
+    write_tiny_zoo(weights, "tiny-cond", n_classes=3, description="tiny conditional source")
     monkeypatch.setattr("core.zoo.WEIGHTS_DIR", weights)
     settings = Settings(database_url=f"sqlite:///{tmp_path}/db.sqlite", storage_dir=str(tmp_path / "blobs"),
                         work_dir=str(tmp_path / "work"), progress_interval_s=0, checkpoint_every=2)
@@ -120,8 +122,51 @@ def test_cancel_a_running_job(client: TestClient) -> None:
 
 
 def test_models_and_readiness(client: TestClient) -> None:
-    models = client.get("/models").json()
-    assert models == [{"id": "tiny-src", "resolution": 28, "channels": 1, "conditional": False, "n_classes": 0,
-                       "z_dim": 8, "description": "tiny test source"}]
+    models = {m["id"]: m for m in client.get("/models").json()}
+    assert models["tiny-src"] == {"id": "tiny-src", "resolution": 28, "channels": 1, "conditional": False, "n_classes": 0,
+                                  "z_dim": 8, "description": "tiny test source"}
+    assert models["tiny-cond"]["conditional"] and models["tiny-cond"]["n_classes"] == 3 and set(models) == {"tiny-src", "tiny-b", "tiny-cond"}
     ready = client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["checks"] == {"database": "ok", "broker": "ok", "storage": "ok"}
+
+
+@pytest.mark.parametrize("spec,members", [
+    ({**TINY_SPEC, "sources": ["tiny-src", "tiny-b"], "method": "minegan", "options": {"n_critic": 1, "selection": "max"}},
+     {"tiny-src", "tiny-b"}),
+    ({**TINY_SPEC, "sources": ["tiny-cond"], "method": "mine"}, {"tiny-cond:0", "tiny-cond:1", "tiny-cond:2"}),
+])
+def test_multi_gan_jobs_report_the_selector(client: TestClient, spec, members) -> None:  # type: ignore[no-untyped-def]
+    job = submit(client, spec)
+    assert job.status_code == 202, job.text
+    done = wait_for(client, job.json()["id"])
+    assert done["status"] == "succeeded", done
+    assert set(done["selector"]) == members and abs(sum(done["selector"].values()) - 1) < 1e-6
+    assert done["metrics"]["selector_pi"] == done["selector"]
+    r = client.get(f"/jobs/{done['id']}/sample?n=9&format=zip")
+    assert r.status_code == 200 and len(zipfile.ZipFile(io.BytesIO(r.content)).namelist()) == 9
+
+
+def test_fusion_job_fuses_then_mines_and_keeps_the_fused_model(client: TestClient) -> None:
+    spec = {**TINY_SPEC, "sources": ["tiny-src", "tiny-b"], "method": "fusion++", "options": {"n_critic": 1, "fusion_steps": 2}}
+    job = submit(client, spec).json()
+    assert job["total_steps"] == 2 + 3 + 3
+    done = wait_for(client, job["id"])
+    assert done["status"] == "succeeded" and done["step"] == 8, done
+    names = {a["name"] for a in client.get(f"/jobs/{job['id']}/artifacts").json()}
+    assert {"fused.pt", "model.pt"} <= names
+    assert client.get(f"/jobs/{job['id']}/sample?n=4").status_code == 200
+
+
+@pytest.mark.parametrize("spec,msg", [
+    ({**TINY_SPEC, "method": "fusion"}, "fuses two or more"),
+    ({**TINY_SPEC, "sources": ["tiny-src", "tiny-cond"], "method": "fusion"}, "fuses two or more"),
+    ({**TINY_SPEC, "sources": ["tiny-src", "tiny-b"], "method": "transfergan"}, "several sources"),
+    ({**TINY_SPEC, "sources": ["tiny-cond"], "method": "scratch"}, "conditional"),
+    ({**TINY_SPEC, "sources": ["tiny-src", "tiny-src"]}, "at most once"),
+    ({**TINY_SPEC, "sources": ["tiny-src", "tiny-b"], "options": {"critic_source": 2}}, "critic_source"),
+    ({**TINY_SPEC, "options": {"selection": "mean"}}, "selection"),
+])
+def test_source_and_method_mismatches_are_422(client: TestClient, spec, msg: str) -> None:  # type: ignore[no-untyped-def]
+    r = submit(client, spec)
+    assert r.status_code == 422 and msg in r.json()["error"]["message"], r.text
+    assert client.get("/jobs").json()["total"] == 0
