@@ -103,3 +103,4 @@ class ModelInfo(BaseModel):
     n_classes: int
     z_dim: int
     description: str
+    origin: str = Field(default="built-in", description="built-in zoo, or the job a registered source came from")

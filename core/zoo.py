@@ -16,7 +16,9 @@ exact command and the time each took). Recipes:
 from __future__ import annotations
 
 import logging
+import os
 import re
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,6 +34,12 @@ from core.trainer import GanModules, ProgressFn, StageConfig, StopFn, make_stage
 log = logging.getLogger(__name__)
 
 WEIGHTS_DIR = Path(__file__).parent / "zoo_weights"
+MODEL_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+
+
+def user_dir() -> Path:
+    """Where ``minegan zoo register`` puts user sources (a fusion's fused.pt): $MINEGAN_MODELS_DIR."""
+    return Path(os.environ.get("MINEGAN_MODELS_DIR", Path.home() / ".cache" / "minegan" / "models"))
 SHIPPED = ("mnist-all", "mnist-no-9", "mnist-cond", "mnist-classifier")
 SOURCE_FORMAT = "minegan-source/1"
 
@@ -87,30 +95,46 @@ def weights_path(name: str, weights_dir: Path | None = None) -> Path:
     return (weights_dir or WEIGHTS_DIR) / f"{name}.pt"
 
 
+def describe(obj: dict[str, Any], model_id: str) -> dict[str, Any]:
+    """What a user needs to pick a source, from a loaded source-model file."""
+    g = obj["generator"]["config"]
+    return {"id": model_id, "resolution": g["img_size"], "channels": g["channels"], "conditional": g["n_classes"] > 0,
+            "n_classes": g["n_classes"], "z_dim": g["z_dim"], "description": obj.get("meta", {}).get("description", "")}
+
+
 def available(weights_dir: Path | None = None) -> list[dict[str, Any]]:
-    """Source models with weights on disk, with what a user needs to pick one."""
-    out = []
-    for p in sorted((weights_dir or WEIGHTS_DIR).glob("*.pt")):
-        obj = checkpoints.load(p)
-        if obj.get("format") != SOURCE_FORMAT:
-            continue
-        g = obj["generator"]["config"]
-        out.append(
-            {
-                "id": p.stem,
-                "resolution": g["img_size"],
-                "channels": g["channels"],
-                "conditional": g["n_classes"] > 0,
-                "n_classes": g["n_classes"],
-                "z_dim": g["z_dim"],
-                "description": obj.get("meta", {}).get("description", ""),
-            }
-        )
+    """Source models with weights on disk (the built-in zoo, then user-registered ones)."""
+    out, seen = [], set()
+    dirs = [weights_dir] if weights_dir is not None else [WEIGHTS_DIR, user_dir()]
+    for d in dirs:
+        for p in sorted(d.glob("*.pt")) if d.is_dir() else []:
+            obj = checkpoints.load(p)
+            if obj.get("format") != SOURCE_FORMAT or p.stem in seen:
+                continue
+            seen.add(p.stem)
+            out.append(describe(obj, p.stem))
     return out
+
+
+def register(path: str | Path, model_id: str) -> Path:
+    """Make a source-model file (e.g. a fusion run's ``fused.pt``) a source named ``model_id``."""
+    if not MODEL_ID.match(model_id):
+        raise ValueError("model id: lower-case letters, digits, '.', '_' or '-', at most 63 characters")
+    if weights_path(model_id).exists() or (model_id in SHIPPED):
+        raise ValueError(f"{model_id} is a built-in source; choose another id")
+    obj = checkpoints.load(path)
+    if obj.get("format") != SOURCE_FORMAT:
+        raise checkpoints.CheckpointError(f"{path} is not a source-model file (a fusion run writes one: fused.pt)")
+    dest = user_dir() / f"{model_id}.pt"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(path, dest)
+    return dest
 
 
 def load_source(name: str, weights_dir: Path | None = None) -> SourceModel:
     path = weights_path(name, weights_dir)
+    if not path.exists() and weights_dir is None and (user_dir() / f"{name}.pt").exists():
+        path = user_dir() / f"{name}.pt"
     if not path.exists():
         raise UnknownModelError(f"no weights for source model {name!r}; build them with `minegan zoo build {name}`")
     return load_source_file(path, name)

@@ -11,6 +11,7 @@ from core.zoo import SourceModel
 def _seed_and_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     torch.manual_seed(0)
     monkeypatch.setenv("MINEGAN_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    monkeypatch.setenv("MINEGAN_MODELS_DIR", str(tmp_path_factory.getbasetemp() / "user-models"))
 
 
 def tiny_source(width: int = 4, z_dim: int = 8, n_classes: int = 0, name: str = "tiny") -> SourceModel:

@@ -25,6 +25,7 @@ from core.images import grid_png
 from core.methods import MethodError, RunConfig, train
 from core.trainer import Stopped
 from store import jobs as jobs_dao
+from store import sources as registry
 from store.blobs import BlobStore
 from store.settings import Settings
 
@@ -103,7 +104,7 @@ def execute_job(job_id: str, settings: Settings, blobs: BlobStore) -> str:
     reporter = _Reporter(settings, job_id)
     try:
         spec = job.spec
-        sources = [zoo.load_source(name) for name in spec["sources"]]
+        sources = [registry.load(blobs, name, run_dir) for name in spec["sources"]]
         source = sources[0]
         upload = run_dir / "target.zip"
         upload.write_bytes(blobs.get(job.upload_key))

@@ -14,9 +14,9 @@ from api.errors import ApiError
 from api.schemas import Artifact, JobList, JobPublic, JobSpec
 from api.uploads import read_upload, validate_target
 from api.views import job_public
-from core import zoo
 from core.methods import FUSION_METHODS, MINING_METHODS, MethodError, RunConfig
 from store import jobs as jobs_dao
+from store import sources as registry
 
 router = APIRouter(tags=["jobs"])
 
@@ -68,7 +68,7 @@ async def submit_job(
     spec: Annotated[str, Form(description="JobSpec as JSON")],
 ) -> JobPublic:
     job_spec = _parse_spec(spec)
-    known = {m["id"]: m for m in zoo.available()}
+    known = registry.known(svc.blobs)
     unknown = [s for s in job_spec.sources if s not in known]
     if unknown:
         raise ApiError(422, "unknown_source", f"sources: unknown source model(s) {unknown}; see GET /models")

@@ -124,7 +124,7 @@ def test_cancel_a_running_job(client: TestClient) -> None:
 def test_models_and_readiness(client: TestClient) -> None:
     models = {m["id"]: m for m in client.get("/models").json()}
     assert models["tiny-src"] == {"id": "tiny-src", "resolution": 28, "channels": 1, "conditional": False, "n_classes": 0,
-                                  "z_dim": 8, "description": "tiny test source"}
+                                  "z_dim": 8, "description": "tiny test source", "origin": "built-in"}
     assert models["tiny-cond"]["conditional"] and models["tiny-cond"]["n_classes"] == 3 and set(models) == {"tiny-src", "tiny-b", "tiny-cond"}
     ready = client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["checks"] == {"database": "ok", "broker": "ok", "storage": "ok"}
@@ -155,6 +155,21 @@ def test_fusion_job_fuses_then_mines_and_keeps_the_fused_model(client: TestClien
     names = {a["name"] for a in client.get(f"/jobs/{job['id']}/artifacts").json()}
     assert {"fused.pt", "model.pt"} <= names
     assert client.get(f"/jobs/{job['id']}/sample?n=4").status_code == 200
+    # the fused generator becomes a source of its own, and mining it is an ordinary job
+    r = client.post("/models", json={"id": "tiny-fused", "job_id": job["id"]})
+    assert r.status_code == 201, r.text
+    assert r.json()["origin"] == f"job {job['id']}" and not r.json()["conditional"]
+    assert "tiny-fused" in {m["id"] for m in client.get("/models").json()}
+    assert client.post("/models", json={"id": "tiny-fused", "job_id": job["id"]}).status_code == 409
+    mined = wait_for(client, submit(client, {**TINY_SPEC, "sources": ["tiny-fused"], "method": "minegan"}).json()["id"])
+    assert mined["status"] == "succeeded", mined
+
+
+def test_register_refuses_jobs_without_a_fused_model(client: TestClient) -> None:
+    done = wait_for(client, submit(client).json()["id"])
+    r = client.post("/models", json={"id": "nope", "job_id": done["id"]})
+    assert r.status_code == 409 and r.json()["error"]["code"] == "no_fused_model"
+    assert client.post("/models", json={"id": "x", "job_id": "missing"}).status_code == 404
 
 
 @pytest.mark.parametrize("spec,msg", [
