@@ -24,11 +24,13 @@ test: install
 	bash scripts/test.sh
 
 lint: install
-	$(BIN)/ruff check core cli tests benchmarks
+	$(BIN)/ruff check core cli api worker store tests benchmarks
 	$(BIN)/mypy
 
 bench: install
 	$(BIN)/python benchmarks/mnist_transfer.py
+	$(BIN)/python benchmarks/multi_gan.py
+	$(BIN)/python benchmarks/sampling.py
 
 clean:
 	rm -rf $(VENV) runs demo .pytest_cache
