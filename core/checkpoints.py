@@ -25,6 +25,8 @@ from core.nets import (
     CriticConfig,
     Generator,
     GeneratorConfig,
+    JointMiner,
+    JointMinerConfig,
     Miner,
     MinerConfig,
 )
@@ -38,6 +40,7 @@ _KINDS: dict[str, tuple[type, type]] = {
     "generator": (Generator, GeneratorConfig),
     "critic": (Critic, CriticConfig),
     "miner": (Miner, MinerConfig),
+    "joint-miner": (JointMiner, JointMinerConfig),
     "classifier": (Classifier, ClassifierConfig),
 }
 

@@ -39,7 +39,7 @@ from core.finetune import finetune_stage
 from core.fusion import FusionConfig, fuse
 from core.mining import MinedGenerator, mining_stage
 from core.multi import SELECTION_RULES, MultiGanModules, MultiMinedGenerator, unconditional_critic
-from core.nets import Critic, Generator, Miner, MinerConfig
+from core.nets import Critic, Generator, JointMiner, JointMinerConfig, Miner, MinerConfig
 from core.sparse import SparseConfig, select_subnetwork, trainable_fraction
 from core.trainer import GanModules, ProgressFn, StageConfig, StageState, StopFn, make_stage_state, run_stage
 from core.zoo import SourceModel, load_source_file
@@ -132,8 +132,9 @@ def _as_list(source: SourceModel | list[SourceModel]) -> list[SourceModel]:
 
 
 def is_family(sources: list[SourceModel]) -> bool:
-    """Several sources, or one conditional source: multi-GAN mining with a selector (Sec. 3.3, supp. A)."""
-    return len(sources) > 1 or sources[0].conditional
+    """Several sources, or one one-hot conditional source: multi-GAN mining with a selector (Sec. 3.3,
+    supp. A). A source conditioned through a class embedding is mined with M^z and M^c instead (Sec. 4.1)."""
+    return len(sources) > 1 or (sources[0].conditional and not sources[0].G.cfg.embed_dim)
 
 
 def _new_miner(cfg: RunConfig, z: int) -> Miner:
@@ -156,8 +157,14 @@ def build_modules(cfg: RunConfig, source: SourceModel | list[SourceModel]) -> Ga
     if cfg.method != "scratch":
         G.load_state_dict(source.G.state_dict())
         D.load_state_dict(source.D.state_dict())
-    M = _new_miner(cfg, source.G.cfg.z_dim) if cfg.method in MINING_METHODS else None
-    return GanModules(G=G, D=D, M=M, z_dim=source.G.cfg.z_dim)
+    z = source.G.cfg.z_dim
+    if source.conditional:  # embedding-conditioned G (Sec. 4.1): miners M^z and M^c, critic without labels
+        if cfg.method not in MINING_METHODS:
+            raise MethodError(f"{source.name} is conditional; {cfg.method} needs an unconditional source (use a mining method)")
+        M: nn.Module = JointMiner(JointMinerConfig(z_dim=z, hidden=cfg.miner_hidden or z, layers=cfg.miner_layers,
+                                                   init_std=cfg.miner_init_std, embed_dim=source.G.cfg.embed_dim))
+        return GanModules(G=G, D=unconditional_critic(D), M=M, z_dim=z)
+    return GanModules(G=G, D=D, M=_new_miner(cfg, z) if cfg.method in MINING_METHODS else None, z_dim=z)
 
 
 def _build_family(cfg: RunConfig, sources: list[SourceModel]) -> MultiGanModules:
@@ -349,7 +356,7 @@ def train(
         assert isinstance(family.G, nn.ModuleList) and isinstance(family.M, nn.ModuleList)
         model = MultiMinedGenerator(family.G.cpu().eval(), family.M.cpu().eval(), family.members, family.pi, family.member_names)
     else:
-        assert isinstance(mods.G, Generator) and (mods.M is None or isinstance(mods.M, Miner))
+        assert isinstance(mods.G, Generator) and (mods.M is None or isinstance(mods.M, (Miner, JointMiner)))
         model = MinedGenerator(mods.G.cpu().eval(), mods.M.cpu().eval() if mods.M is not None else None)
     summary = {"method": cfg.method, "source": run.source_name, "steps": cfg.total_steps, "train_seconds": round(run.elapsed, 2),
                "steps_per_s": round(cfg.total_steps / max(run.elapsed, 1e-9), 3), **run.history}
@@ -387,8 +394,9 @@ def save_model(model: TransferredModel, path: Path, meta: dict[str, Any]) -> Pat
                 "miners": [checkpoints.pack_module("miner", m) for m in model.M],
                 "family": json.dumps({"members": model.members, "pi": model.pi, "names": model.member_names})}
     else:
+        kind = "joint-miner" if isinstance(model.M, JointMiner) else "miner"
         obj |= {"generator": checkpoints.pack_module("generator", model.G),
-                "miner": checkpoints.pack_module("miner", model.M) if model.M is not None else {}}
+                "miner": checkpoints.pack_module(kind, model.M) if model.M is not None else {}}
     return checkpoints.save(obj, path)
 
 
@@ -405,7 +413,7 @@ def load_model(path: str | Path | bytes) -> tuple[TransferredModel, dict[str, An
         return MultiMinedGenerator(Gs.eval(), Ms.eval(), fam["members"], fam["pi"], fam["names"]), meta
     G = checkpoints.unpack_module(obj["generator"])
     M = checkpoints.unpack_module(obj["miner"]) if obj.get("miner") else None
-    assert isinstance(G, Generator) and (M is None or isinstance(M, Miner))
+    assert isinstance(G, Generator) and (M is None or isinstance(M, (Miner, JointMiner)))
     return MinedGenerator(G.eval(), M.eval() if M is not None else None), meta
 
 

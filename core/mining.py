@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from core.nets import Generator, Miner
+from core.nets import Generator, JointMiner, Miner
 from core.trainer import StageConfig
 
 
@@ -27,7 +27,7 @@ def mining_stage(steps: int, *, sparse: bool = False, **opts: object) -> StageCo
 class MinedGenerator(nn.Module):
     """The transferred model used for sampling: x = G(M(u)), or G(u) for methods without a miner."""
 
-    def __init__(self, G: Generator, M: Miner | None) -> None:
+    def __init__(self, G: Generator, M: Miner | JointMiner | None) -> None:
         super().__init__()
         self.G = G
         self.M = M
@@ -45,5 +45,8 @@ class MinedGenerator(nn.Module):
         for i in range(0, n, batch):
             u = torch.randn(min(batch, n - i), self.z_dim, generator=gen).to(device)  # [b, z_dim]
             z = self.M(u) if self.M is not None else u
-            out.append(self.G(z).cpu())
+            if isinstance(self.M, JointMiner):  # embedding-conditioned G: G(M^z(u), M^c(u)) (Sec. 4.1)
+                out.append(self.G(z, embedding=self.M.embedding(u)).cpu())
+            else:
+                out.append(self.G(z).cpu())
         return torch.cat(out) if out else torch.empty(0)

@@ -63,6 +63,8 @@ class GanModules:
 
     def fake(self, u: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         z = self.M(u) if self.M is not None else u  # z = M(u) when mining
+        if self.M is not None and hasattr(self.M, "embedding"):  # Sec. 4.1: G(M^z(u), M^c(u)), no label needed
+            return self.G(z, embedding=self.M.embedding(u))  # type: ignore[no-any-return,operator]
         return self.G(z, c) if self.n_classes else self.G(z)  # [N, C, H, W]
 
     def critic(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:

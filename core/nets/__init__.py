@@ -2,7 +2,7 @@
 
 from core.nets.classifier import Classifier, ClassifierConfig
 from core.nets.gan import Critic, CriticConfig, Generator, GeneratorConfig
-from core.nets.miner import ClassEmbeddingMiner, Miner, MinerConfig
+from core.nets.miner import ClassEmbeddingMiner, JointMiner, JointMinerConfig, Miner, MinerConfig
 
 __all__ = [
     "ClassEmbeddingMiner",
@@ -12,6 +12,8 @@ __all__ = [
     "CriticConfig",
     "Generator",
     "GeneratorConfig",
+    "JointMiner",
+    "JointMinerConfig",
     "Miner",
     "MinerConfig",
 ]

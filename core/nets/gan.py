@@ -38,7 +38,8 @@ class GeneratorConfig:
     img_size: int = 28
     channels: int = 1
     width: int = 32
-    n_classes: int = 0  # 0: unconditional; >0: one-hot conditional G(c, z)
+    n_classes: int = 0  # 0: unconditional; >0: conditional G(c, z)
+    embed_dim: int = 0  # with n_classes: 0 = one-hot label input; >0 = a learned class embedding E(c) (Sec. 4.1)
 
 
 @dataclass(frozen=True)
@@ -59,19 +60,28 @@ class Generator(nn.Module):
         self.base = base
         chans = [cfg.width * 2 ** (n - 1 - i) for i in range(n)]  # e.g. [64, 32] for 28px
         self.c0 = chans[0]
-        self.fc = nn.Linear(cfg.z_dim + cfg.n_classes, self.c0 * base * base)
+        cond = (cfg.embed_dim or cfg.n_classes) if cfg.n_classes else 0
+        self.embed = nn.Embedding(cfg.n_classes, cfg.embed_dim) if cfg.n_classes and cfg.embed_dim else None
+        self.fc = nn.Linear(cfg.z_dim + cond, self.c0 * base * base)
         ups: list[nn.Module] = []
         for i in range(n - 1):
             ups += [nn.ConvTranspose2d(chans[i], chans[i + 1], 4, 2, 1), nn.ReLU(True)]
         ups += [nn.ConvTranspose2d(chans[-1], cfg.channels, 4, 2, 1)]
         self.ups = nn.Sequential(*ups)
 
-    def forward(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
-        # z: [N, z_dim]; c: [N] class indices (conditional only)
+    def forward(self, z: torch.Tensor, c: torch.Tensor | None = None, embedding: torch.Tensor | None = None) -> torch.Tensor:
+        # z: [N, z_dim]; c: [N] class indices (conditional only); embedding: [N, embed_dim] given directly
+        # instead of E(c) -- what the class-embedding miner M^c produces (Sec. 4.1)
         if self.cfg.n_classes:
-            if c is None:
+            if embedding is not None:
+                if self.embed is None:
+                    raise ValueError("this generator is one-hot conditional; it has no class embedding")
+                cond = embedding
+            elif c is None:
                 raise ValueError("conditional generator needs class labels")
-            z = torch.cat([z, F.one_hot(c, self.cfg.n_classes).to(z.dtype)], 1)
+            else:
+                cond = self.embed(c) if self.embed is not None else F.one_hot(c, self.cfg.n_classes).to(z.dtype)
+            z = torch.cat([z, cond], 1)
         h = F.relu(self.fc(z))  # [N, c0*base*base]
         h = h.view(-1, self.c0, self.base, self.base)  # [N, c0, base, base]
         return torch.tanh(self.ups(h))  # [N, C, H, W]

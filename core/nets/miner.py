@@ -65,3 +65,29 @@ class ClassEmbeddingMiner(nn.Module):
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         return self.net(u)  # [N, z_dim] -> [N, embed_dim]
+
+
+@dataclass(frozen=True)
+class JointMinerConfig:
+    z_dim: int = 128
+    hidden: int = 128
+    layers: int = 2
+    init_std: float = 0.01
+    embed_dim: int = 16  # the generator's class-embedding size
+
+
+class JointMiner(nn.Module):
+    """M^z and M^c side by side (Sec. 4.1): u -> (z, e), giving G(M^z(u), M^c(u)) for an embedding-
+    conditioned generator. ``forward`` returns z; ``embedding`` returns e."""
+
+    def __init__(self, cfg: JointMinerConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.mz = Miner(MinerConfig(cfg.z_dim, cfg.hidden, cfg.layers, cfg.init_std))
+        self.mc = ClassEmbeddingMiner(MinerConfig(cfg.z_dim, cfg.hidden, cfg.layers, cfg.init_std, out_dim=cfg.embed_dim))
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        return self.mz(u)  # type: ignore[no-any-return]  # M^z(u): [N, z_dim]
+
+    def embedding(self, u: torch.Tensor) -> torch.Tensor:
+        return self.mc(u)  # type: ignore[no-any-return]  # M^c(u): [N, embed_dim]

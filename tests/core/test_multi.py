@@ -150,3 +150,23 @@ def test_multi_resume_is_bit_identical(target, tmp_path: Path) -> None:
     assert resumed.summary["selector_pi"] == full.summary["selector_pi"]
     for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_embedding_conditioned_source_is_mined_with_mz_and_mc(target, tmp_path: Path) -> None:
+    """Sec. 4.1: G(M^z(u), M^c(u)) -- the class-embedding miner replaces the label; G stays fixed in mining."""
+    from core.nets import Critic, CriticConfig, Generator, GeneratorConfig, JointMiner
+    from core.zoo import SourceModel
+
+    G = Generator(GeneratorConfig(z_dim=8, width=4, n_classes=3, embed_dim=5))
+    src = SourceModel("emb", G.eval(), Critic(CriticConfig(width=4, n_classes=3)), {})
+    assert G(torch.randn(2, 8), torch.tensor([0, 2])).shape == (2, 1, 28, 28)
+    mods = build_modules(RunConfig(method="mine"), src)
+    assert isinstance(mods.M, JointMiner) and not isinstance(mods, MultiGanModules) and mods.D.cfg.n_classes == 0
+    before = [p.clone() for p in G.parameters()]
+    res = train(RunConfig(method="mine", **TINY), src, target, tmp_path)
+    assert all(torch.equal(a, b) for a, b in zip(before, res.model.G.parameters()))
+    assert any(p.grad is not None for p in res.model.M.mc.parameters())  # M^c learned the embedding
+    model, _ = load_model(tmp_path / "model.pt")
+    assert isinstance(model.M, JointMiner) and torch.equal(model.sample(4, seed=2), res.model.sample(4, seed=2))
+    with pytest.raises(MethodError, match="conditional"):
+        build_modules(RunConfig(method="transfergan"), src)
