@@ -136,7 +136,12 @@ def load_source(name: str, weights_dir: Path | None = None) -> SourceModel:
     if not path.exists() and weights_dir is None and (user_dir() / f"{name}.pt").exists():
         path = user_dir() / f"{name}.pt"
     if not path.exists():
-        raise UnknownModelError(f"no weights for source model {name!r}; build them with `minegan zoo build {name}`")
+        have = ", ".join(m["id"] for m in available(weights_dir)) or "none"
+        try:
+            recipe(name)
+        except UnknownModelError:
+            raise UnknownModelError(f"unknown source model {name!r}; available: {have} (see `minegan zoo list`)") from None
+        raise UnknownModelError(f"no weights for source model {name!r} (available: {have}); build them with `minegan zoo build {name}`")
     return load_source_file(path, name)
 
 

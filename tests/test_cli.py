@@ -1,0 +1,66 @@
+"""The ``minegan`` command line on a tiny temporary zoo: train (one and several sources), sample, register."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from cli.main import main
+from tests.helpers import target_zip_bytes, write_tiny_zoo
+
+TINY = ["--mining-steps", "2", "--finetune-steps", "1", "--batch-size", "8", "--checkpoint-every", "1"]
+
+
+@pytest.fixture
+def zoo_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    d = tmp_path / "zoo"
+    write_tiny_zoo(d, "tiny-a")
+    write_tiny_zoo(d, "tiny-b")
+    monkeypatch.setattr("core.zoo.WEIGHTS_DIR", d)
+    return d
+
+
+def test_train_sample_and_errors(zoo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    target = tmp_path / "t.zip"
+    target.write_bytes(target_zip_bytes())
+    assert main(["train", "--source", "tiny-a", "--target", str(target), "--method", "minegan", "--out", str(tmp_path / "r"), *TINY]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["method"] == "minegan" and summary["steps"] == 3
+    assert main(["sample", str(tmp_path / "r"), "-n", "4", "-o", str(tmp_path / "g.png")]) == 0
+    assert Image.open(tmp_path / "g.png").size == (2 * 30 + 2, 2 * 30 + 2)
+    assert main(["sample", str(tmp_path / "r"), "-n", "3", "--format", "zip", "-o", str(tmp_path / "s.zip")]) == 0
+    assert len(zipfile.ZipFile(tmp_path / "s.zip").namelist()) == 3
+    assert main(["train", "--source", "nope", "--target", str(target), "--out", str(tmp_path / "x")]) == 2
+    assert "unknown source model" in capsys.readouterr().err
+    assert main(["train", "--source", "tiny-a", "--target", str(tmp_path / "missing.zip"), "--out", str(tmp_path / "y")]) == 2
+
+
+def test_several_sources_fusion_and_register(zoo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    target = tmp_path / "t.zip"
+    target.write_bytes(target_zip_bytes())
+    assert main(["train", "--source", "tiny-a", "--source", "tiny-b", "--target", str(target), "--method", "mine",
+                 "--selection", "max", "--out", str(tmp_path / "m"), *TINY]) == 0
+    out = capsys.readouterr()
+    assert set(json.loads(out.out.strip().splitlines()[-1])["selector_pi"]) == {"tiny-a", "tiny-b"}
+    assert "selector pi: tiny-a" in out.err
+    assert main(["train", "--source", "tiny-a,tiny-b", "--target", str(target), "--method", "fusion", "--fusion-steps", "2",
+                 "--out", str(tmp_path / "f"), *TINY]) == 0
+    assert main(["zoo", "register", str(tmp_path / "f"), "my-fused"]) == 0
+    assert main(["zoo", "register", str(tmp_path / "f"), "tiny-a"]) == 2  # built-in ids are taken
+    capsys.readouterr()
+    assert main(["zoo", "list"]) == 0
+    assert "my-fused" in capsys.readouterr().out
+    assert main(["train", "--source", "my-fused", "--target", str(target), "--method", "mine", "--out", str(tmp_path / "g"), *TINY]) == 0
+
+
+def test_mnist_zip_with_ratios(tmp_path: Path) -> None:
+    assert main(["mnist-zip", "--digits", "2,8", "--ratios", "0.3,0.7", "-n", "20", "-o", str(tmp_path / "m.zip")]) == 0
+    names = zipfile.ZipFile(tmp_path / "m.zip").namelist()
+    assert sum(n.startswith("digit2") for n in names) == 6 and sum(n.startswith("digit8") for n in names) == 14
+    img = Image.open(io.BytesIO(zipfile.ZipFile(tmp_path / "m.zip").read(names[0])))
+    assert img.size == (28, 28)
