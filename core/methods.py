@@ -253,7 +253,9 @@ class _Run:
 
     def restore(self, path: Path) -> None:
         obj = checkpoints.load(path)
-        if obj.get("format") != RUN_FORMAT or obj.get("config") != _jsonable(asdict(self.cfg)) or obj.get("source") != self.source_name:
+        # options added in later versions take their defaults, so an upgrade does not orphan running jobs
+        saved = {**_jsonable(asdict(RunConfig())), **dict(obj.get("config") or {})}
+        if obj.get("format") != RUN_FORMAT or saved != _jsonable(asdict(self.cfg)) or obj.get("source") != self.source_name:
             raise MethodError(f"{path} belongs to a different run configuration; use a fresh run directory")
         self.mods.G.load_state_dict(obj["G"])
         self.mods.D.load_state_dict(obj["D"])

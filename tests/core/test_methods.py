@@ -102,3 +102,19 @@ def test_mining_moves_samples_towards_the_target(target, tmp_path: Path) -> None
     before = (src.G(torch.randn(64, 16)).detach().mean(0) - tgt_mean).abs().mean()
     after = (res.model.sample(64, seed=0).mean(0) - tgt_mean).abs().mean()
     assert after < 0.7 * before
+
+
+def test_resume_accepts_checkpoints_written_before_new_options_existed(source, target, tmp_path: Path) -> None:
+    """A checkpoint whose config lacks options added later (at their defaults) still resumes."""
+    from core import checkpoints
+
+    cfg = RunConfig(method="mine", mining_steps=4, finetune_steps=0, batch_size=8, n_critic=1, checkpoint_every=2)
+    with pytest.raises(Stopped):
+        calls = {"n": 0}
+        train(cfg, source, target, tmp_path, should_stop=lambda: (calls.__setitem__("n", calls["n"] + 1) or calls["n"] > 2))
+    ckpt = next(tmp_path.glob("ckpt-*.pt"))
+    obj = checkpoints.load(ckpt)
+    for key in ("selection", "critic_source", "fusion_steps", "fusion_mean_scale"):
+        obj["config"].pop(key)
+    checkpoints.save(obj, ckpt)
+    assert train(cfg, source, target, tmp_path).summary["steps"] == 4
