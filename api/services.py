@@ -24,6 +24,10 @@ class ModelCache:
         self._lock = threading.Lock()
         self.loads = 0  # how many times a model was fetched from storage (tests assert on it)
 
+    def cached(self, key: str) -> bool:
+        with self._lock:
+            return key in self._items
+
     def get(self, key: str) -> TransferredModel:
         with self._lock:
             if key in self._items:

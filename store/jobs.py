@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlalchemy import func, select, update
 
-from store.db import session_scope
+from store.db import engine_for, session_scope
 from store.models import Job, utcnow
 
 FINAL = ("succeeded", "failed", "canceled")
@@ -41,6 +41,15 @@ def list_jobs(url: str, tenant: str, limit: int, offset: int, status: str | None
         total = s.scalar(select(func.count()).select_from(q.subquery())) or 0
         rows = list(s.scalars(q.order_by(Job.created_at.desc()).limit(limit).offset(offset)))
         return rows, int(total)
+
+
+def latest_model(url: str, tenant: str) -> tuple[str, str] | None:
+    """(job id, model key) of the tenant's most recently finished successful job: two columns, no ORM objects."""
+    q = (select(Job.id, Job.model_key).where(Job.tenant == tenant, Job.status == "succeeded")
+         .order_by(Job.finished_at.desc()).limit(1))
+    with engine_for(url).connect() as conn:
+        row = conn.execute(q).first()
+    return (row[0], row[1]) if row is not None and row[1] else None
 
 
 def latest_succeeded(url: str, tenant: str) -> Job | None:

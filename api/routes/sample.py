@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
 
 from api.deps import ServicesDep, TenantDep
 from api.errors import ApiError
@@ -24,13 +26,18 @@ Fmt = Annotated[Literal["png", "zip"], Query(description="png: one grid image; z
 def _render(svc: Services, job_id: str, model_key: str, n: int, seed: int, fmt: str) -> Response:
     if n > svc.settings.sample_max_n:
         raise ApiError(422, "invalid_request", f"n: at most {svc.settings.sample_max_n}")
+    t0 = time.perf_counter()
     model = svc.models.get(model_key)  # loaded from storage once, then served from memory
     images = model.sample(n, seed=seed)
-    headers = {"X-Job-Id": job_id, "X-Seed": str(seed)}
+    t1 = time.perf_counter()
+    body = zip_of_pngs(images) if fmt == "zip" else grid_png(images)
+    t2 = time.perf_counter()
+    headers = {"X-Job-Id": job_id, "X-Seed": str(seed),
+               "Server-Timing": f"generate;dur={1000 * (t1 - t0):.2f}, encode;dur={1000 * (t2 - t1):.2f}"}
     if fmt == "zip":
         headers["Content-Disposition"] = f'attachment; filename="samples-{job_id[:8]}-{seed}.zip"'
-        return Response(zip_of_pngs(images), media_type="application/zip", headers=headers)
-    return Response(grid_png(images), media_type="image/png", headers=headers)
+        return Response(body, media_type="application/zip", headers=headers)
+    return Response(body, media_type="image/png", headers=headers)
 
 
 def _finished(svc: Services, job: Job | None, job_id: str, tenant: str) -> str:
@@ -50,19 +57,35 @@ def _model_key(svc: Services, job_id: str, tenant: str) -> str:
     return _finished(svc, jobs_dao.get(svc.settings.database_url, job_id), job_id, tenant)
 
 
+# Requests for up to INLINE_MAX_N images (a few ms of CPU) are rendered on the event loop: the hop to the
+# threadpool would cost a sizeable share of such a request (docs/benchmarks.md, sampling). Larger ones go
+# to the threadpool so the loop keeps serving other requests meanwhile.
+INLINE_MAX_N = 64
+
+
+async def _respond(svc: Services, job_id: str, model_key: str, n: int, seed: int, fmt: str) -> Response:
+    if n <= INLINE_MAX_N and svc.models.cached(model_key):
+        return _render(svc, job_id, model_key, n, seed, fmt)
+    return await run_in_threadpool(_render, svc, job_id, model_key, n, seed, fmt)
+
+
 @router.get("/jobs/{job_id}/sample", summary="Samples from a finished job")
-def sample_job(svc: ServicesDep, tenant: TenantDep, job_id: Annotated[str, Path(max_length=64)], n: N = 16, seed: Seed = 0,
-               format: Fmt = "png") -> Response:
-    return _render(svc, job_id, _model_key(svc, job_id, tenant), n, seed, format)
+async def sample_job(svc: ServicesDep, tenant: TenantDep, job_id: Annotated[str, Path(max_length=64)], n: N = 16, seed: Seed = 0,
+                     format: Fmt = "png") -> Response:
+    hit = svc.finished.get(job_id)
+    key = hit[1] if hit is not None and hit[0] == tenant else await run_in_threadpool(_model_key, svc, job_id, tenant)
+    return await _respond(svc, job_id, key, n, seed, format)
 
 
 @router.get("/sample", summary="Samples from your most recently finished job (or ?job=ID)")
-def sample_latest(svc: ServicesDep, tenant: TenantDep, n: N = 16, seed: Seed = 0, format: Fmt = "png",
-                  job: Annotated[str | None, Query(max_length=64)] = None) -> Response:
+async def sample_latest(svc: ServicesDep, tenant: TenantDep, n: N = 16, seed: Seed = 0, format: Fmt = "png",
+                        job: Annotated[str | None, Query(max_length=64)] = None) -> Response:
     if job:
-        return _render(svc, job, _model_key(svc, job, tenant), n, seed, format)
-    # "most recent" can change whenever any worker finishes a job, so this one asks the database every time
-    row = jobs_dao.latest_succeeded(svc.settings.database_url, tenant)
-    if row is None:
+        return await sample_job(svc, tenant, job, n, seed, format)
+    # "most recent" changes whenever any worker finishes a job, so this asks the database every time
+    # (one indexed two-column query)
+    latest = await run_in_threadpool(jobs_dao.latest_model, svc.settings.database_url, tenant)
+    if latest is None:
         raise ApiError(404, "job_not_found", "no finished job yet; submit one with POST /jobs")
-    return _render(svc, row.id, _finished(svc, row, row.id, tenant), n, seed, format)
+    svc.finished.put(latest[0], tenant, latest[1])
+    return await _respond(svc, latest[0], latest[1], n, seed, format)
