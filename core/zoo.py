@@ -40,7 +40,7 @@ MODEL_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 def user_dir() -> Path:
     """Where ``minegan zoo register`` puts user sources (a fusion's fused.pt): $MINEGAN_MODELS_DIR."""
     return Path(os.environ.get("MINEGAN_MODELS_DIR", Path.home() / ".cache" / "minegan" / "models"))
-SHIPPED = ("mnist-all", "mnist-no-9", "mnist-cond", "mnist-classifier")
+SHIPPED = ("mnist-all", "mnist-no-9", "mnist-cond", "mnist-0-4", "mnist-5-9", "mnist-classifier")
 SOURCE_FORMAT = "minegan-source/1"
 
 
