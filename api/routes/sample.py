@@ -50,10 +50,8 @@ def _finished(svc: Services, job: Job | None, job_id: str, tenant: str) -> str:
     return job.model_key
 
 
-def _model_key(svc: Services, job_id: str, tenant: str) -> str:
-    hit = svc.finished.get(job_id)
-    if hit is not None and hit[0] == tenant:
-        return hit[1]
+def _lookup(svc: Services, job_id: str, tenant: str) -> str:
+    """The model key from the database (the caller has already missed ``svc.finished``)."""
     return _finished(svc, jobs_dao.get(svc.settings.database_url, job_id), job_id, tenant)
 
 
@@ -73,7 +71,7 @@ async def _respond(svc: Services, job_id: str, model_key: str, n: int, seed: int
 async def sample_job(svc: ServicesDep, tenant: TenantDep, job_id: Annotated[str, Path(max_length=64)], n: N = 16, seed: Seed = 0,
                      format: Fmt = "png") -> Response:
     hit = svc.finished.get(job_id)
-    key = hit[1] if hit is not None and hit[0] == tenant else await run_in_threadpool(_model_key, svc, job_id, tenant)
+    key = hit[1] if hit is not None and hit[0] == tenant else await run_in_threadpool(_lookup, svc, job_id, tenant)
     return await _respond(svc, job_id, key, n, seed, format)
 
 
