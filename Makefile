@@ -24,7 +24,7 @@ test: install
 	bash scripts/test.sh
 
 lint: install
-	$(BIN)/ruff check core cli api worker store tests benchmarks
+	$(BIN)/ruff check core cli api worker store client tests benchmarks
 	$(BIN)/mypy
 
 bench: install

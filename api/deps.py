@@ -19,9 +19,9 @@ def services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(services)]
 
 
-def current_tenant() -> str:
-    # Single-tenant until API keys land (issue 5): every caller is the "default" tenant.
-    return "default"
+def current_tenant(request: Request, svc: ServicesDep) -> str:
+    """The caller's tenant from its API key (``api/auth.py``); 401 when a key is required and missing/invalid."""
+    return svc.auth.tenant(request)
 
 
 TenantDep = Annotated[str, Depends(current_tenant)]

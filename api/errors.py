@@ -47,10 +47,13 @@ def install(app: FastAPI) -> None:
 
     engine_errors: dict[type[Exception], tuple[int, str]] = {
         UnknownModelError: (422, "unknown_source"),
-        TargetDataError: (422, "bad_target"),
         MethodError: (422, "bad_spec"),
         CheckpointError: (422, "bad_checkpoint"),
     }
+    @app.exception_handler(TargetDataError)
+    async def _target(_: Request, exc: TargetDataError) -> JSONResponse:
+        return JSONResponse(error_body(exc.code, str(exc)), status_code=exc.status)
+
     for cls, (status, code) in engine_errors.items():
         def _make(status: int = status, code: str = code):  # type: ignore[no-untyped-def]
             async def handler(_: Request, exc: Exception) -> JSONResponse:

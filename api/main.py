@@ -6,6 +6,7 @@ Service mode: jobs go to Celery (Redis) and artifacts to S3; see docker-compose.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -13,8 +14,10 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api import errors
-from api.routes import blobs, health, jobs, models, sample
+from api.limits import BodyLimitMiddleware
+from api.routes import blobs, health, jobs, models, sample, ui
 from api.services import ModelCache, Services
+from api.sweeper import sweep_forever
 from store.blobs import make_blob_store
 from store.db import upgrade
 from store.settings import Settings, get_settings
@@ -48,15 +51,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             from worker.embedded import EmbeddedWorker
 
             worker = EmbeddedWorker(settings, blob_store)
-            pending = [j.id for status in ("running", "queued") for j in jobs_dao.list_jobs(settings.database_url, "default", 1000, 0, status)[0]]
-            worker.start(pending[::-1])
+            worker.start(jobs_dao.unfinished(settings.database_url))
             enqueue, check_broker = worker.enqueue, (lambda: None)
-            log.warning("embedded mode: SQLite/local storage and an in-process worker; no authentication")
+            log.warning("embedded mode: SQLite/local storage and an in-process worker")
         else:
             enqueue, check_broker = _celery_services(settings)
+        if not settings.auth_required:
+            log.warning("authentication is OFF: every caller is tenant 'default' (set MINEGAN_AUTH=required to need API keys)")
         app.state.services = Services(settings=settings, blobs=blob_store, enqueue=enqueue,
                                       models=ModelCache(blob_store, settings.model_cache_size), check_broker=check_broker)
+        # in embedded mode the queue lives in this process and cannot lose a message: only stale running jobs matter
+        sweeper = asyncio.create_task(sweep_forever(settings, enqueue, requeue_queued=not settings.embedded))
         yield
+        sweeper.cancel()
         if worker is not None:
             worker.stop()
 
@@ -64,6 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   description="Few-shot GAN transfer by mining (MineGAN / MineGAN++). POST a zip of target images "
                               "to /jobs, poll /jobs/{id}, then GET /sample?n=16.")
     errors.install(app)
-    for r in (jobs.router, sample.router, models.router, health.router, blobs.router):
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_request_bytes)
+    for r in (jobs.router, sample.router, models.router, health.router, blobs.router, ui.router):
         app.include_router(r)
     return app

@@ -104,3 +104,9 @@ class ModelInfo(BaseModel):
     z_dim: int
     description: str
     origin: str = Field(default="built-in", description="built-in zoo, or the job a registered source came from")
+
+
+class Preview(BaseModel):
+    step: int
+    key: str
+    url: str

@@ -8,6 +8,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from api.auth import Authenticator
 from core.methods import TransferredModel, load_model
 from store.blobs import BlobStore
 from store.settings import Settings
@@ -70,3 +71,7 @@ class Services:
     models: ModelCache
     check_broker: Callable[[], None] = field(default=lambda: None)
     finished: FinishedJobs = field(default_factory=FinishedJobs)
+    auth: Authenticator = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.auth = Authenticator(self.settings)

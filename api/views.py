@@ -8,7 +8,7 @@ from store.models import Job
 
 def job_public(job: Job) -> JobPublic:
     links = {"self": f"/jobs/{job.id}", "cancel": f"/jobs/{job.id}/cancel", "artifacts": f"/jobs/{job.id}/artifacts",
-             "sample": f"/jobs/{job.id}/sample?n=16"}
+             "sample": f"/jobs/{job.id}/sample?n=16", "previews": f"/jobs/{job.id}/previews"}
     return JobPublic(
         id=job.id, status=job.status, phase=job.phase, progress=round(job.progress, 4), step=job.step,  # type: ignore[arg-type]
         total_steps=job.total_steps, method=job.method, spec=job.spec, stats=job.stats, metrics=job.metrics,

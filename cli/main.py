@@ -58,12 +58,96 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def cmd_sample(a: argparse.Namespace) -> int:
-    model, _ = load_model(Path(a.run_dir) / "model.pt" if Path(a.run_dir).is_dir() else a.run_dir)
-    images = model.sample(a.n, seed=a.seed)
     out = Path(a.output)
+    if Path(a.run_dir).exists():  # a local run directory or model file
+        model, _ = load_model(Path(a.run_dir) / "model.pt" if Path(a.run_dir).is_dir() else a.run_dir)
+        images = model.sample(a.n, seed=a.seed)
+        data = zip_of_pngs(images) if a.format == "zip" else grid_png(images)
+    else:  # a job id on the server
+        with _client(a) as c:
+            data = c.sample(a.run_dir, n=a.n, seed=a.seed, format=a.format)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(zip_of_pngs(images) if a.format == "zip" else grid_png(images))
+    out.write_bytes(data)
     print(f"wrote {a.n} samples to {out}", file=sys.stderr)
+    return 0
+
+
+# --- the service client: submit / jobs / status / cancel (and sample with a job id) -------------------------
+
+
+def _client(a: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from client import Client
+
+    return Client(a.url, a.api_key)
+
+
+def _show(job: dict) -> str:  # type: ignore[type-arg]
+    err = f"  error {job['error']['code']}: {job['error']['message']}" if job.get("error") else ""
+    return (f"{job['id']}  {job['status']:<9} {job['method']:<12} {','.join(job['spec']['sources']):<22} "
+            f"{job['step']:>6}/{job['total_steps']:<6} {job['created_at'][:19]}{err}")
+
+
+def _watch(c, job: dict) -> dict:  # type: ignore[no-untyped-def,type-arg]
+    """Follow a job with a live bar: phase, step/total, losses, ETA (from tqdm's rate)."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=job["total_steps"] or 1, unit="step", dynamic_ncols=True, file=sys.stderr)
+
+    def update(j: dict) -> None:  # type: ignore[type-arg]
+        bar.total = max(j["total_steps"], 1)
+        bar.set_description(f"{j['status']}:{j.get('phase') or '-'}")
+        stats = j.get("stats") or {}
+        shown = {k: f"{v:.3g}" for k, v in stats.items() if k in ("d_loss", "g_loss", "wdist") or k.startswith("pi/")}
+        bar.set_postfix(shown, refresh=False)
+        bar.update(max(0, j["step"] - bar.n))
+
+    try:
+        return c.wait(job["id"], on_update=update, poll_s=1.0)  # type: ignore[no-any-return]
+    finally:
+        bar.close()
+
+
+def cmd_submit(a: argparse.Namespace) -> int:
+    options = json.loads(a.options) if a.options else {}
+    with _client(a) as c:
+        job = c.submit(a.target, sources=[n for s in a.source for n in s.split(",")], method=a.method, mining_steps=a.mining_steps,
+                       finetune_steps=a.finetune_steps, batch_size=a.batch_size, seed=a.seed, options=options)
+        print(f"submitted job {job['id']} ({job['target']['n_images']} target images)", file=sys.stderr)
+        if not a.wait:
+            print(job["id"])
+            return 0
+        job = _watch(c, job)
+        print(_show(job), file=sys.stderr)
+        if job["status"] != "succeeded":
+            return 1
+        Path(a.output).write_bytes(c.sample(job["id"], n=a.n))
+        print(f"wrote {a.n} samples to {a.output}", file=sys.stderr)
+        print(job["id"])
+    return 0
+
+
+def cmd_jobs(a: argparse.Namespace) -> int:
+    with _client(a) as c:
+        page = c.jobs(limit=a.limit, status=a.status)
+    for j in page["items"]:
+        print(_show(j))
+    print(f"{len(page['items'])} of {page['total']} jobs", file=sys.stderr)
+    return 0
+
+
+def cmd_status(a: argparse.Namespace) -> int:
+    with _client(a) as c:
+        job = c.job(a.job_id)
+        if a.follow and job["status"] not in ("succeeded", "failed", "canceled"):
+            job = _watch(c, job)
+    print(json.dumps(job, indent=2))
+    return 0
+
+
+def cmd_cancel(a: argparse.Namespace) -> int:
+    with _client(a) as c:
+        job = c.cancel(a.job_id)
+    print(_show(job))
     return 0
 
 
@@ -111,10 +195,39 @@ def cmd_serve(a: argparse.Namespace) -> int:
     from store.settings import get_settings
 
     settings = get_settings()
-    mode = "embedded (SQLite, local storage, in-process worker, no auth)" if settings.embedded else "service (Celery + S3)"
-    print(f"minegan serve: {mode}; database {settings.database_url}; http://{a.host}:{a.port}/docs", file=sys.stderr)
+    mode = "embedded (SQLite, local storage, in-process worker)" if settings.embedded else "service (Celery + S3)"
+    auth = "API keys required" if settings.auth_required else "NO authentication (every caller is tenant 'default')"
+    print(f"minegan serve: {mode}; {auth}; database {settings.database_url}; http://{a.host}:{a.port}/docs", file=sys.stderr)
     # "auto" picks httptools + uvloop (dependencies) when importable; no per-request access log on the hot path
     uvicorn.run(create_app(settings), host=a.host, port=a.port, log_level="warning", access_log=False, http="auto", loop="auto")
+    return 0
+
+
+def cmd_keys(a: argparse.Namespace) -> int:
+    """API keys in the service database (MINEGAN_DATABASE_URL): create prints the key once; only its hash is kept."""
+    from store import auth as keys_dao
+    from store.db import upgrade
+    from store.settings import get_settings
+
+    url = get_settings().database_url
+    upgrade(url)
+    if a.keys_cmd == "create":
+        try:
+            key, info = keys_dao.create_key(url, a.tenant, a.name, a.max_jobs)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"created key {info.id} for tenant {info.tenant!r}; it is shown only now:", file=sys.stderr)
+        print(key)
+    elif a.keys_cmd == "list":
+        for k in keys_dao.list_keys(url, a.tenant):
+            state = f"revoked {k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "active"
+            print(f"{k.id}  {k.tenant:<20} {k.name:<20} {k.created_at:%Y-%m-%d %H:%M}  {state}")
+    else:
+        if not keys_dao.revoke(url, a.key_id):
+            print(f"error: no active key {a.key_id}", file=sys.stderr)
+            return 2
+        print(f"revoked {a.key_id}", file=sys.stderr)
     return 0
 
 
@@ -143,13 +256,43 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     t.set_defaults(fn=cmd_train)
 
-    s = sub.add_parser("sample", help="draw samples from a finished run")
-    s.add_argument("run_dir", help="run directory or its model.pt")
+    s = sub.add_parser("sample", help="draw samples from a finished run (a local run directory, or a job id on the server)")
+    s.add_argument("run_dir", help="run directory or its model.pt, or a job id")
     s.add_argument("-n", type=int, default=16)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("-o", "--output", default="grid.png")
     s.add_argument("--format", choices=("png", "zip"), default="png")
     s.set_defaults(fn=cmd_sample)
+
+    server_cmds = []
+    sb = sub.add_parser("submit", help="upload a target zip to the service and start a job")
+    sb.add_argument("target", help="zip of target images")
+    sb.add_argument("--source", action="append", required=True, help="source model id (repeat, or comma-separate, for several)")
+    sb.add_argument("--method", default="minegan++", choices=METHODS)
+    sb.add_argument("--mining-steps", type=int, default=RunConfig.mining_steps)
+    sb.add_argument("--finetune-steps", type=int, default=RunConfig.finetune_steps)
+    sb.add_argument("--batch-size", type=int, default=RunConfig.batch_size)
+    sb.add_argument("--seed", type=int, default=0)
+    sb.add_argument("--options", default="", help='method options as JSON, e.g. \'{"selection": "max"}\'')
+    sb.add_argument("--wait", action="store_true", help="follow the job with a progress bar and write a sample grid")
+    sb.add_argument("-n", type=int, default=16, help="with --wait: images in the grid")
+    sb.add_argument("-o", "--output", default="grid.png", help="with --wait: where the grid goes")
+    sb.set_defaults(fn=cmd_submit)
+    jl = sub.add_parser("jobs", help="your jobs on the service, newest first")
+    jl.add_argument("--limit", type=int, default=20)
+    jl.add_argument("--status", default=None, choices=("queued", "running", "succeeded", "failed", "canceled"))
+    jl.set_defaults(fn=cmd_jobs)
+    st = sub.add_parser("status", help="one job as JSON (--follow: a progress bar until it ends)")
+    st.add_argument("job_id")
+    st.add_argument("--follow", action="store_true")
+    st.set_defaults(fn=cmd_status)
+    cn = sub.add_parser("cancel", help="cancel a queued or running job")
+    cn.add_argument("job_id")
+    cn.set_defaults(fn=cmd_cancel)
+    server_cmds += [s, sb, jl, st, cn]
+    for x in server_cmds:
+        x.add_argument("--url", default=None, help="service URL (default $MINEGAN_URL or http://127.0.0.1:8000)")
+        x.add_argument("--api-key", default=None, help="API key (default $MINEGAN_API_KEY)")
 
     z = sub.add_parser("zoo", help="source models").add_subparsers(dest="zoo_cmd", required=True)
     z.add_parser("list", help="source models with weights").set_defaults(fn=cmd_zoo_list)
@@ -168,6 +311,18 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("--host", default="127.0.0.1")
     v.add_argument("--port", type=int, default=8000)
     v.set_defaults(fn=cmd_serve)
+
+    k = sub.add_parser("keys", help="API keys and tenants (service database)").add_subparsers(dest="keys_cmd", required=True)
+    kc = k.add_parser("create", help="create a key for a tenant (the tenant is created if new); prints the key once")
+    kc.add_argument("--tenant", required=True)
+    kc.add_argument("--name", default="", help="a label, e.g. laptop")
+    kc.add_argument("--max-jobs", type=int, default=None, help="this tenant's limit of queued + running jobs")
+    kl = k.add_parser("list", help="keys (ids, tenants, state; never the keys)")
+    kl.add_argument("--tenant", default=None)
+    kr = k.add_parser("revoke", help="revoke a key by its id (the 8 characters after mg_)")
+    kr.add_argument("key_id")
+    for x in (kc, kl, kr):
+        x.set_defaults(fn=cmd_keys)
 
     m = sub.add_parser("mnist-zip", help="write a zip of real MNIST images (for demos and tests)")
     m.add_argument("--digits", required=True, help="comma-separated digits, e.g. 9 or 3,8")
@@ -188,6 +343,13 @@ def main(argv: list[str] | None = None) -> int:
     except (zoo.UnknownModelError, TargetDataError, MethodError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        from client import ApiError
+
+        if isinstance(exc, ApiError):
+            print(f"error: {exc.message} ({exc.status} {exc.code})", file=sys.stderr)
+            return 2
+        raise
     except Stopped as exc:
         print(f"stopped: {exc}", file=sys.stderr)
         return 130

@@ -23,6 +23,8 @@ from core.nets import (
     ClassifierConfig,
     Critic,
     CriticConfig,
+    DCGANGenerator,
+    DCGANGeneratorConfig,
     Generator,
     GeneratorConfig,
     JointMiner,
@@ -42,7 +44,9 @@ _KINDS: dict[str, tuple[type, type]] = {
     "miner": (Miner, MinerConfig),
     "joint-miner": (JointMiner, JointMinerConfig),
     "classifier": (Classifier, ClassifierConfig),
+    "dcgan-generator": (DCGANGenerator, DCGANGeneratorConfig),
 }
+_KIND_OF = {module_cls: kind for kind, (module_cls, _) in _KINDS.items()}
 
 C = TypeVar("C")
 
@@ -59,6 +63,7 @@ def _config_from_dict(cls: type[C], data: dict[str, Any]) -> C:
 def pack_module(kind: str, module: nn.Module) -> dict[str, Any]:
     """{"kind", "config", "state"} for one of the project's nets."""
     cfg: Any = module.cfg
+    kind = _KIND_OF.get(type(module), kind)  # e.g. a DCGAN-layout generator is packed as "dcgan-generator"
     return {"kind": kind, "config": asdict(cfg), "state": {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}}
 
 

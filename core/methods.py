@@ -39,7 +39,7 @@ from core.finetune import finetune_stage
 from core.fusion import FusionConfig, fuse
 from core.mining import MinedGenerator, mining_stage
 from core.multi import SELECTION_RULES, MultiGanModules, MultiMinedGenerator, unconditional_critic
-from core.nets import Critic, Generator, JointMiner, JointMinerConfig, Miner, MinerConfig
+from core.nets import GENERATORS, Critic, JointMiner, JointMinerConfig, Miner, MinerConfig
 from core.sparse import SparseConfig, select_subnetwork, trainable_fraction
 from core.trainer import GanModules, ProgressFn, StageConfig, StageState, StopFn, make_stage_state, run_stage
 from core.zoo import SourceModel, load_source_file
@@ -152,7 +152,7 @@ def build_modules(cfg: RunConfig, source: SourceModel | list[SourceModel]) -> Ga
     if is_family(sources):
         return _build_family(cfg, sources)
     source = sources[0]
-    G = Generator(source.G.cfg)
+    G = type(source.G)(source.G.cfg)  # type: ignore[arg-type]
     D = Critic(source.D.cfg)
     if cfg.method != "scratch":
         G.load_state_dict(source.G.state_dict())
@@ -181,7 +181,7 @@ def _build_family(cfg: RunConfig, sources: list[SourceModel]) -> MultiGanModules
         raise MethodError(f"critic_source must index one of the {len(sources)} sources")
     Gs, members, names = nn.ModuleList(), [], []
     for gi, s in enumerate(sources):
-        G = Generator(s.G.cfg)
+        G = type(s.G)(s.G.cfg)  # type: ignore[arg-type]
         G.load_state_dict(s.G.state_dict())
         Gs.append(G)
         if s.conditional:  # supplement Sec. A: the family {G(i, z)} of one one-hot conditional generator
@@ -295,11 +295,16 @@ def train(
     should_stop: StopFn | None = None,
     device: str = "cpu",
     after_checkpoint: Callable[[Path], None] | None = None,
+    on_preview: PreviewFn | None = None,
+    preview_every: int = 0,
 ) -> RunResult:
     """Run ``cfg.method`` from ``source`` (one model or a list) on ``target`` ([N, C, H, W] in [-1, 1]);
     resumable via ``run_dir``.
 
-    ``after_checkpoint(path)`` is called after each checkpoint is written (the worker uploads it)."""
+    ``after_checkpoint(path)`` is called after each checkpoint is written (the worker uploads it).
+    ``on_preview(step, sample)`` is called every ``preview_every`` mining/finetuning steps (and at the last
+    one) with ``sample(n, seed) -> images`` drawing from the model as it is at that step (eval mode, no grad;
+    the training RNG is not touched, so previews do not change the run)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     sources = _as_list(source)
@@ -324,6 +329,8 @@ def train(
         def on_progress(phase: str, step: int, total: int, stats: dict[str, float]) -> None:
             user_progress(phase, step, total, {**stats, **{f"pi/{n}": p for n, p in zip(family.member_names, family.pi)}})
 
+    if on_preview is not None and preview_every > 0:
+        on_progress = _with_previews(on_progress, on_preview, preview_every, mods, family)
     images = target.to(device)
     sparse_cfg = SparseConfig(cfg.sparse_top_fraction, cfg.sparse_min_weights)
     t_mark = [time.perf_counter()]
@@ -358,7 +365,7 @@ def train(
         assert isinstance(family.G, nn.ModuleList) and isinstance(family.M, nn.ModuleList)
         model = MultiMinedGenerator(family.G.cpu().eval(), family.M.cpu().eval(), family.members, family.pi, family.member_names)
     else:
-        assert isinstance(mods.G, Generator) and (mods.M is None or isinstance(mods.M, (Miner, JointMiner)))
+        assert isinstance(mods.G, GENERATORS) and (mods.M is None or isinstance(mods.M, (Miner, JointMiner)))
         model = MinedGenerator(mods.G.cpu().eval(), mods.M.cpu().eval() if mods.M is not None else None)
     summary = {"method": cfg.method, "source": run.source_name, "steps": cfg.total_steps, "train_seconds": round(run.elapsed, 2),
                "steps_per_s": round(cfg.total_steps / max(run.elapsed, 1e-9), 3), **run.history}
@@ -367,6 +374,39 @@ def train(
     save_model(model, run_dir / "model.pt", {"config": _jsonable(asdict(cfg)), **summary})
     (run_dir / "run.json").write_text(json.dumps(summary, indent=2))
     return RunResult(model=model, run_dir=run_dir, summary=summary)
+
+
+PreviewFn = Callable[[int, Callable[[int, int], torch.Tensor]], None]
+
+
+def _current_model(mods: GanModules, family: MultiGanModules | None) -> TransferredModel:
+    """A sampling view of the modules being trained (shares their parameters)."""
+    if family is not None:
+        assert isinstance(family.G, nn.ModuleList) and isinstance(family.M, nn.ModuleList)
+        return MultiMinedGenerator(family.G, family.M, family.members, family.pi, family.member_names)
+    assert isinstance(mods.G, GENERATORS)
+    return MinedGenerator(mods.G, mods.M)  # type: ignore[arg-type]
+
+
+def _with_previews(on_progress: ProgressFn | None, on_preview: PreviewFn, every: int, mods: GanModules,
+                   family: MultiGanModules | None) -> ProgressFn:
+    def progress(phase: str, step: int, total: int, stats: dict[str, float]) -> None:
+        if on_progress is not None:
+            on_progress(phase, step, total, stats)
+        if phase == "select" or not (step % every == 0 or step == total):
+            return
+        nets = [m for m in (mods.G, mods.M) if m is not None]
+        was_training = [m.training for m in nets]
+        for m in nets:
+            m.eval()  # batch-norm statistics must not move because of a preview
+        try:
+            with torch.no_grad():
+                model = _current_model(mods, family)
+                on_preview(step, lambda n, seed: model.sample(n, seed=seed).cpu())
+        finally:
+            for m, t in zip(nets, was_training):
+                m.train(t)
+    return progress
 
 
 def _fused_source(cfg: RunConfig, sources: list[SourceModel], run_dir: Path, on_progress: ProgressFn | None,
@@ -415,7 +455,7 @@ def load_model(path: str | Path | bytes) -> tuple[TransferredModel, dict[str, An
         return MultiMinedGenerator(Gs.eval(), Ms.eval(), fam["members"], fam["pi"], fam["names"]), meta
     G = checkpoints.unpack_module(obj["generator"])
     M = checkpoints.unpack_module(obj["miner"]) if obj.get("miner") else None
-    assert isinstance(G, Generator) and (M is None or isinstance(M, (Miner, JointMiner)))
+    assert isinstance(G, GENERATORS) and (M is None or isinstance(M, (Miner, JointMiner)))
     return MinedGenerator(G.eval(), M.eval() if M is not None else None), meta
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from core.nets import Generator, JointMiner, Miner
+from core.nets import AnyGenerator, JointMiner, Miner
 from core.trainer import StageConfig
 
 
@@ -27,7 +27,7 @@ def mining_stage(steps: int, *, sparse: bool = False, **opts: object) -> StageCo
 class MinedGenerator(nn.Module):
     """The transferred model used for sampling: x = G(M(u)), or G(u) for methods without a miner."""
 
-    def __init__(self, G: Generator, M: Miner | JointMiner | None) -> None:
+    def __init__(self, G: AnyGenerator, M: Miner | JointMiner | None) -> None:
         super().__init__()
         self.G = G
         self.M = M

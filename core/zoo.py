@@ -25,10 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from core import checkpoints
 from core.data import load_fashion, load_mnist
-from core.nets import Critic, CriticConfig, Generator, GeneratorConfig
+from core.nets import GENERATORS, AnyGenerator, Critic, CriticConfig, DCGANGenerator, DCGANGeneratorConfig, Generator, GeneratorConfig
 from core.trainer import GanModules, ProgressFn, StageConfig, StopFn, make_stage_state, run_stage
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ MODEL_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 def user_dir() -> Path:
     """Where ``minegan zoo register`` puts user sources (a fusion's fused.pt): $MINEGAN_MODELS_DIR."""
     return Path(os.environ.get("MINEGAN_MODELS_DIR", Path.home() / ".cache" / "minegan" / "models"))
-SHIPPED = ("mnist-all", "mnist-no-9", "mnist-cond", "mnist-0-4", "mnist-5-9", "mnist-classifier")
+SHIPPED = ("mnist-all", "mnist-no-9", "mnist-cond", "mnist-0-4", "mnist-5-9", "fashion-all", "mnist-classifier")
 SOURCE_FORMAT = "minegan-source/1"
 
 
@@ -82,7 +83,7 @@ def recipe(name: str) -> Recipe:
 @dataclass
 class SourceModel:
     name: str
-    G: Generator
+    G: AnyGenerator
     D: Critic
     meta: dict[str, Any]
 
@@ -152,11 +153,11 @@ def load_source_file(path: Path, name: str | None = None) -> SourceModel:
         raise checkpoints.CheckpointError(f"{path} is not a source-model file")
     G = checkpoints.unpack_module(obj["generator"])
     D = checkpoints.unpack_module(obj["critic"])
-    assert isinstance(G, Generator) and isinstance(D, Critic)
+    assert isinstance(G, GENERATORS) and isinstance(D, Critic)
     return SourceModel(name=name or str(obj.get("name", path.stem)), G=G.eval(), D=D, meta=dict(obj.get("meta", {})))
 
 
-def source_checkpoint(name: str, G: Generator, D: Critic, meta: dict[str, Any]) -> dict[str, Any]:
+def source_checkpoint(name: str, G: AnyGenerator, D: Critic, meta: dict[str, Any]) -> dict[str, Any]:
     return {"format": SOURCE_FORMAT, "name": name, "generator": checkpoints.pack_module("generator", G),
             "critic": checkpoints.pack_module("critic", D), "meta": meta}
 
@@ -195,3 +196,74 @@ def build(
     checkpoints.save(source_checkpoint(name, G.eval(), D, meta), out)
     log.info("built %s in %.0fs -> %s", name, meta["train_seconds"], out)
     return out
+
+
+# --- bring your own generator -------------------------------------------------------------------------------
+
+FAMILIES = ("dcgan64", "minegan")  # the DCGAN 64x64 layout; the project's own nets (core/nets/gan.py)
+
+
+def _unwrap_state(obj: dict[str, Any], what: str) -> dict[str, torch.Tensor]:
+    """A plain state dict from common wrappings: {"netG_state_dict": {...}}, {"state_dict": {...}}, DataParallel's
+    ``module.`` prefix."""
+    if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        state = obj
+    else:
+        nested = [v for v in obj.values() if isinstance(v, dict) and v and all(isinstance(t, torch.Tensor) for t in v.values())]
+        if len(nested) != 1:
+            raise checkpoints.CheckpointError(f"{what}: expected a state dict (name -> tensor), or a dict holding exactly one")
+        state = nested[0]
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def source_from_state_dicts(model_id: str, family: str, config: dict[str, Any], generator: bytes | Path,
+                            critic: bytes | Path | None = None, description: str = "") -> dict[str, Any]:
+    """A source-model checkpoint from a user's generator (and optional critic) state dict.
+
+    Refused (CheckpointError/ValueError, with the reason) unless the files load with ``weights_only=True``,
+    the state dicts fit the declared architecture exactly, and G turns latents into finite images of the
+    declared shape. A DCGAN generator gets a fresh critic (our WGAN-GP critic at 64 px; its own discriminator
+    is not used: MineGAN trains the critic on the target anyway)."""
+    if family not in FAMILIES:
+        raise ValueError(f"family: {family!r} is not one of {', '.join(FAMILIES)}")
+    g_state = _unwrap_state(checkpoints.load(generator), "generator")
+    try:
+        if family == "dcgan64":
+            G: nn.Module = DCGANGenerator(DCGANGeneratorConfig(**config))
+        else:
+            G = Generator(GeneratorConfig(**config))
+    except TypeError as exc:
+        raise ValueError(f"config: {exc}") from exc
+    gcfg: Any = G.cfg
+    missing, unexpected = _load_strict(G, g_state)
+    if missing or unexpected:
+        raise checkpoints.CheckpointError(f"generator: the weights do not fit the {family} layout with config {config}: "
+                                          f"missing {missing[:4]}, unexpected {unexpected[:4]}")
+    torch.manual_seed(0)
+    D = Critic(CriticConfig(img_size=gcfg.img_size, channels=gcfg.channels, width=32,
+                            n_classes=gcfg.n_classes))
+    if critic is not None:
+        d_state = _unwrap_state(checkpoints.load(critic), "critic")
+        missing, unexpected = _load_strict(D, d_state)
+        if missing or unexpected:
+            raise checkpoints.CheckpointError(f"critic: the weights do not fit our critic layout: missing {missing[:4]}, "
+                                              f"unexpected {unexpected[:4]} (leave the critic out to start a fresh one)")
+    G.eval()
+    with torch.no_grad():
+        probe = G(torch.randn(2, gcfg.z_dim), torch.zeros(2, dtype=torch.long)) if gcfg.n_classes else G(torch.randn(2, gcfg.z_dim))
+    want = (2, gcfg.channels, gcfg.img_size, gcfg.img_size)
+    if tuple(probe.shape) != want or not torch.isfinite(probe).all():
+        raise ValueError(f"generator: produced {tuple(probe.shape)} (finite: {bool(torch.isfinite(probe).all())}), "
+                         f"declared {want}")
+    meta = {"description": description or f"uploaded {family} generator", "family": family, "critic": "uploaded" if critic else "fresh"}
+    return source_checkpoint(model_id, G, D, meta)  # type: ignore[arg-type]
+
+
+def _load_strict(module: nn.Module, state: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [f"{k} {tuple(state[k].shape)} != {tuple(own[k].shape)}" for k in own if k in state and state[k].shape != own[k].shape]
+    if not missing and not unexpected and not wrong:
+        module.load_state_dict(state)
+    return missing + wrong, unexpected

@@ -33,10 +33,13 @@ start() {
     id postgres >/dev/null 2>&1 || useradd --system --home "$DIR" postgres
     RUNAS=(runuser -u postgres --)
   fi
-  mkdir -p "$DIR/pg"
-  [ "$(id -u)" = 0 ] && chown -R postgres "$DIR/pg"
-  "${RUNAS[@]}" "$PGBIN/initdb" -D "$DIR/pg/data" -U postgres -A trust >/dev/null
-  "${RUNAS[@]}" "$PGBIN/pg_ctl" -D "$DIR/pg/data" -l "$DIR/pg/log" -w -o "-p $PGPORT -k $DIR/pg -c listen_addresses=127.0.0.1 -c fsync=off" start >/dev/null
+  # the cluster lives outside the checkout: the postgres user may not be able to enter the clone's directory
+  # (e.g. a clone inside a 0700 mktemp dir)
+  local PG; PG=$(mktemp -d /tmp/minegan-pg.XXXXXX)
+  echo "$PG" > "$DIR/pgdir"
+  [ "$(id -u)" = 0 ] && chown -R postgres "$PG"
+  "${RUNAS[@]}" "$PGBIN/initdb" -D "$PG/data" -U postgres -A trust >/dev/null
+  "${RUNAS[@]}" "$PGBIN/pg_ctl" -D "$PG/data" -l "$PG/log" -w -o "-p $PGPORT -k $PG -c listen_addresses=127.0.0.1 -c fsync=off" start >/dev/null
   "${RUNAS[@]}" "$PGBIN/createdb" -h 127.0.0.1 -p "$PGPORT" -U postgres minegan
 
   # Redis, nothing on disk
@@ -98,14 +101,16 @@ PYEOF
 
 stop() {
   local PGBIN; PGBIN=$(pg_bin)
-  if [ -f "$DIR/pg/data/postmaster.pid" ]; then
-    if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$PGBIN/pg_ctl" -D "$DIR/pg/data" -m fast stop >/dev/null || true
-    else "$PGBIN/pg_ctl" -D "$DIR/pg/data" -m fast stop >/dev/null || true; fi
+  local PG; PG=$(cat "$DIR/pgdir" 2>/dev/null || echo /nonexistent)
+  if [ -f "$PG/data/postmaster.pid" ]; then
+    if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$PGBIN/pg_ctl" -D "$PG/data" -m fast stop >/dev/null || true
+    else "$PGBIN/pg_ctl" -D "$PG/data" -m fast stop >/dev/null || true; fi
   fi
   [ -f "$DIR/redis.pid" ] && kill "$(cat "$DIR/redis.pid")" 2>/dev/null || true
   [ -f "$DIR/weed.pid" ] && kill "$(cat "$DIR/weed.pid")" 2>/dev/null || true
   sleep 1
-  rm -rf "$DIR/pg" "$DIR/s3data" "$DIR/env" "$DIR"/*.pid
+  case "$PG" in /tmp/minegan-pg.*) rm -rf "$PG" ;; esac
+  rm -rf "$DIR/pg" "$DIR/pgdir" "$DIR/s3data" "$DIR/env" "$DIR"/*.pid
 }
 
 case "${1:-start}" in

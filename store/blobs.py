@@ -7,8 +7,12 @@ duplicates.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
+import secrets
 import tempfile
+import time
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import quote
@@ -35,12 +39,25 @@ def _safe_key(key: str) -> str:
 
 
 class LocalBlobStore:
-    """Files under a root directory (the embedded default)."""
+    """Files under a root directory (the embedded default).
 
-    def __init__(self, root: str | Path, url_prefix: str = "/blobs") -> None:
+    Download URLs work like S3's presigned ones: ``/blobs/{key}?exp=...&sig=...`` with an HMAC of key and
+    expiry, so a URL is good for one artifact until it expires and cannot be edited to reach another."""
+
+    def __init__(self, root: str | Path, url_prefix: str = "/blobs", secret: str | None = None) -> None:
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self.url_prefix = url_prefix
+        self.secret = (secret or secrets.token_hex(32)).encode()
+
+    def _sign(self, key: str, exp: int) -> str:
+        return hmac.new(self.secret, f"{key}\n{exp}".encode(), hashlib.sha256).hexdigest()
+
+    def verify(self, key: str, exp: str, sig: str) -> bool:
+        """Whether ``sig`` is this store's signature of ``key`` until ``exp`` and that time has not passed."""
+        if not exp.isdigit() or int(exp) < time.time():
+            return False
+        return hmac.compare_digest(self._sign(key, int(exp)), sig)
 
     def _path(self, key: str) -> Path:
         return self.root / _safe_key(key)
@@ -75,7 +92,8 @@ class LocalBlobStore:
                       and str(p.relative_to(base)).startswith(prefix))
 
     def url(self, key: str, expires_s: int = 600) -> str:
-        return f"{self.url_prefix}/{quote(_safe_key(key))}"
+        exp = int(time.time()) + expires_s
+        return f"{self.url_prefix}/{quote(_safe_key(key))}?exp={exp}&sig={self._sign(key, exp)}"
 
     def check(self) -> None:
         self.put(".readyz", b"ok")
@@ -154,4 +172,4 @@ def make_blob_store(settings) -> BlobStore:  # type: ignore[no-untyped-def]
                             settings.s3_region)
         store.ensure_bucket()
         return store
-    return LocalBlobStore(settings.storage_dir)
+    return LocalBlobStore(settings.storage_dir, secret=settings.secret_key)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import socket
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import func, select, update
@@ -43,6 +46,13 @@ def list_jobs(url: str, tenant: str, limit: int, offset: int, status: str | None
         return rows, int(total)
 
 
+def unfinished(url: str) -> list[str]:
+    """Ids of all queued or running jobs, oldest first (the embedded worker picks them up at start)."""
+    with session_scope(url) as s:
+        q = select(Job.id).where(Job.status.in_(("queued", "running"))).order_by(Job.created_at)
+        return list(s.scalars(q))
+
+
 def latest_model(url: str, tenant: str) -> tuple[str, str] | None:
     """(job id, model key) of the tenant's most recently finished successful job: two columns, no ORM objects."""
     q = (select(Job.id, Job.model_key).where(Job.tenant == tenant, Job.status == "succeeded")
@@ -58,8 +68,35 @@ def latest_succeeded(url: str, tenant: str) -> Job | None:
         return s.scalars(q).first()
 
 
-def claim(url: str, job_id: str, worker: str) -> Job | None:
-    """Mark a queued (or interrupted running) job as running; None if it already reached a final state."""
+class JobBusy(Exception):
+    """Another live worker holds the job (a duplicate delivery): leave it alone."""
+
+
+def _holder_alive(holder: str | None, heartbeat: datetime | None, stale_after_s: float) -> bool:
+    """Whether the worker that last claimed a running job is still at it.
+
+    Same host: its process must exist (a SIGKILLed pool child does not, so its redelivery proceeds at
+    once). Another host: its heartbeat must be fresher than ``stale_after_s``."""
+    if not holder or heartbeat is None:
+        return False
+    host, _, pid = holder.rpartition(":")
+    if host == socket.gethostname() and pid.isdigit():
+        if int(pid) == os.getpid():
+            return False
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
+    hb = heartbeat if heartbeat.tzinfo else heartbeat.replace(tzinfo=UTC)
+    return (utcnow() - hb).total_seconds() < stale_after_s
+
+
+def claim(url: str, job_id: str, worker: str, stale_after_s: float = 300.0, max_attempts: int = 3) -> Job | None:
+    """Mark a queued (or interrupted running) job as running; None if it already reached a final state.
+
+    Raises JobBusy if another live worker is running it (a redelivery while the first attempt goes on)."""
     with session_scope(url) as s:
         job = s.get(Job, job_id, with_for_update=True)
         if job is None or job.status in FINAL:
@@ -67,12 +104,62 @@ def claim(url: str, job_id: str, worker: str) -> Job | None:
         if job.cancel_requested:
             job.status, job.finished_at = "canceled", utcnow()
             return None
+        if job.status == "running" and job.worker != worker and _holder_alive(job.worker, job.heartbeat_at, stale_after_s):
+            raise JobBusy(f"job {job_id} is running on {job.worker}")
+        if job.attempts >= max_attempts:  # it keeps killing its worker (out of memory, a crash): stop trying
+            job.status, job.finished_at = "failed", utcnow()
+            job.error_code = "worker_lost"
+            job.error_message = (f"the job's worker died {job.attempts} times while running it (out of memory?); "
+                                 "try a smaller batch_size, or tell the operator")
+            return None
         job.status = "running"
         job.attempts += 1
         job.worker = worker
         job.started_at = job.started_at or utcnow()
         job.heartbeat_at = utcnow()
         return job
+
+
+def heartbeat(url: str, job_id: str) -> None:
+    with session_scope(url) as s:
+        s.execute(update(Job).where(Job.id == job_id, Job.status == "running").values(heartbeat_at=utcnow()))
+
+
+def sweep(url: str, stale_after_s: float, max_attempts: int, requeue_queued_after_s: float) -> tuple[list[str], list[str]]:
+    """Find jobs nobody is working on. Returns (ids to enqueue again, ids just failed).
+
+    * running with a heartbeat older than ``stale_after_s`` (its worker died or hangs): back to queued, or
+      failed with ``worker_lost`` after ``max_attempts`` attempts;
+    * queued and not (re)enqueued for ``requeue_queued_after_s`` (the broker may have lost the message, e.g.
+      Redis restarted without persistence): enqueued again. A duplicate delivery is harmless (``claim``).
+    ``heartbeat_at`` of a queued job records when it was last enqueued."""
+    now = utcnow()
+    requeue, failed = [], []
+    with session_scope(url) as s:
+        running = s.scalars(select(Job).where(Job.status == "running").with_for_update(skip_locked=True))
+        for job in running:
+            hb = job.heartbeat_at if job.heartbeat_at is None or job.heartbeat_at.tzinfo else job.heartbeat_at.replace(tzinfo=UTC)
+            if hb is not None and (now - hb).total_seconds() < stale_after_s:
+                continue
+            if job.attempts >= max_attempts:
+                job.status, job.finished_at = "failed", now
+                job.error_code = "worker_lost"
+                job.error_message = (f"the worker running this job stopped responding ({job.attempts} attempts); "
+                                     "submit it again, and tell the operator if it keeps happening")
+                failed.append(job.id)
+            else:
+                job.status, job.heartbeat_at = "queued", now
+                requeue.append(job.id)
+        queued = s.scalars(select(Job).where(Job.status == "queued").with_for_update(skip_locked=True))
+        for job in queued:
+            if job.id in requeue:
+                continue
+            last = job.heartbeat_at or job.created_at
+            last = last if last.tzinfo else last.replace(tzinfo=UTC)
+            if (now - last).total_seconds() >= requeue_queued_after_s:
+                job.heartbeat_at = now
+                requeue.append(job.id)
+    return requeue, failed
 
 
 def report_progress(url: str, job_id: str, phase: str, step: int, total: int, stats: dict[str, float]) -> None:

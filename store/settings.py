@@ -27,10 +27,20 @@ class Settings(BaseSettings):
     s3_access_key: str | None = None
     s3_secret_key: str | None = None
     s3_region: str = "us-east-1"
-    presign_expiry_s: int = Field(default=600, ge=10, le=7 * 24 * 3600)
+    presign_expiry_s: int = Field(default=300, ge=10, le=24 * 3600)  # artifact download URLs: short-lived
+    auth: Literal["auto", "required", "off"] = "auto"  # auto: API keys required unless embedded
+    auth_cache_s: float = Field(default=30.0, ge=0.0)  # a verified key is trusted this long (revocation delay)
+    max_concurrent_jobs: int = Field(default=4, ge=1)  # queued + running per tenant (tenants.max_concurrent_jobs overrides)
+    secret_key: str | None = None  # signs local-storage download URLs; random per process when unset
     work_dir: str = "var/work"  # local scratch for running jobs
-    max_upload_bytes: int = Field(default=50 * 1024 * 1024, ge=1024)
+    max_upload_bytes: int = Field(default=50 * 1024 * 1024, ge=1024)  # the zip as uploaded
+    max_request_bytes: int = Field(default=52 * 1024 * 1024, ge=1024)  # any request body (zip + spec + multipart)
     max_target_images: int = Field(default=2000, ge=1)
+    max_zip_entries: int = Field(default=5000, ge=1)
+    max_uncompressed_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)  # all images of a zip, decompressed
+    max_image_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)  # one image file, decompressed
+    max_zip_ratio: float = Field(default=200.0, ge=2.0)  # decompressed / compressed size of one entry
+    max_image_pixels: int = Field(default=4096 * 4096, ge=64)  # declared width x height of one image
     sample_max_n: int = Field(default=256, ge=1)
     model_cache_size: int = Field(default=8, ge=1)
     device: str = "auto"  # auto: cuda if available, else cpu
@@ -38,12 +48,30 @@ class Settings(BaseSettings):
     visibility_timeout_s: int = Field(default=6 * 3600, ge=60)
     progress_interval_s: float = Field(default=1.0, ge=0.0)
     checkpoint_every: int = Field(default=50, ge=1)
+    preview_every: int = Field(default=0, ge=0)  # steps between preview grids; 0: about ten per job
+    heartbeat_interval_s: float = Field(default=15.0, gt=0)  # a running job's worker touches its row this often
+    stale_after_s: float = Field(default=300.0, gt=0)  # no heartbeat for this long: the worker is gone
+    sweep_interval_s: float = Field(default=30.0, gt=0)  # how often the API looks for stale jobs
+    requeue_queued_after_s: float = Field(default=900.0, gt=0)  # a queued job not picked up is enqueued again
+    max_attempts: int = Field(default=3, ge=1)  # claims of one job (crashes included) before it is failed
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
+        if self.stale_after_s <= 2 * self.heartbeat_interval_s:
+            raise ValueError("MINEGAN_STALE_AFTER_S must be more than twice MINEGAN_HEARTBEAT_INTERVAL_S")
         if self.storage == "s3" and not self.s3_bucket:
             raise ValueError("MINEGAN_S3_BUCKET is required when MINEGAN_STORAGE=s3")
         return self
+
+    def zip_limits(self):  # type: ignore[no-untyped-def]
+        from core.safezip import ZipLimits
+
+        return ZipLimits(max_entries=self.max_zip_entries, max_entry_bytes=self.max_image_bytes,
+                         max_total_bytes=self.max_uncompressed_bytes, max_ratio=self.max_zip_ratio)
+
+    @property
+    def auth_required(self) -> bool:
+        return self.auth == "required" or (self.auth == "auto" and not self.embedded)
 
     @property
     def embedded(self) -> bool:

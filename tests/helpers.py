@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
+import socket
+import subprocess
+import sys
 import time
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 from core import checkpoints, zoo
 from core.images import png_bytes, to_uint8
@@ -41,3 +49,34 @@ def wait_for(client: Any, job_id: str, timeout: float = 120.0, until: tuple[str,
             return body
         time.sleep(0.2)
     raise AssertionError(f"job {job_id} did not reach {until} in {timeout}s: {body}")
+
+
+@contextlib.contextmanager
+def embedded_server(tmp: Path, **env_extra: str) -> Iterator[tuple[str, dict[str, str]]]:
+    """``minegan serve`` (embedded: SQLite, local blobs, in-process worker) as a subprocess on a free loopback
+    port, with a tiny source ``tiny-src`` in its models dir; yields (url, env)."""
+    write_tiny_zoo(tmp / "models", "tiny-src")
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    env = {**os.environ, "MINEGAN_DATABASE_URL": f"sqlite:///{tmp}/db.sqlite", "MINEGAN_STORAGE_DIR": str(tmp / "blobs"),
+           "MINEGAN_WORK_DIR": str(tmp / "work"), "MINEGAN_MODELS_DIR": str(tmp / "models"), "MINEGAN_PROGRESS_INTERVAL_S": "0",
+           "OMP_NUM_THREADS": "1", **env_extra}
+    env.pop("MINEGAN_BROKER_URL", None)
+    bin_dir = Path(sys.executable).parent
+    subprocess.run([str(bin_dir / "minegan"), "keys", "list"], env=env, capture_output=True, check=True)  # migrate first
+    proc = subprocess.Popen([str(bin_dir / "minegan"), "serve", "--port", str(port)], env=env, stdout=open(tmp / "log", "wb"),
+                            stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(240):
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.25)
+        yield url, env
+    finally:
+        proc.terminate()
+        proc.wait(20)

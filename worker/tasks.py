@@ -7,14 +7,17 @@ import logging
 from botocore.exceptions import BotoCoreError, ClientError
 from sqlalchemy.exc import OperationalError
 
-from store.blobs import make_blob_store
+from store import jobs as jobs_dao
+from store.blobs import BlobNotFound, make_blob_store
 from store.settings import get_settings
 from worker.celery_app import app
 from worker.runner import execute_job
 
 log = logging.getLogger(__name__)
 
-TRANSIENT = (OperationalError, BotoCoreError, ClientError, ConnectionError, TimeoutError)
+# BlobNotFound too: right after an S3 server restart an existing key can answer 404 for a moment; a key
+# that is really gone fails the job after the retries, with the message saying which key.
+TRANSIENT = (OperationalError, BotoCoreError, ClientError, ConnectionError, TimeoutError, BlobNotFound)
 
 
 @app.task(name="minegan.run_job", bind=True, max_retries=5)
@@ -23,5 +26,20 @@ def run_job(self, job_id: str) -> str:  # type: ignore[no-untyped-def]
     try:
         return execute_job(job_id, settings, make_blob_store(settings))
     except TRANSIENT as exc:
+        if self.request.retries >= self.max_retries:
+            _fail(job_id, "service_unavailable", f"storage or database kept failing ({type(exc).__name__}: {exc}); "
+                                                 "submit the job again later")
+            raise
         log.warning("job %s: transient error %s; retrying", job_id, exc)
         raise self.retry(exc=exc, countdown=min(60, 2 ** (self.request.retries + 1))) from exc
+    except Exception:
+        log.exception("job %s crashed", job_id)
+        _fail(job_id, "internal_error", "the job crashed in the worker; see the worker log")
+        raise
+
+
+def _fail(job_id: str, code: str, message: str) -> None:
+    try:
+        jobs_dao.finish(get_settings().database_url, job_id, "failed", error=(code, message))
+    except Exception:  # noqa: BLE001 - the sweeper fails it later if the database is down too
+        log.exception("job %s: could not record the failure", job_id)

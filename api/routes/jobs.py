@@ -7,14 +7,18 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Query, UploadFile
+from fastapi.responses import Response
 from pydantic import ValidationError
 
 from api.deps import JobDep, ServicesDep, TenantDep
 from api.errors import ApiError
-from api.schemas import Artifact, JobList, JobPublic, JobSpec
+from api.schemas import Artifact, JobList, JobPublic, JobSpec, Preview
 from api.uploads import read_upload, validate_target
 from api.views import job_public
+from core.data import load_target_bytes
+from core.images import grid_png
 from core.methods import FUSION_METHODS, MINING_METHODS, MethodError, RunConfig
+from store import auth as auth_dao
 from store import jobs as jobs_dao
 from store import sources as registry
 
@@ -60,6 +64,14 @@ def _check_sources(spec: JobSpec, srcs: list[dict]) -> RunConfig:  # type: ignor
     return cfg
 
 
+def _check_quota(svc: ServicesDep, tenant: str) -> None:
+    limit = auth_dao.job_limit(svc.settings.database_url, tenant, svc.settings.max_concurrent_jobs)
+    active = auth_dao.active_jobs(svc.settings.database_url, tenant)
+    if active >= limit:
+        raise ApiError(429, "too_many_jobs", f"you have {active} queued or running jobs, the limit is {limit}; wait for one "
+                                             "to finish or cancel one (POST /jobs/{id}/cancel)")
+
+
 @router.post("/jobs", status_code=202, response_model=JobPublic, summary="Submit a transfer job")
 async def submit_job(
     svc: ServicesDep,
@@ -67,8 +79,9 @@ async def submit_job(
     images: Annotated[UploadFile, File(description="zip of target images (PNG/JPEG)")],
     spec: Annotated[str, Form(description="JobSpec as JSON")],
 ) -> JobPublic:
+    _check_quota(svc, tenant)
     job_spec = _parse_spec(spec)
-    known = registry.known(svc.blobs)
+    known = registry.known(svc.blobs, tenant)
     unknown = [s for s in job_spec.sources if s not in known]
     if unknown:
         raise ApiError(422, "unknown_source", f"sources: unknown source model(s) {unknown}; see GET /models")
@@ -76,7 +89,7 @@ async def submit_job(
     src = srcs[0]
     cfg = _check_sources(job_spec, srcs)
     data = await read_upload(images, svc.settings.max_upload_bytes)
-    report = validate_target(data, src["channels"], src["resolution"], svc.settings.max_target_images)
+    report = validate_target(data, src["channels"], src["resolution"], svc.settings)
     if job_spec.batch_size > report["n_images"]:
         raise ApiError(422, "invalid_spec", f"batch_size: {job_spec.batch_size} is larger than the "
                                             f"{report['n_images']} target images")
@@ -113,6 +126,22 @@ def cancel_job(svc: ServicesDep, tenant: TenantDep, job: JobDep) -> JobPublic:
     updated = jobs_dao.request_cancel(svc.settings.database_url, job.id, tenant)
     assert updated is not None
     return job_public(updated)
+
+
+@router.get("/jobs/{job_id}/target.png", summary="The job's target images as a thumbnail grid (at most 64)")
+def target_grid(svc: ServicesDep, job: JobDep) -> Response:
+    shape = (job.target_report or {}).get("shape") or [1, 28, 28]
+    images = load_target_bytes(svc.blobs.get(job.upload_key), int(shape[0]), int(shape[1]), limits=svc.settings.zip_limits(),
+                               max_pixels=svc.settings.max_image_pixels).images[:64]
+    return Response(grid_png(images, nrow=8), media_type="image/png")
+
+
+@router.get("/jobs/{job_id}/previews", response_model=list[Preview], summary="Sample grids stored during training")
+def previews(svc: ServicesDep, job: JobDep) -> list[Preview]:
+    """A 4x4 grid at a fixed seed every few steps (about ten per job), oldest first: watch the samples move."""
+    keys = [k for k in svc.blobs.list(f"jobs/{job.id}/previews/") if k.endswith(".png")]
+    return [Preview(step=int(k.rsplit("-", 1)[1][:-4]), key=k, url=svc.blobs.url(k, svc.settings.presign_expiry_s))
+            for k in sorted(keys)]
 
 
 @router.get("/jobs/{job_id}/artifacts", response_model=list[Artifact], summary="Checkpoints, samples, metrics")

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
-from pydantic import BaseModel, Field
+from typing import Any
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
 
 from api.deps import ServicesDep, TenantDep
 from api.errors import ApiError
 from api.schemas import ModelInfo
+from api.services import Services
+from api.uploads import read_upload
+from core import checkpoints, zoo
 from core.checkpoints import CheckpointError
 from store import jobs as jobs_dao
 from store import sources as registry
@@ -21,12 +28,77 @@ class RegisterModel(BaseModel):
 
 
 @router.get("/models", response_model=list[ModelInfo], summary="Source models you can mine")
-def list_models(svc: ServicesDep) -> list[ModelInfo]:
-    return [ModelInfo(**m) for m in registry.known(svc.blobs).values()]
+def list_models(svc: ServicesDep, tenant: TenantDep) -> list[ModelInfo]:
+    return [ModelInfo(**m) for m in registry.known(svc.blobs, tenant).values()]
 
 
-@router.post("/models", status_code=201, response_model=ModelInfo, summary="Register a fusion job's fused generator as a source")
-def register_model(body: RegisterModel, svc: ServicesDep, tenant: TenantDep) -> ModelInfo:
+class UploadConfig(BaseModel):
+    id: str = Field(description="new source id: lower-case letters, digits, '.', '_', '-'", max_length=63)
+    family: str = Field(description="dcgan64 (the standard DCGAN 64x64 layout) or minegan (core/nets/gan.py)")
+    config: dict[str, Any] = Field(default_factory=dict, description="architecture config, e.g. {\"z_dim\": 100, "
+                                   "\"channels\": 3, \"width\": 64} for dcgan64")
+    description: str = Field(default="", max_length=300)
+
+
+_UPLOAD_DOC = """Two ways to add a source model you can then mine:
+
+* JSON ``{"id", "job_id"}``: register a succeeded fusion job's fused generator.
+* multipart: ``generator`` (a state-dict file, loaded with ``weights_only=True``), optional ``critic``, and
+  ``config`` (JSON ``{"id", "family", "config", "description"}``, family ``dcgan64`` or ``minegan``). It is
+  refused unless the weights fit the declared layout and produce images of the declared shape.
+
+The source belongs to your tenant."""
+
+
+@router.post("/models", status_code=201, response_model=ModelInfo, summary="Register or upload a source model",
+             description=_UPLOAD_DOC,
+             openapi_extra={"requestBody": {"content": {
+                 "application/json": {"schema": RegisterModel.model_json_schema()},
+                 "multipart/form-data": {"schema": {"type": "object", "required": ["generator", "config"], "properties": {
+                     "generator": {"type": "string", "format": "binary"}, "critic": {"type": "string", "format": "binary"},
+                     "config": {"type": "string", "description": "UploadConfig as JSON"}}}}}}})
+async def add_model(request: Request, svc: ServicesDep, tenant: TenantDep) -> ModelInfo:
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        return await _upload_model(request, svc, tenant)
+    try:
+        body = RegisterModel.model_validate_json(await request.body())
+    except ValidationError as exc:
+        raise ApiError(422, "invalid_request", "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from exc
+    return await run_in_threadpool(register_model, body, svc, tenant)
+
+
+async def _upload_model(request: Request, svc: ServicesDep, tenant: str) -> ModelInfo:
+    form = await request.form(max_files=2, max_fields=4)
+    try:
+        gen, crit, raw = form.get("generator"), form.get("critic"), form.get("config")
+        if not isinstance(gen, UploadFile) or not isinstance(raw, str):
+            raise ApiError(422, "invalid_request", "multipart needs a 'generator' file and a 'config' JSON field")
+        try:
+            cfg = UploadConfig.model_validate_json(raw)
+        except ValidationError as exc:
+            raise ApiError(422, "invalid_request", "config: " + "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                                                                          for e in exc.errors())) from exc
+        g_bytes = await read_upload(gen, svc.settings.max_upload_bytes)
+        c_bytes = await read_upload(crit, svc.settings.max_upload_bytes) if isinstance(crit, UploadFile) else None
+    finally:
+        await form.close()
+
+    def build() -> ModelInfo:
+        try:
+            ckpt = zoo.source_from_state_dicts(cfg.id, cfg.family, cfg.config, g_bytes, c_bytes, cfg.description)
+            info = registry.register(svc.blobs, tenant, cfg.id, checkpoints.to_bytes(ckpt), origin="upload")
+        except FileExistsError as exc:
+            raise ApiError(409, "model_exists", str(exc)) from exc
+        except CheckpointError as exc:
+            raise ApiError(422, "bad_checkpoint", str(exc)) from exc
+        except ValueError as exc:
+            raise ApiError(422, "invalid_request", str(exc)) from exc
+        return ModelInfo(**info)
+
+    return await run_in_threadpool(build)
+
+
+def register_model(body: RegisterModel, svc: Services, tenant: str) -> ModelInfo:
     job = jobs_dao.get(svc.settings.database_url, body.job_id, tenant)
     if job is None:
         raise ApiError(404, "job_not_found", f"no job {body.job_id}")
@@ -35,7 +107,7 @@ def register_model(body: RegisterModel, svc: ServicesDep, tenant: TenantDep) -> 
         raise ApiError(409, "no_fused_model", f"job {job.id} is {job.status} with method {job.method}; only a succeeded "
                                               "fusion or fusion++ job has a fused generator to register")
     try:
-        info = registry.register(svc.blobs, body.id, svc.blobs.get(key), origin=f"job {job.id}")
+        info = registry.register(svc.blobs, tenant, body.id, svc.blobs.get(key), origin=f"job {job.id}")
     except FileExistsError as exc:
         raise ApiError(409, "model_exists", str(exc)) from exc
     except (ValueError, CheckpointError) as exc:

@@ -22,12 +22,16 @@ def test_zip_of_rgb_images_is_converted_and_reported(tmp_path: Path) -> None:
         for i in range(3):
             zf.writestr(f"img{i}.png", _png("RGB", (64, 48)))
         zf.writestr("notes.txt", "not an image")
-        zf.writestr("broken.png", b"\x89PNG garbage")
     ts = load_target(path, channels=1, size=28)
     assert ts.images.shape == (3, 1, 28, 28)
     assert ts.images.min() >= -1 and ts.images.max() <= 1
     assert ts.report["converted"] == {"mode RGB -> L": 3, "resized 64x48 -> 28x28": 3}
-    assert len(ts.report["skipped"]) == 1 and "broken.png" in ts.report["skipped"][0]
+    assert ts.report["ignored"] == ["notes.txt"]
+    with zipfile.ZipFile(path, "a") as zf:  # one broken image refuses the set, naming the file
+        zf.writestr("broken.png", b"\x89PNG garbage")
+    with pytest.raises(TargetDataError, match="1 of 4 images .*broken.png") as err:
+        load_target(path, channels=1, size=28)
+    assert err.value.code == "corrupt_image"
 
 
 def test_folder_and_grayscale_to_rgb(tmp_path: Path) -> None:
@@ -41,8 +45,9 @@ def test_no_images_and_not_a_zip_are_errors(tmp_path: Path) -> None:
     empty = tmp_path / "e.zip"
     with zipfile.ZipFile(empty, "w") as zf:
         zf.writestr("readme.txt", "x")
-    with pytest.raises(TargetDataError, match="no readable"):
+    with pytest.raises(TargetDataError, match="no PNG/JPEG images .*readme.txt") as err:
         load_target(empty, 1, 28)
+    assert err.value.code == "no_images"
     junk = tmp_path / "j.bin"
     junk.write_bytes(b"hello")
     with pytest.raises(TargetDataError, match="neither a folder nor a zip"):

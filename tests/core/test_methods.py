@@ -118,3 +118,22 @@ def test_resume_accepts_checkpoints_written_before_new_options_existed(source, t
         obj["config"].pop(key)
     checkpoints.save(obj, ckpt)
     assert train(cfg, source, target, tmp_path).summary["steps"] == 4
+
+
+@pytest.mark.parametrize("sources", [1, 2])
+def test_previews_show_the_model_at_each_step_and_do_not_change_the_run(sources: int, target, tmp_path: Path) -> None:
+    srcs = [tiny_source(name=f"s{i}") for i in range(sources)]
+    for i, s in enumerate(srcs):
+        torch.manual_seed(i)
+        for p in s.G.parameters():
+            p.data.normal_(0, 0.2)
+    cfg = RunConfig(method="minegan", mining_steps=3, finetune_steps=3, batch_size=8, n_critic=1, checkpoint_every=0)
+    plain = train(cfg, srcs if sources > 1 else srcs[0], target, tmp_path / "plain").model
+    seen: dict[int, torch.Tensor] = {}
+    with_previews = train(cfg, srcs if sources > 1 else srcs[0], target, tmp_path / "prev",
+                          on_preview=lambda step, sample: seen.__setitem__(step, sample(4, 0)), preview_every=2).model
+    assert sorted(seen) == [2, 4, 6] and seen[2].shape == (4, 1, 28, 28)
+    assert not torch.equal(seen[2], seen[6])  # the model moved between previews
+    assert torch.equal(seen[6], with_previews.sample(4, seed=0))  # the last preview is the final model
+    for a, b in zip(plain.state_dict().values(), with_previews.state_dict().values()):
+        assert torch.equal(a, b)  # previews neither consume the training RNG nor touch batch-norm statistics

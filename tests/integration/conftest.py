@@ -11,7 +11,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -46,9 +46,44 @@ class Stack:
     worker: subprocess.Popen
     api: subprocess.Popen
     tmp: Path
+    keys: dict[str, str] = field(default_factory=dict)  # tenant -> API key
 
-    def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=60)
+    def client(self, tenant: str = "alice") -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=60, headers={"Authorization": f"Bearer {self.keys[tenant]}"})
+
+    def worker_children(self) -> list[int]:
+        """PIDs of the Celery worker's pool processes (prefork children of the main worker process)."""
+        out = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == self.worker.pid:
+                out.append(int(stat.parent.name))
+        return out
+
+    def restart_redis(self, down_s: float = 2.0) -> None:
+        """Stop the broker (nothing persisted: queued and unacked messages are lost) and start it again."""
+        import redis
+
+        port = int(self.env["MINEGAN_BROKER_URL"].rsplit(":", 1)[1].split("/")[0])
+        try:
+            redis.Redis(port=port).shutdown(nosave=True)
+        except redis.ConnectionError:
+            pass  # shutdown closes the connection under us
+        time.sleep(down_s)
+        subprocess.run(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                        "--daemonize", "yes", "--pidfile", str(ROOT / ".services" / "redis.pid"),
+                        "--logfile", str(ROOT / ".services" / "redis.log"), "--dir", str(ROOT / ".services")], check=True)
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            try:
+                if redis.Redis(port=port).ping():
+                    return
+            except redis.ConnectionError:
+                time.sleep(0.2)
+        raise RuntimeError("redis did not come back")
 
     def s3(self):  # type: ignore[no-untyped-def]
         import boto3
@@ -62,7 +97,7 @@ class Stack:
         self.worker = subprocess.Popen(
             [str(BIN / "celery"), "-A", "worker.celery_app", "worker", "-Q", "gpu", "-c", "1", "-P", "prefork",
              "--prefetch-multiplier", "1", "--loglevel", "INFO", "-n", f"it-{uuid.uuid4().hex[:6]}@%h"],
-            cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            cwd=ROOT, env={**self.env, "TMPDIR": str(self.tmp)}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         return self.worker
 
 
@@ -100,7 +135,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "MINEGAN_CHECKPOINT_EVERY": "2",
         "MINEGAN_PROGRESS_INTERVAL_S": "0.2",
         "OMP_NUM_THREADS": "1",
+        # small limits keep the hostile-upload corpus small (tests/hostile.py reads them from here)
+        "MINEGAN_MAX_UPLOAD_BYTES": str(2 << 20), "MINEGAN_MAX_REQUEST_BYTES": str(4 << 20),
+        "MINEGAN_MAX_TARGET_IMAGES": "150", "MINEGAN_MAX_ZIP_ENTRIES": "300",
+        # fast crash detection: heartbeat every 0.5 s, stale after 4 s, sweep every second
+        "MINEGAN_HEARTBEAT_INTERVAL_S": "0.5", "MINEGAN_STALE_AFTER_S": "4", "MINEGAN_SWEEP_INTERVAL_S": "1",
+        "MINEGAN_PRESIGN_EXPIRY_S": "60", "MINEGAN_MAX_CONCURRENT_JOBS": "20", "MINEGAN_AUTH_CACHE_S": "1",
+        "TMPDIR": str(tmp / "api-tmp"),
     }
+    (tmp / "api-tmp").mkdir()
     api_log = open(tmp / "api.log", "ab")
     api = subprocess.Popen([str(BIN / "minegan"), "serve", "--port", str(port)], cwd=ROOT, env=env, stdout=api_log,
                            stderr=subprocess.STDOUT, start_new_session=True)
@@ -116,6 +159,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         if time.time() > deadline or api.poll() is not None:
             raise RuntimeError(f"API did not become ready:\n{(tmp / 'api.log').read_text()[-3000:]}")
         time.sleep(0.5)
+    from store import auth as keys_dao
+
+    for tenant in ("alice", "bob"):
+        st.keys[tenant] = keys_dao.create_key(database_url, tenant, "integration")[0]
     st.start_worker()
     yield st
     _stop(st.worker)

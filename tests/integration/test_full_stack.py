@@ -61,7 +61,7 @@ def test_upload_to_samples_through_celery_postgres_and_s3(stack: Stack, tmp_path
         assert [k for k in keys if "/ckpt-" in k] == [f"jobs/{job_id}/ckpt-8.pt"]  # only the newest checkpoint kept
         arts = {a["name"]: a for a in c.get(f"/jobs/{job_id}/artifacts").json()}
         assert "X-Amz-Signature" in arts["samples.png"]["url"] or "Signature" in arts["samples.png"]["url"]
-        png = httpx.get(arts["samples.png"]["url"], timeout=30)
+        png = httpx.get(arts["samples.png"]["url"], timeout=30)  # presigned: no API key needed
         assert png.status_code == 200 and Image.open(io.BytesIO(png.content)).size == (8 * 30 + 2, 8 * 30 + 2)
 
         s = c.get("/sample?n=16")

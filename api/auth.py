@@ -1,0 +1,56 @@
+"""Who is calling: an API key (``Authorization: Bearer mg_...`` or ``X-API-Key``) names the tenant.
+
+With auth off (the embedded default) every caller is tenant ``default``; a key, if sent, is still
+checked. Verified keys are remembered for ``auth_cache_s`` seconds so the sampling path does not pay a
+database round trip per request; a revoked key therefore stops working within that time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+
+from starlette.requests import HTTPConnection
+
+from api.errors import ApiError
+from store import auth as keys_dao
+from store.settings import Settings
+
+DEFAULT_TENANT = "default"
+
+
+class Authenticator:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._cache: dict[str, tuple[str, float]] = {}  # sha256(key) -> (tenant, expiry)
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key_of(conn: HTTPConnection) -> str | None:
+        header = conn.headers.get("authorization", "")
+        if header[:7].lower() == "bearer ":
+            return header[7:].strip()
+        return conn.headers.get("x-api-key")
+
+    def tenant(self, conn: HTTPConnection) -> str:
+        key = self.key_of(conn)
+        if not key:
+            if self.settings.auth_required:
+                raise ApiError(401, "unauthorized", "an API key is required: send 'Authorization: Bearer <key>' "
+                                                    "(create one with `minegan keys create --tenant NAME`)")
+            return DEFAULT_TENANT
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        now = time.monotonic()
+        with self._lock:
+            hit = self._cache.get(digest)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        tenant = keys_dao.verify(self.settings.database_url, key)
+        if tenant is None:
+            raise ApiError(401, "unauthorized", "the API key is not valid (unknown or revoked)")
+        with self._lock:
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[digest] = (tenant, now + self.settings.auth_cache_s)
+        return tenant

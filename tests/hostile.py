@@ -1,0 +1,208 @@
+"""A corpus of hostile and broken uploads to ``POST /jobs``, each with the answer it must get.
+
+Driven over HTTP by tests/api/test_hostile.py (embedded app) and tests/integration/test_hardening.py
+(the real stack); ``python benchmarks/hostile_uploads.py`` turns the same corpus into docs/hostile_uploads.md.
+Builders take the server's limits (``Limits``) so that "one over the limit" cases stay small.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_upload_bytes: int
+    max_request_bytes: int
+    max_target_images: int
+    max_zip_entries: int
+
+
+@dataclass
+class Request:
+    files: dict[str, tuple[str, bytes, str]] | None = None
+    data: dict[str, str] | None = None
+    content: bytes | Iterator[bytes] | None = None  # a raw body (with ``headers``) instead of multipart
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Case:
+    name: str
+    what: str
+    build: Callable[[dict[str, Any], Limits], Request]
+    status: int
+    code: str | None  # None: accepted (202)
+    note: str = ""  # what the accepted job's target report must mention
+
+
+def png(img: Image.Image, **kw: Any) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", **kw)
+    return buf.getvalue()
+
+
+def digit(i: int = 0) -> bytes:
+    arr = np.zeros((28, 28), np.uint8)
+    arr[6 + i % 10 : 22, 10:18] = 255
+    return png(Image.fromarray(arr))
+
+
+def zip_of(entries: dict[str, bytes] | list[tuple[str, bytes]], method: int = zipfile.ZIP_DEFLATED) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", method) as zf:
+        for name, data in (entries.items() if isinstance(entries, dict) else entries):
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def good_images(n: int = 16) -> dict[str, bytes]:
+    return {f"t{i:03d}.png": digit(i) for i in range(n)}
+
+
+def upload(zip_bytes: bytes, spec: dict[str, Any] | str) -> Request:
+    return Request(files={"images": ("target.zip", zip_bytes, "application/zip")},
+                   data={"spec": spec if isinstance(spec, str) else json.dumps(spec)})
+
+
+def with_images(extra: dict[str, bytes]) -> Callable[[dict[str, Any], Limits], Request]:
+    return lambda spec, lim: upload(zip_of(good_images() | extra), spec)
+
+
+def _symlink_zip() -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in good_images(4).items():
+            zf.writestr(name, data)
+        info = zipfile.ZipInfo("link.png")
+        info.create_system = 3
+        info.external_attr = (0o120777 << 16)  # S_IFLNK
+        zf.writestr(info, "/etc/passwd")
+    return buf.getvalue()
+
+
+def _forged_bomb() -> bytes:
+    """A deflate bomb whose headers declare 100 bytes: the reader must not trust them."""
+    raw = bytearray(zip_of({"bomb.png": b"\0" * (16 << 20)}))
+    for sig, off in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):
+        i = raw.find(sig)
+        raw[i + off : i + off + 4] = (100).to_bytes(4, "little")
+    return bytes(raw)
+
+
+def _truncated() -> bytes:
+    whole = digit(3)
+    return whole[: len(whole) // 2]
+
+
+def _modes() -> dict[str, bytes]:
+    jpg = io.BytesIO()
+    Image.new("CMYK", (28, 28), (0, 0, 0, 0)).save(jpg, format="JPEG")
+    frames = [Image.new("L", (28, 28), v) for v in (255, 0)]
+    apng = io.BytesIO()
+    frames[0].save(apng, format="PNG", save_all=True, append_images=frames[1:])
+    return {"cmyk.jpg": jpg.getvalue(), "deep.png": png(Image.fromarray(np.full((28, 28), 40000, np.uint16))),
+            "palette.png": png(Image.new("P", (28, 28), 7)), "alpha.png": png(Image.new("RGBA", (28, 28), (255, 255, 255, 128))),
+            "animated.png": apng.getvalue()}
+
+
+def _chunked(n: int) -> Iterator[bytes]:
+    """A well-formed multipart start, then a file part that never ends within the limit."""
+    yield (b'--x\r\nContent-Disposition: form-data; name="images"; filename="t.zip"\r\n'
+           b"Content-Type: application/zip\r\n\r\n")
+    for _ in range(n // (1 << 20) + 1):
+        yield b"\0" * (1 << 20)
+
+
+def corpus() -> list[Case]:
+    bad_spec = lambda mutate: (lambda spec, lim: upload(zip_of(good_images()), mutate(dict(spec))))  # noqa: E731
+    return [
+        Case("not a zip", "plain text uploaded as the zip", lambda s, lim: upload(b"hello, I am not a zip file", s), 422, "not_a_zip"),
+        Case("empty upload", "a zero-byte file", lambda s, lim: upload(b"", s), 422, "empty_upload"),
+        Case("empty zip", "a valid zip with no entries", lambda s, lim: upload(zip_of({}), s), 422, "empty_zip"),
+        Case("zip without images", "only a text file inside", lambda s, lim: upload(zip_of({"readme.txt": b"hi"}), s), 422, "no_images"),
+        Case("path traversal", "an entry named ../evil.png", with_images({"../evil.png": digit()}), 422, "unsafe_path"),
+        Case("nested traversal", "an entry named a/../../evil.png", with_images({"a/../../evil.png": digit()}), 422, "unsafe_path"),
+        Case("absolute path", "an entry named /tmp/evil.png", with_images({"/tmp/evil.png": digit()}), 422, "unsafe_path"),
+        Case("windows traversal", "an entry named ..\\evil.png", with_images({"..\\evil.png": digit()}), 422, "unsafe_path"),
+        Case("drive letter", "an entry named C:/evil.png", with_images({"C:/evil.png": digit()}), 422, "unsafe_path"),
+        Case("symlink entry", "an entry that is a symbolic link", lambda s, lim: upload(_symlink_zip(), s), 422, "unsafe_path"),
+        Case("zip bomb", "16 MiB of zeros deflated to ~16 KiB (ratio ~1000:1)",
+             with_images({"bomb.png": b"\0" * (16 << 20)}), 413, "zip_bomb"),
+        Case("zip bomb, forged sizes", "the same bomb with headers declaring 100 bytes",
+             lambda s, lim: upload(_forged_bomb(), s), 422, "corrupt_zip"),
+        Case("too many entries", "one entry over the entry limit",
+             lambda s, lim: upload(zip_of([(f"d/{i}.txt", b"") for i in range(lim.max_zip_entries + 1)], zipfile.ZIP_STORED), s),
+             413, "too_many_files"),
+        Case("too many images", "one image over the image limit",
+             lambda s, lim: upload(zip_of({f"{i:05d}.png": digit(i) for i in range(lim.max_target_images + 1)}), s),
+             422, "too_many_images"),
+        Case("truncated image", "a PNG cut in half", with_images({"cut.png": _truncated()}), 422, "corrupt_image"),
+        Case("corrupt image", "random bytes named .png", with_images({"junk.png": bytes(range(256)) * 4}), 422, "corrupt_image"),
+        Case("not PNG/JPEG inside", "a GIF named .png", with_images({"gif.png": _gif()}), 422, "corrupt_image"),
+        Case("huge dimensions", "a 5000x5000 PNG (25 Mpx declared, a few KiB on disk)",
+             with_images({"big.png": png(Image.new("1", (5000, 5000)))}), 422, "image_too_large"),
+        Case("decompression bomb", "a 20000x20000 PNG (400 Mpx declared)",
+             with_images({"huge.png": png(Image.new("1", (20000, 20000)))}), 422, "image_too_large"),
+        Case("odd pixel formats", "CMYK JPEG, 16-bit PNG, palette PNG, RGBA PNG, animated PNG", with_images(_modes()), 202, None,
+             note="converted"),
+        Case("upload over the limit", "a zip one MiB over max_upload_bytes",
+             lambda s, lim: upload(zip_of(good_images(4)) + b"\0" * (lim.max_upload_bytes + (1 << 20)), s), 413, "upload_too_large"),
+        Case("body over the limit", "Content-Length above max_request_bytes",
+             lambda s, lim: Request(content=b"\0" * (lim.max_request_bytes + 1024),
+                                    headers={"content-type": "multipart/form-data; boundary=x"}), 413, "request_too_large"),
+        Case("chunked body over the limit", "no Content-Length; the stream passes max_request_bytes",
+             lambda s, lim: Request(content=_chunked(lim.max_request_bytes + (1 << 20)),
+                                    headers={"content-type": "multipart/form-data; boundary=x"}), 413, "request_too_large"),
+        Case("spec not JSON", "spec = '{sources: oops'", lambda s, lim: upload(zip_of(good_images()), "{sources: oops"), 422, "invalid_spec"),
+        Case("spec unknown field", "spec has 'steps' instead of 'mining_steps'",
+             bad_spec(lambda d: d | {"steps": 5}), 422, "invalid_spec"),
+        Case("unknown source", "sources = ['no-such-gan']", bad_spec(lambda d: d | {"sources": ["no-such-gan"]}), 422, "unknown_source"),
+        Case("unknown method", "method = 'magic'", bad_spec(lambda d: d | {"method": "magic"}), 422, "invalid_spec"),
+        Case("steps out of range", "mining_steps = -1", bad_spec(lambda d: d | {"mining_steps": -1}), 422, "invalid_spec"),
+        Case("batch larger than target", "batch_size 32 with 16 images", bad_spec(lambda d: d | {"batch_size": 32}), 422, "invalid_spec"),
+        Case("no images field", "multipart without the zip", lambda s, lim: Request(data={"spec": json.dumps(s)}), 422, "invalid_request"),
+        Case("no spec field", "multipart without the spec",
+             lambda s, lim: Request(files={"images": ("t.zip", zip_of(good_images()), "application/zip")}), 422, "invalid_request"),
+    ]
+
+
+def _gif() -> bytes:
+    buf = io.BytesIO()
+    Image.new("L", (28, 28), 9).save(buf, format="GIF")
+    return buf.getvalue()
+
+
+FIELD_NAMED = {"spec unknown field": "steps", "unknown method": "method", "steps out of range": "mining_steps",
+               "batch larger than target": "batch_size", "no images field": "images", "no spec field": "spec",
+               "unknown source": "sources"}
+
+
+def send(client: Any, case: Case, spec: dict[str, Any], limits: Limits, headers: dict[str, str] | None = None) -> Any:
+    """POST the case to /jobs with an httpx-style client (TestClient or httpx.Client)."""
+    req = case.build(spec, limits)
+    h = {**(headers or {}), **req.headers}
+    if req.content is not None:
+        return client.post("/jobs", content=req.content, headers=h)
+    return client.post("/jobs", files=req.files or {}, data=req.data or {}, headers=h)
+
+
+def check(case: Case, r: Any) -> None:
+    """The answer a case must get: status, error code, a message naming what to fix."""
+    assert r.status_code == case.status, (case.name, r.status_code, r.text[:500])
+    body = r.json()
+    if case.code is None:
+        assert case.note in json.dumps(body.get("target", {})), (case.name, body)
+        return
+    assert body["error"]["code"] == case.code, (case.name, body)
+    assert len(body["error"]["message"]) > 10, (case.name, body)
+    if case.name in FIELD_NAMED:
+        assert FIELD_NAMED[case.name] in body["error"]["message"], (case.name, body)
