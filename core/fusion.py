@@ -13,6 +13,14 @@ pseudo-real images and for G_F's samples (the slot's source picks both the pseud
 fake's prior mean), so each source weighs equally in the sum of Eq. 15; the gradient penalty interpolates
 between a pseudo-real and a fake image of the same source.
 
+The critic is told the source of each image: "a single conditional GAN" (Fig. 4) needs a critic that can
+say "this came from region i but looks like source j", otherwise only the *mixture* of G_F's regions is
+matched and nothing ties region i to G_i. We condition it by projection (Miyato & Koyama, the paper's
+[57], the conditioning its Sec. 4.1 uses for the critic): D_F(x, i) = D(x) + e_i^T phi(x), where D is the
+unconditional critic (initialised from a source's critic), phi its last features and e_i a learned
+per-source vector starting at zero, so training starts from the source critic exactly
+(``FusionConfig.critic="projection"``; ``"plain"`` keeps the unconditional D of a literal Eq. 15).
+
 The result is an ordinary unconditional ``Generator`` + ``Critic`` pair (a :class:`SourceModel`) that
 mining then treats like any other source; its file can be registered as a new zoo source.
 """
@@ -26,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from core import checkpoints
 from core.nets import Critic
@@ -34,7 +43,8 @@ from core.zoo import SourceModel, source_checkpoint
 
 log = logging.getLogger(__name__)
 
-FUSION_FORMAT = "minegan-fusion-run/1"
+FUSION_FORMAT = "minegan-fusion-run/2"
+FUSION_CRITICS = ("projection", "plain")
 
 
 @dataclass(frozen=True)
@@ -48,6 +58,7 @@ class FusionConfig:
     gp_weight: float = 10.0
     mean_scale: float = 3.0  # |mu_i|: how far apart the sources' prior regions lie
     init: str = "source"  # "source": G_F, D start from the first source's weights; "random"
+    critic: str = "projection"  # "projection": D_F(x, i) = D(x) + e_i^T phi(x); "plain": D(x) (unconditional)
     seed: int = 0
     checkpoint_every: int = 50
 
@@ -63,6 +74,21 @@ def balanced_labels(n: int, n_sources: int, gen: torch.Generator | None = None) 
     """Source index per slot: each source gets n // N slots (the remainder spread at random). [n]"""
     labels = torch.arange(n) % n_sources
     return labels[torch.randperm(n, generator=gen)]
+
+
+class ProjectionCritic(nn.Module):
+    """D_F(x, i) = D(x) + e_i^T phi(x): the unconditional critic D plus a projection on the source index i
+    (projection discriminator, [57]). e_i starts at zero, so D_F(x, i) = D(x) before training. [N] scores."""
+
+    def __init__(self, D: Critic, n_sources: int) -> None:
+        super().__init__()
+        self.D = D
+        self.embed = nn.Embedding(n_sources, D.fc.in_features)
+        nn.init.zeros_(self.embed.weight)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        h = self.D.features(x)  # phi(x): [N, F]
+        return self.D.fc(h).squeeze(1) + (self.embed(c) * h).sum(1)  # [N]
 
 
 @dataclass
@@ -119,13 +145,18 @@ def fuse(
     for s in sources:
         if s.conditional or (s.G.cfg.z_dim, s.G.cfg.img_size, s.G.cfg.channels) != (g0.cfg.z_dim, g0.cfg.img_size, g0.cfg.channels):
             raise ValueError("fusion needs unconditional sources with the same |z|, resolution and channels")
+    if cfg.critic not in FUSION_CRITICS:
+        raise ValueError(f"fusion critic must be one of {FUSION_CRITICS}, not {cfg.critic!r}")
     torch.manual_seed(cfg.seed)
     G, D = type(g0)(g0.cfg), Critic(d0.cfg)  # type: ignore[arg-type]
     if cfg.init == "source":
         G.load_state_dict(g0.state_dict())
         D.load_state_dict(d0.state_dict())
     means = fusion_means(len(sources), g0.cfg.z_dim, cfg.mean_scale, cfg.seed)
-    mods = FusionModules(G=G, D=D, z_dim=g0.cfg.z_dim, means=means)
+    if cfg.critic == "projection":  # D_F(x, i): the critic sees which source (prior region) an image belongs to
+        mods = FusionModules(G=G, D=ProjectionCritic(D, len(sources)), z_dim=g0.cfg.z_dim, n_classes=len(sources), means=means)
+    else:
+        mods = FusionModules(G=G, D=D, z_dim=g0.cfg.z_dim, means=means)
     stage = StageConfig("fuse", steps=cfg.steps, train_miner=False, train_generator=True, n_critic=cfg.n_critic,
                         batch_size=cfg.batch_size, lr_generator=cfg.lr_generator, lr_critic=cfg.lr_critic,
                         betas=tuple(cfg.betas), gp_weight=cfg.gp_weight)  # type: ignore[arg-type]
@@ -141,7 +172,7 @@ def fuse(
             if obj["config"] != cfg_json or obj["sources"] != names:
                 raise ValueError(f"{latest} belongs to a different fusion; use a fresh run directory")
             G.load_state_dict(obj["G"])
-            D.load_state_dict(obj["D"])
+            mods.D.load_state_dict(obj["D"])
             st.opt_d.load_state_dict(obj["opt_d"])
             assert st.opt_g is not None
             st.opt_g.load_state_dict(obj["opt_g"])
@@ -153,7 +184,7 @@ def fuse(
     def save() -> None:
         assert st.opt_g is not None
         obj = {"format": FUSION_FORMAT, "config": cfg_json, "sources": names, "step": st.step, "G": G.state_dict(),
-               "D": D.state_dict(), "opt_d": st.opt_d.state_dict(), "opt_g": st.opt_g.state_dict(),
+               "D": mods.D.state_dict(), "opt_d": st.opt_d.state_dict(), "opt_g": st.opt_g.state_dict(),
                "rng": torch.get_rng_state(), "gen": gen.get_state()}
         path = checkpoints.save(obj, run_dir / f"ckpt-{step_offset + st.step}.pt")
         for old in run_dir.glob("ckpt-*.pt"):
@@ -164,7 +195,7 @@ def fuse(
 
     dev = torch.device(device)
     G.to(dev)
-    D.to(dev)
+    mods.D.to(dev)
     set_trainable(mods, stage)
     for s in sources:
         s.G.eval().requires_grad_(False).to(dev)

@@ -9,7 +9,9 @@
 | ``transfergan`` | source       | no    | finetune G+D (Wang et al. 2018)                               |
 | ``transfergan++`` | source     | no    | finetune G+D with S^3 on the critic                           |
 | ``freezed``     | source       | no    | finetune G+D, lowest critic layers frozen (FreezeD)           |
-| ``fusion``      | fused G_F    | yes   | fuse the sources (Eq. 15-16, ``fusion_steps``), then minegan  |
+| ``fusion``      | fused G_F    | yes   | fuse the sources (Eq. 15-16, ``fusion_steps``; the fusion     |
+|                 |              |       | critic is told each image's source, ``fusion_critic``), then  |
+|                 |              |       | minegan                                                       |
 | ``fusion++``    | fused G_F    | yes   | fuse, then minegan++                                          |
 
 Mining methods also take several sources, or one one-hot conditional source (its classes become the
@@ -36,7 +38,7 @@ from torch import nn
 from core import checkpoints
 from core.baselines import finetune_all_stage
 from core.finetune import finetune_stage
-from core.fusion import FusionConfig, fuse
+from core.fusion import FUSION_CRITICS, FusionConfig, fuse
 from core.mining import MinedGenerator, mining_stage
 from core.multi import SELECTION_RULES, MultiGanModules, MultiMinedGenerator, unconditional_critic
 from core.nets import GENERATORS, Critic, JointMiner, JointMinerConfig, Miner, MinerConfig
@@ -83,6 +85,7 @@ class RunConfig:
     critic_source: int = 0  # several sources: whose pretrained critic initialises the single critic D
     fusion_steps: int = 500  # fusion / fusion++: steps training G_F before mining it (Eq. 15-16)
     fusion_mean_scale: float = 3.0  # fusion: distance of each source's prior mean from the origin
+    fusion_critic: str = "projection"  # fusion: critic told the source, D(x) + e_i^T phi(x); "plain": D(x)
 
     @property
     def total_steps(self) -> int:
@@ -104,6 +107,8 @@ class RunConfig:
             raise MethodError("batch_size, n_critic and miner_layers must be positive")
         if self.selection not in SELECTION_RULES:
             raise MethodError(f"selection must be one of {', '.join(SELECTION_RULES)}")
+        if self.fusion_critic not in FUSION_CRITICS:
+            raise MethodError(f"fusion_critic must be one of {', '.join(FUSION_CRITICS)}")
 
 
 def plan(cfg: RunConfig) -> list[StageConfig]:
@@ -421,7 +426,7 @@ def _fused_source(cfg: RunConfig, sources: list[SourceModel], run_dir: Path, on_
         return load_source_file(fused_path, name)
     fcfg = FusionConfig(steps=cfg.fusion_steps, batch_size=cfg.batch_size, n_critic=cfg.n_critic, lr_generator=cfg.lr_generator,
                         lr_critic=cfg.lr_critic, betas=tuple(cfg.betas), gp_weight=cfg.gp_weight,  # type: ignore[arg-type]
-                        mean_scale=cfg.fusion_mean_scale, seed=cfg.seed, checkpoint_every=cfg.checkpoint_every)
+                        mean_scale=cfg.fusion_mean_scale, critic=cfg.fusion_critic, seed=cfg.seed, checkpoint_every=cfg.checkpoint_every)
     try:
         return fuse(sources, fcfg, run_dir, name=name, on_progress=on_progress, should_stop=should_stop,
                     after_checkpoint=after_checkpoint, total_steps=cfg.total_steps, device=device)

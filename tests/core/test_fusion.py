@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.fusion import FusionConfig, balanced_labels, fuse, fusion_means, pseudo_real, sample_source_region
+from core.fusion import FusionConfig, FusionModules, ProjectionCritic, balanced_labels, fuse, fusion_means, pseudo_real, sample_source_region
 from core.methods import MethodError, RunConfig, load_model, train
 from core.trainer import Stopped
 from core.zoo import load_source_file
@@ -36,6 +36,34 @@ def test_pseudo_real_batch_takes_each_slot_from_its_source() -> None:
     x = pseudo_real([a, b], labels)
     means = x.flatten(1).mean(1)
     assert torch.all(means[labels == 0] > 0.5) and torch.all(means[labels == 1] < -0.5)
+
+
+def test_projection_critic_starts_as_the_source_critic_and_learns_each_source() -> None:
+    src = tiny_source(name="a")
+    D = ProjectionCritic(src.D, 2)
+    x = torch.randn(6, 1, 28, 28)
+    for i in (0, 1):  # e_i = 0 at the start: D_F(x, i) = D(x) for every source
+        assert torch.allclose(D(x, torch.full((6,), i)), src.D(x))
+    with torch.no_grad():
+        D.embed.weight[1] += 0.1
+    assert torch.allclose(D(x, torch.zeros(6, dtype=torch.long)), src.D(x))
+    assert not torch.allclose(D(x, torch.ones(6, dtype=torch.long)), src.D(x))  # the source index reaches the score
+
+
+def test_fusion_critic_sees_the_source_of_each_fake() -> None:
+    """With the projection critic every fake is scored under the source whose prior region produced it."""
+    a = tiny_source(name="a")
+    seen: list[torch.Tensor] = []
+
+    class Spy(ProjectionCritic):
+        def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+            seen.append(c.clone())
+            return super().forward(x, c)
+
+    mods = FusionModules(G=a.G, D=Spy(a.D, 2), z_dim=a.G.cfg.z_dim, n_classes=2, means=fusion_means(2, a.G.cfg.z_dim, 3.0))
+    labels = torch.tensor([1, 0, 1])
+    mods.critic(mods.critic_fakes(3, labels, torch.device("cpu")), labels)
+    assert torch.equal(seen[-1], labels)
 
 
 def test_fuse_trains_writes_a_source_file_and_resumes(tmp_path: Path) -> None:
@@ -78,3 +106,15 @@ def test_fusion_method_fuses_then_mines(method: str, target, tmp_path: Path) -> 
 def test_fusion_needs_several_unconditional_sources(target, tmp_path: Path) -> None:
     with pytest.raises(MethodError, match="at least two"):
         train(RunConfig(method="fusion", fusion_steps=1, mining_steps=1, finetune_steps=0), tiny_source(), target, tmp_path)
+
+
+def test_plain_fusion_critic_still_runs_and_unknown_ones_are_refused(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    srcs = [tiny_source(name="a"), tiny_source(name="b")]
+    fused = fuse(srcs, replace(TINY_F, steps=1, critic="plain"), tmp_path / "plain")
+    assert fused.meta["fusion"]["config"]["critic"] == "plain"
+    with pytest.raises(ValueError, match="fusion critic"):
+        fuse(srcs, replace(TINY_F, critic="nope"), tmp_path / "bad")
+    with pytest.raises(MethodError, match="fusion_critic"):
+        RunConfig(method="fusion", fusion_critic="nope").validate()
