@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Path, Request
+from starlette.concurrency import run_in_threadpool
 
 from api.errors import ApiError
 from api.services import Services
@@ -12,16 +13,25 @@ from store import jobs as jobs_dao
 from store.models import Job
 
 
-def services(request: Request) -> Services:
+# The two dependencies every route takes are ``async``: FastAPI runs a plain ``def`` dependency in the
+# threadpool, and two threadpool hops were a measurable share of a small /sample request
+# (docs/benchmarks.md, sampling). Neither blocks: the tenant comes from the key cache, and only a key
+# not verified in the last ``auth_cache_s`` seconds goes to the database, in the threadpool.
+
+
+async def services(request: Request) -> Services:
     return request.app.state.services  # type: ignore[no-any-return]
 
 
 ServicesDep = Annotated[Services, Depends(services)]
 
 
-def current_tenant(request: Request, svc: ServicesDep) -> str:
+async def current_tenant(request: Request, svc: ServicesDep) -> str:
     """The caller's tenant from its API key (``api/auth.py``); 401 when a key is required and missing/invalid."""
-    return svc.auth.tenant(request)
+    tenant = svc.auth.cached_tenant(request)
+    if tenant is not None:
+        return tenant
+    return await run_in_threadpool(svc.auth.tenant, request)
 
 
 TenantDep = Annotated[str, Depends(current_tenant)]
