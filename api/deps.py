@@ -12,7 +12,6 @@ from api.services import Services
 from store import jobs as jobs_dao
 from store.models import Job
 
-
 # The two dependencies every route takes are ``async``: FastAPI runs a plain ``def`` dependency in the
 # threadpool, and two threadpool hops were a measurable share of a small /sample request
 # (docs/benchmarks.md, sampling). Neither blocks: the tenant comes from the key cache, and only a key
