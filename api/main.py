@@ -16,8 +16,9 @@ from fastapi import FastAPI
 from api import errors
 from api.limits import BodyLimitMiddleware
 from api.routes import blobs, health, jobs, models, sample, ui
-from api.services import ModelCache, Services
+from api.services import LatestJobs, ModelCache, Services
 from api.sweeper import sweep_forever
+from store import events
 from store.blobs import make_blob_store
 from store.db import upgrade
 from store.settings import Settings, get_settings
@@ -58,12 +59,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             enqueue, check_broker = _celery_services(settings)
         if not settings.auth_required:
             log.warning("authentication is OFF: every caller is tenant 'default' (set MINEGAN_AUTH=required to need API keys)")
+        latest = LatestJobs(settings.latest_cache_s)
+        subscriber = None
+        if settings.embedded:  # the worker is in this process: it tells the cache directly
+            events.add_local_listener(latest.invalidate)
+            latest.set_live(True)
+        elif (url := events.redis_url(settings)) is not None:
+            subscriber = events.Subscriber(url, latest.invalidate, latest.set_live)
+            subscriber.start()
+        else:
+            log.warning("broker is not Redis: GET /sample asks the database for the latest job on every request")
         app.state.services = Services(settings=settings, blobs=blob_store, enqueue=enqueue,
-                                      models=ModelCache(blob_store, settings.model_cache_size), check_broker=check_broker)
+                                      models=ModelCache(blob_store, settings.model_cache_size), check_broker=check_broker,
+                                      latest=latest)
         # in embedded mode the queue lives in this process and cannot lose a message: only stale running jobs matter
         sweeper = asyncio.create_task(sweep_forever(settings, enqueue, requeue_queued=not settings.embedded))
         yield
         sweeper.cancel()
+        if subscriber is not None:
+            subscriber.stop()
+        events.remove_local_listener(latest.invalidate)
         if worker is not None:
             worker.stop()
 

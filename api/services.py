@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -63,6 +64,54 @@ class FinishedJobs:
                 self._items.popitem(last=False)
 
 
+class LatestJobs:
+    """tenant -> (job id, model key) of its most recent succeeded job, for ``GET /sample`` without ``job=``.
+
+    Trusted only while the job-succeeded feed (``store/events.py``) is live: every notification for a
+    tenant drops its entry, and the feed going down or coming back drops them all. Entries also expire
+    after ``ttl_s`` (bounding the harm of a notification lost between a worker and Redis). A database
+    read races with notifications, so :meth:`put` takes the :meth:`token` from before the read and is
+    ignored when anything was invalidated meanwhile."""
+
+    def __init__(self, ttl_s: float) -> None:
+        self.ttl_s = ttl_s
+        self._items: dict[str, tuple[str, str, float]] = {}
+        self._gen = 0
+        self._live = False
+        self._lock = threading.Lock()
+
+    @property
+    def live(self) -> bool:
+        return self._live
+
+    def get(self, tenant: str) -> tuple[str, str] | None:
+        with self._lock:
+            hit = self._items.get(tenant) if self._live else None
+        if hit is None or hit[2] <= time.monotonic():
+            return None
+        return hit[0], hit[1]
+
+    def token(self) -> int:
+        with self._lock:
+            return self._gen
+
+    def put(self, tenant: str, job_id: str, model_key: str, token: int) -> None:
+        with self._lock:
+            if self._live and token == self._gen and self.ttl_s > 0:
+                self._items[tenant] = (job_id, model_key, time.monotonic() + self.ttl_s)
+
+    def invalidate(self, tenant: str) -> None:
+        with self._lock:
+            self._gen += 1
+            self._items.pop(tenant, None)
+
+    def set_live(self, live: bool) -> None:
+        with self._lock:
+            self._gen += 1
+            self._items.clear()
+            self._live = live
+
+
 @dataclass
 class Services:
     settings: Settings
@@ -71,6 +120,7 @@ class Services:
     models: ModelCache
     check_broker: Callable[[], None] = field(default=lambda: None)
     finished: FinishedJobs = field(default_factory=FinishedJobs)
+    latest: LatestJobs = field(default_factory=lambda: LatestJobs(0.0))
     auth: Authenticator = field(init=False)
 
     def __post_init__(self) -> None:

@@ -64,6 +64,8 @@ def main() -> int:
     ap.add_argument("--block", type=int, default=10, help="calls per variant before switching (see below)")
     ap.add_argument("--settle", type=float, default=0.05, help="pause (s) before each block")
     ap.add_argument("--gap", type=float, default=0.005, help="idle pause (s) before each call of the local_gap variant")
+    ap.add_argument("--server-env", action="append", default=[], metavar="K=V",
+                    help="extra environment for the server process only (e.g. OMP_WAIT_POLICY=passive)")
     ap.add_argument("--job-steps", type=int, default=20, help="mining steps (and as many finetune steps) of the timed job")
     a = ap.parse_args()
     command = "python benchmarks/sampling.py " + " ".join(shlex.quote(x) for x in sys.argv[1:])
@@ -73,6 +75,7 @@ def main() -> int:
     env = {**os.environ, "MINEGAN_DATABASE_URL": f"sqlite:///{tmp}/db.sqlite", "MINEGAN_STORAGE_DIR": str(tmp / "blobs"),
            "MINEGAN_WORK_DIR": str(tmp / "work")}
     env.pop("MINEGAN_BROKER_URL", None)
+    env.update(kv.split("=", 1) for kv in a.server_env)
     server = subprocess.Popen([str(BIN / "minegan"), "serve", "--port", str(port)], env=env,
                               stdout=open(tmp / "server.log", "wb"), stderr=subprocess.STDOUT)
     try:

@@ -26,6 +26,7 @@ from core.data import TargetDataError, load_target
 from core.images import grid_png
 from core.methods import MethodError, RunConfig, train
 from core.trainer import Stopped
+from store import events
 from store import jobs as jobs_dao
 from store import sources as registry
 from store.blobs import BlobStore
@@ -189,6 +190,7 @@ def execute_job(job_id: str, settings: Settings, blobs: BlobStore) -> str:
         blobs.put(artifact_key(job_id, "model.pt"), (run_dir / "model.pt").read_bytes())
         jobs_dao.finish(settings.database_url, job_id, "succeeded", model_key=artifact_key(job_id, "model.pt"),
                         metrics=metrics, train_seconds=result.summary.get("train_seconds"))
+        events.job_succeeded(settings, job.tenant)  # API processes drop their cached "latest job" of this tenant
         shutil.rmtree(run_dir, ignore_errors=True)
         return "succeeded"
     except Stopped:

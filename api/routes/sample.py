@@ -80,10 +80,15 @@ async def sample_latest(svc: ServicesDep, tenant: TenantDep, n: N = 16, seed: Se
                         job: Annotated[str | None, Query(max_length=64)] = None) -> Response:
     if job:
         return await sample_job(svc, tenant, job, n, seed, format)
-    # "most recent" changes whenever any worker finishes a job, so this asks the database every time
-    # (one indexed two-column query)
-    latest = await run_in_threadpool(jobs_dao.latest_model, svc.settings.database_url, tenant)
+    # "most recent" changes whenever a worker finishes one of the tenant's jobs: the answer is cached
+    # only while the workers' job-succeeded notifications reach this process (api/services.LatestJobs),
+    # else it is one indexed two-column query
+    latest = svc.latest.get(tenant)
     if latest is None:
-        raise ApiError(404, "job_not_found", "no finished job yet; submit one with POST /jobs")
-    svc.finished.put(latest[0], tenant, latest[1])
+        token = svc.latest.token()
+        latest = await run_in_threadpool(jobs_dao.latest_model, svc.settings.database_url, tenant)
+        if latest is None:
+            raise ApiError(404, "job_not_found", "no finished job yet; submit one with POST /jobs")
+        svc.latest.put(tenant, latest[0], latest[1], token)
+        svc.finished.put(latest[0], tenant, latest[1])
     return await _respond(svc, latest[0], latest[1], n, seed, format)

@@ -72,6 +72,22 @@ def test_submit_poll_sample(client: TestClient) -> None:
     assert listing["total"] == 1 and listing["items"][0]["id"] == job["id"]
 
 
+def test_sample_follows_the_latest_job_without_asking_the_database_each_time(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    from store import jobs as jobs_dao
+
+    calls: list[str] = []
+    real = jobs_dao.latest_model
+    monkeypatch.setattr("api.routes.sample.jobs_dao.latest_model", lambda url, tenant: calls.append(tenant) or real(url, tenant))
+    first = wait_for(client, submit(client).json()["id"])
+    assert client.get("/sample?n=4").headers["x-job-id"] == first["id"]
+    assert client.get("/sample?n=4&seed=3").headers["x-job-id"] == first["id"]
+    assert calls == ["default"]  # the second request was answered from the latest-job cache
+    second = wait_for(client, submit(client, {**TINY_SPEC, "seed": 1}).json()["id"])
+    assert second["status"] == "succeeded"
+    assert client.get("/sample?n=4").headers["x-job-id"] == second["id"]  # the worker's notification dropped the entry
+    assert calls == ["default", "default"]
+
+
 @pytest.mark.parametrize(
     "spec,field",
     [

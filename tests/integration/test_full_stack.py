@@ -68,4 +68,11 @@ def test_upload_to_samples_through_celery_postgres_and_s3(stack: Stack, tmp_path
         assert s.status_code == 200 and s.headers["content-type"] == "image/png"
         assert Image.open(io.BytesIO(s.content)).size == (4 * 30 + 2, 4 * 30 + 2)
         assert c.get(f"/jobs/{job_id}/sample?n=16").content == s.content
+        assert s.headers["x-job-id"] == job_id
+        # a second job: the Celery worker's job-succeeded message (Redis pub/sub) moves /sample to it at once
+        r2 = c.post("/jobs", files={"images": ("nines.zip", _nines_zip(tmp_path), "application/zip")},
+                    data={"spec": json.dumps({**SPEC, "seed": 1})})
+        second = _wait(c, r2.json()["id"])
+        assert second["status"] == "succeeded", second
+        assert c.get("/sample?n=4").headers["x-job-id"] == second["id"]
         assert os.path.exists(stack.tmp / "api.log")
