@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -147,11 +148,19 @@ def main() -> int:
     }
     for label, (method, kw) in variants.items():
         def run_m(method: str = method, kw: dict = kw, label: str = label) -> dict:
+            run_dir = out / "runs" / method / kw.get("selection", "")
+            fused = out / "runs" / "fusion" / "fused.pt"
+            reused = method == "fusion++" and fused.exists() and not (run_dir / "fused.pt").exists()
+            if reused:  # same sources, fusion config and seed as the fusion row: the same G_F, so fuse once
+                run_dir.mkdir(parents=True, exist_ok=True)
+                shutil.copy(fused, run_dir / "fused.pt")
             t0 = time.time()
-            res = train(RunConfig(method=method, **budget, **kw), sources, t05, out / "runs" / method / kw.get("selection", ""))
+            res = train(RunConfig(method=method, **budget, **kw), sources, t05, run_dir)
             wall = time.time() - t0
             (out / f"{label.split()[0]}-{kw.get('selection', method)}.png").write_bytes(grid_png(res.model.sample(64, seed=0), nrow=8))
             extra = {"pi_a": res.summary["selector_pi"][SOURCES[0]]} if "selector_pi" in res.summary else {}
+            if reused:
+                extra["fused_reused"] = True
             return evaluate_run(res.model, wall, {"steps": RunConfig(method=method, **budget, **kw).total_steps, **extra})
         rows[label] = _run(out, "m-" + label.split()[0] + "-" + kw.get("selection", method), run_m)
     for src in sources:
@@ -221,8 +230,9 @@ def write_doc(command: str, a: argparse.Namespace, digits: tuple[int, int], sele
     for label, m in rows.items():
         paper = PAPER_FID_05.get(label)  # Table 4 as given in 000_...: no TransferGAN row for Red vehicle
         pi = f"{m['pi_a']:.3f}" if "pi_a" in m else "-"
+        wall = f"{m['wall_s']:.0f}" + (" (mining only: G_F of the fusion row)" if m.get("fused_reused") else "")
         lines.append(f"| {label}{' (best single source)' if label == best_t else ''} | {m['fid']:.1f} | {m['kmmd']:.4f} | "
-                     f"{100 * m['classifier_error']:.1f} % | {m['share_a']:.2f} | {pi} | {m['steps']} | {m['wall_s']:.0f} | "
+                     f"{100 * m['classifier_error']:.1f} % | {m['share_a']:.2f} | {pi} | {m['steps']} | {wall} | "
                      f"{paper if paper is not None else '-'} |")
     lines += ["", "### Fusion fidelity: each prior region of G_F against its source", "",
               "| source | FD (classifier features) of the source's own samples | FD of G_F's region | "

@@ -56,7 +56,7 @@ class FusionConfig:
     lr_critic: float = 1e-4
     betas: tuple[float, float] = (0.5, 0.999)
     gp_weight: float = 10.0
-    mean_scale: float = 3.0  # |mu_i|: how far apart the sources' prior regions lie
+    mean_scale: float = 10.0  # |mu_i|: how far apart the sources' prior regions lie (about |z| ~ sqrt(z_dim))
     init: str = "source"  # "source": G_F, D start from the first source's weights; "random"
     critic: str = "projection"  # "projection": D_F(x, i) = D(x) + e_i^T phi(x); "plain": D(x) (unconditional)
     seed: int = 0

@@ -84,7 +84,7 @@ class RunConfig:
     selection: str = "permuted"  # several sources: Eq. 9-10 ("permuted") or Eq. 5-6 ("max")
     critic_source: int = 0  # several sources: whose pretrained critic initialises the single critic D
     fusion_steps: int = 500  # fusion / fusion++: steps training G_F before mining it (Eq. 15-16)
-    fusion_mean_scale: float = 3.0  # fusion: distance of each source's prior mean from the origin
+    fusion_mean_scale: float = 10.0  # fusion: |mu_i|, distance of each source's prior mean from the origin (docs/multi_gan_notes.md)
     fusion_critic: str = "projection"  # fusion: critic told the source, D(x) + e_i^T phi(x); "plain": D(x)
 
     @property
