@@ -194,7 +194,7 @@ def main() -> int:
         "",
         "| measurement | over HTTP | in-process | ratio HTTP / in-process |",
         "|---|---|---|---|",
-        f"| `GET /sample?n=16` PNG (latest finished job; one SQL query), raw client | {1000 * med['sample']:.2f} ms "
+        f"| `GET /sample?n=16` PNG (latest finished job, from the latest-job cache), raw client | {1000 * med['sample']:.2f} ms "
         f"(p99 {1000 * p99['sample']:.2f}) | {1000 * ml:.2f} ms (p99 {1000 * p99['local']:.2f}) | {med['sample'] / ml:.2f} |",
         f"| `GET /jobs/{{id}}/sample?n=16` PNG, raw client | {1000 * med['job_sample']:.2f} ms | {1000 * ml:.2f} ms "
         f"| {med['job_sample'] / ml:.2f} |",
