@@ -140,29 +140,35 @@ def main() -> int:
     # 2. methods at 0.5:0.5
     t05 = target((0.5, 0.5))
     rows: dict[str, dict] = {}
-    variants = {
-        "minegan (permuted, Eq. 9-10)": ("minegan", dict(selection="permuted")),
-        "minegan (max, Eq. 5-6)": ("minegan", dict(selection="max")),
-        "fusion": ("fusion", dict(fusion_steps=a.fusion_steps)),
-        "fusion++": ("fusion++", dict(fusion_steps=a.fusion_steps)),
-    }
-    for label, (method, kw) in variants.items():
-        def run_m(method: str = method, kw: dict = kw, label: str = label) -> dict:
-            run_dir = out / "runs" / method / kw.get("selection", "")
-            fused = out / "runs" / "fusion" / "fused.pt"
-            reused = method == "fusion++" and fused.exists() and not (run_dir / "fused.pt").exists()
-            if reused:  # same sources, fusion config and seed as the fusion row: the same G_F, so fuse once
+    # (label, method, options, cache key, run directory under runs/). Fusion rows share one G_F: the first
+    # fuses (runs/fusion/fused.pt), the others copy it (same sources, fusion config and seed: the same G_F).
+    F = a.fusion_steps
+    variants = [
+        ("minegan (permuted, Eq. 9-10)", "minegan", dict(selection="permuted"), "m-minegan-permuted", "minegan/permuted"),
+        ("minegan (max, Eq. 5-6)", "minegan", dict(selection="max"), "m-minegan-max", "minegan/max"),
+        ("fusion, one miner", "fusion", dict(fusion_steps=F, fusion_mining="single"), "m-fusion-single", "fusion"),
+        ("fusion++, one miner", "fusion++", dict(fusion_steps=F, fusion_mining="single"), "m-fusion++-single", "fusion++"),
+        ("fusion", "fusion", dict(fusion_steps=F, fusion_mining="regions"), "m-fusion-regions", "fusion-regions"),
+        ("fusion++", "fusion++", dict(fusion_steps=F, fusion_mining="regions"), "m-fusion++-regions", "fusion++-regions"),
+    ]
+    fused_file = out / "runs" / "fusion" / "fused.pt"
+    for label, method, kw, key, sub in variants:
+        def run_m(method: str = method, kw: dict = kw, key: str = key, sub: str = sub) -> dict:
+            run_dir = out / "runs" / sub
+            reused = method in ("fusion", "fusion++") and fused_file.exists() and not (run_dir / "fused.pt").exists()
+            if reused:
                 run_dir.mkdir(parents=True, exist_ok=True)
-                shutil.copy(fused, run_dir / "fused.pt")
+                shutil.copy(fused_file, run_dir / "fused.pt")
             t0 = time.time()
             res = train(RunConfig(method=method, **budget, **kw), sources, t05, run_dir)
             wall = time.time() - t0
-            (out / f"{label.split()[0]}-{kw.get('selection', method)}.png").write_bytes(grid_png(res.model.sample(64, seed=0), nrow=8))
-            extra = {"pi_a": res.summary["selector_pi"][SOURCES[0]]} if "selector_pi" in res.summary else {}
+            (out / f"{key}.png").write_bytes(grid_png(res.model.sample(64, seed=0), nrow=8))
+            pi = res.summary.get("selector_pi", {})
+            extra = {"pi_a": pi.get(SOURCES[0], pi.get(f"region:{SOURCES[0]}"))} if pi else {}
             if reused:
                 extra["fused_reused"] = True
             return evaluate_run(res.model, wall, {"steps": RunConfig(method=method, **budget, **kw).total_steps, **extra})
-        rows[label] = _run(out, "m-" + label.split()[0] + "-" + kw.get("selection", method), run_m)
+        rows[label] = _run(out, key, run_m)
     for src in sources:
         def run_t(src: zoo.SourceModel = src) -> dict:
             t0 = time.time()
@@ -206,6 +212,10 @@ def write_doc(command: str, a: argparse.Namespace, digits: tuple[int, int], sele
         f"{a.mining_steps + a.finetune_steps} finetuning steps). FID/KMMD on {a.fid_samples} samples against all test-split "
         f"{da}s and {db}s; classifier figures on {a.cls_samples} samples. 2-core CPU, no GPU.",
         "",
+        "The four fusion rows mine one fused G_F (fused once, by the `fusion, one miner` row; the others copy its "
+        "`fused.pt`, so their wall time is mining only). `one miner`: a single miner in front of G_F; otherwise G_F "
+        "is mined as a conditional GAN with one miner per source region and the selector (`fusion_mining`).",
+        "",
         f"### Selector: estimated pi per mixture (multi-GAN mining `mine`, Eq. 9-10, "
         f"{next(iter(selector.values()))['steps']} mining steps)",
         "",
@@ -229,7 +239,7 @@ def write_doc(command: str, a: argparse.Namespace, digits: tuple[int, int], sele
     best_t = min((k for k in rows if k.startswith("transfergan")), key=lambda k: rows[k]["fid"])
     for label, m in rows.items():
         paper = PAPER_FID_05.get(label)  # Table 4 as given in 000_...: no TransferGAN row for Red vehicle
-        pi = f"{m['pi_a']:.3f}" if "pi_a" in m else "-"
+        pi = f"{m['pi_a']:.3f}" if m.get("pi_a") is not None else "-"
         wall = f"{m['wall_s']:.0f}" + (" (mining only: G_F of the fusion row)" if m.get("fused_reused") else "")
         lines.append(f"| {label}{' (best single source)' if label == best_t else ''} | {m['fid']:.1f} | {m['kmmd']:.4f} | "
                      f"{100 * m['classifier_error']:.1f} % | {m['share_a']:.2f} | {pi} | {m['steps']} | {wall} | "

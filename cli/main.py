@@ -42,7 +42,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     cfg = RunConfig(method=a.method, mining_steps=a.mining_steps, finetune_steps=a.finetune_steps,
                     batch_size=a.batch_size, seed=a.seed, checkpoint_every=a.checkpoint_every, selection=a.selection,
                     critic_source=a.critic_source, fusion_steps=a.fusion_steps, fusion_mean_scale=a.fusion_mean_scale,
-                    fusion_critic=a.fusion_critic)
+                    fusion_critic=a.fusion_critic, fusion_mining=a.fusion_mining)
     if a.threads:
         torch.set_num_threads(a.threads)
     bar, on_progress = _progress_bar(cfg.total_steps)
@@ -254,6 +254,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--critic-source", type=int, default=d.critic_source, help="several sources: whose critic initialises D")
     t.add_argument("--fusion-steps", type=int, default=d.fusion_steps, help="fusion, fusion++: steps training the fused G_F")
     t.add_argument("--fusion-mean-scale", type=float, default=d.fusion_mean_scale, help="fusion: |mu_i| of each source's prior region")
+    t.add_argument("--fusion-mining", choices=("regions", "single"), default=d.fusion_mining,
+                   help="fusion: one miner per source region with the selector (regions, default) or one miner (single)")
     t.add_argument("--fusion-critic", choices=("projection", "plain"), default=d.fusion_critic,
                    help="fusion: critic told each image's source (projection, default) or the unconditional critic (plain)")
     t.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

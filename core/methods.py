@@ -11,7 +11,7 @@
 | ``freezed``     | source       | no    | finetune G+D, lowest critic layers frozen (FreezeD)           |
 | ``fusion``      | fused G_F    | yes   | fuse the sources (Eq. 15-16, ``fusion_steps``; the fusion     |
 |                 |              |       | critic is told each image's source, ``fusion_critic``), then  |
-|                 |              |       | minegan                                                       |
+|                 |              |       | minegan, one miner per prior region (``fusion_mining``)       |
 | ``fusion++``    | fused G_F    | yes   | fuse, then minegan++                                          |
 
 Mining methods also take several sources, or one one-hot conditional source (its classes become the
@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 
 METHODS = ("mine", "minegan", "minegan++", "scratch", "transfergan", "transfergan++", "freezed", "fusion", "fusion++")
 FUSION_METHODS = ("fusion", "fusion++")
+FUSION_MINING = ("regions", "single")
 MINING_METHODS = ("mine", "minegan", "minegan++", *FUSION_METHODS)
 MODEL_FORMAT = "minegan-model/1"
 TransferredModel = MinedGenerator | MultiMinedGenerator
@@ -86,6 +87,7 @@ class RunConfig:
     fusion_steps: int = 500  # fusion / fusion++: steps training G_F before mining it (Eq. 15-16)
     fusion_mean_scale: float = 10.0  # fusion: |mu_i|, distance of each source's prior mean from the origin (docs/multi_gan_notes.md)
     fusion_critic: str = "projection"  # fusion: critic told the source, D(x) + e_i^T phi(x); "plain": D(x)
+    fusion_mining: str = "regions"  # fusion: one miner per prior region + selector ("regions"), or one miner ("single")
 
     @property
     def total_steps(self) -> int:
@@ -109,6 +111,8 @@ class RunConfig:
             raise MethodError(f"selection must be one of {', '.join(SELECTION_RULES)}")
         if self.fusion_critic not in FUSION_CRITICS:
             raise MethodError(f"fusion_critic must be one of {', '.join(FUSION_CRITICS)}")
+        if self.fusion_mining not in FUSION_MINING:
+            raise MethodError(f"fusion_mining must be one of {', '.join(FUSION_MINING)}")
 
 
 def plan(cfg: RunConfig) -> list[StageConfig]:
@@ -156,6 +160,8 @@ def build_modules(cfg: RunConfig, source: SourceModel | list[SourceModel]) -> Ga
         raise MethodError("fusion methods mine the fused generator: call fuse() first (train() does)")
     if is_family(sources):
         return _build_family(cfg, sources)
+    if cfg.method in FUSION_METHODS and cfg.fusion_mining == "regions" and "fusion" in sources[0].meta:
+        return _build_region_family(cfg, sources[0])
     source = sources[0]
     G = type(source.G)(source.G.cfg)  # type: ignore[arg-type]
     D = Critic(source.D.cfg)
@@ -201,6 +207,26 @@ def _build_family(cfg: RunConfig, sources: list[SourceModel]) -> MultiGanModules
     Ms = nn.ModuleList(_new_miner(cfg, g0.z_dim) for _ in members)
     return MultiGanModules(G=Gs, D=unconditional_critic(D), M=Ms, z_dim=g0.z_dim, members=members, rule=cfg.selection,
                            member_names=names)
+
+
+def _build_region_family(cfg: RunConfig, fused: SourceModel) -> MultiGanModules:
+    """Mining the fused G_F as the conditional GAN it is (Sec. 4.2, Fig. 4 right): its condition is the
+    prior region, G_F(i, z) = G_F(mu_i + z), so it is mined like the family {G(i, z)} of a conditional
+    generator (supplement Sec. A): one miner per region, supersamples and the selector, whose pi is then
+    the share of each source in the target. Miner i starts at its region: its output layer's bias is
+    mu_i (its weights are N(0, 0.01) as every miner's), so M_i(u) + 0 ~ mu_i before training."""
+    means = torch.tensor(fused.meta["fusion"]["means"], dtype=torch.float32)  # [N, z_dim]
+    names = [f"region:{n}" for n in fused.meta["fusion"]["sources"]]
+    G = type(fused.G)(fused.G.cfg)  # type: ignore[arg-type]
+    G.load_state_dict(fused.G.state_dict())
+    D = Critic(fused.D.cfg)
+    D.load_state_dict(fused.D.state_dict())
+    Ms = nn.ModuleList(_new_miner(cfg, fused.G.cfg.z_dim) for _ in names)
+    with torch.no_grad():
+        for M, mu in zip(Ms, means):
+            M.net[-1].bias.copy_(mu)  # type: ignore[index,union-attr]
+    return MultiGanModules(G=nn.ModuleList([G]), D=unconditional_critic(D), M=Ms, z_dim=fused.G.cfg.z_dim,
+                           members=[(0, -1)] * len(names), rule=cfg.selection, member_names=names)
 
 
 @dataclass

@@ -94,13 +94,36 @@ def test_fuse_trains_writes_a_source_file_and_resumes(tmp_path: Path) -> None:
 def test_fusion_method_fuses_then_mines(method: str, target, tmp_path: Path) -> None:
     srcs = [tiny_source(name="a"), tiny_source(name="b")]
     phases: list[tuple[str, int, int]] = []
+    stats: list[tuple[str, dict[str, float]]] = []
     cfg = RunConfig(method=method, fusion_steps=2, mining_steps=2, finetune_steps=1, batch_size=8, n_critic=2, checkpoint_every=1)
-    res = train(cfg, srcs, target, tmp_path, on_progress=lambda ph, s, t, st: phases.append((ph, s, t)))
+    res = train(cfg, srcs, target, tmp_path, on_progress=lambda ph, s, t, st: phases.append((ph, s, t)) or stats.append((ph, st)))
     assert [(p, s) for p, s, _ in phases if p != "select"] == [("fuse", 1), ("fuse", 2), ("mine", 3), ("mine", 4), ("finetune", 5)]
     assert all(t == 5 for _, _, t in phases)
     assert (tmp_path / "fused.pt").exists() and res.model.M is not None
     model, meta = load_model(tmp_path / "model.pt")
     assert meta["source"] == "fused(a,b)" and model.sample(3, seed=1).shape == (3, 1, 28, 28)
+    # mined as the conditional GAN it is: one miner per prior region, the selector's pi over the regions
+    assert set(res.summary["selector_pi"]) == {"region:a", "region:b"}
+    assert all("pi/region:a" in st and "pi/region:b" in st for ph, st in stats if ph in ("mine", "finetune"))
+
+
+def test_region_miners_start_in_their_regions_and_single_mining_remains(target, tmp_path: Path) -> None:
+    from core.methods import build_modules
+
+    srcs = [tiny_source(name="a"), tiny_source(name="b")]
+    fused = fuse(srcs, TINY_F, tmp_path / "f")
+    mods = build_modules(RunConfig(method="fusion"), fused)
+    means = torch.tensor(fused.meta["fusion"]["means"])
+    u = torch.randn(256, fused.G.cfg.z_dim)
+    with torch.no_grad():
+        for i, M in enumerate(mods.M):  # type: ignore[arg-type]
+            z = M(u)
+            assert (z.mean(0) - means[i]).norm() < 0.1 * means[i].norm()  # M_i(u) starts at mu_i
+    assert mods.member_names == ["region:a", "region:b"] and mods.members == [(0, -1), (0, -1)]  # type: ignore[attr-defined]
+    single = build_modules(RunConfig(method="fusion", fusion_mining="single"), fused)
+    assert not hasattr(single, "members") and single.M is not None
+    with pytest.raises(MethodError, match="fusion_mining"):
+        RunConfig(method="fusion", fusion_mining="nope").validate()
 
 
 def test_fusion_needs_several_unconditional_sources(target, tmp_path: Path) -> None:
