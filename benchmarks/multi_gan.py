@@ -82,6 +82,8 @@ def main() -> int:
     ap.add_argument("--phase", choices=["all", "selector", "methods"], default="all",
                     help="run only one part (e.g. two processes in parallel); 'all' also writes the doc")
     ap.add_argument("--ratios", default="", help="selector phase only: comma list of A shares to run, e.g. 0.3,0.7")
+    ap.add_argument("--rows", default="", help="methods phase only: run just the rows whose cache key contains one of "
+                    "these comma-separated strings (e.g. t-,fidelity), so a second process can share the work")
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave as is)")
     a = ap.parse_args()
     command = "python benchmarks/multi_gan.py " + " ".join(shlex.quote(x) for x in sys.argv[1:])
@@ -152,7 +154,14 @@ def main() -> int:
         ("fusion++", "fusion++", dict(fusion_steps=F, fusion_mining="regions"), "m-fusion++-regions", "fusion++-regions"),
     ]
     fused_file = out / "runs" / "fusion" / "fused.pt"
+    wanted_rows = [w for w in a.rows.split(",") if w]
+
+    def want(key: str) -> bool:
+        return not wanted_rows or any(w in key for w in wanted_rows)
+
     for label, method, kw, key, sub in variants:
+        if not want(key):
+            continue
         def run_m(method: str = method, kw: dict = kw, key: str = key, sub: str = sub) -> dict:
             run_dir = out / "runs" / sub
             reused = method in ("fusion", "fusion++") and fused_file.exists() and not (run_dir / "fused.pt").exists()
@@ -175,7 +184,10 @@ def main() -> int:
             res = train(RunConfig(method="transfergan", **budget), src, t05, out / "runs" / f"transfergan-{src.name}")
             wall = time.time() - t0
             return evaluate_run(res.model, wall, {"steps": a.mining_steps + a.finetune_steps})
-        rows[f"transfergan from {src.name}"] = _run(out, f"t-{src.name}", run_t)
+        if want(f"t-{src.name}"):
+            rows[f"transfergan from {src.name}"] = _run(out, f"t-{src.name}", run_t)
+    if not want("fusion-fidelity"):
+        return 0
 
     # 3. fusion fidelity: region i of G_F vs source i, classifier-feature FD to that source's real digits
     fused = load_source_file(out / "runs" / "fusion" / "fused.pt")
