@@ -84,6 +84,9 @@ def main() -> int:
     ap.add_argument("--ratios", default="", help="selector phase only: comma list of A shares to run, e.g. 0.3,0.7")
     ap.add_argument("--rows", default="", help="methods phase only: run just the rows whose cache key contains one of "
                     "these comma-separated strings (e.g. t-,fidelity), so a second process can share the work")
+    ap.add_argument("--critic-source", type=int, default=0,
+                    help="selector phase: whose critic initialises D (a non-default value is kept as a separate, "
+                         "sensitivity row: sel-R-cK)")
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave as is)")
     a = ap.parse_args()
     command = "python benchmarks/multi_gan.py " + " ".join(shlex.quote(x) for x in sys.argv[1:])
@@ -114,6 +117,7 @@ def main() -> int:
     budget = dict(mining_steps=a.mining_steps, finetune_steps=a.finetune_steps, seed=0, checkpoint_every=0)
 
     # 1. selector
+    suffix = f"-c{a.critic_source}" if a.critic_source else ""
     selector: dict[str, dict] = {}
     wanted = [float(x) for x in a.ratios.split(",") if x] or [r[0] for r in RATIOS]
     for r in RATIOS if a.phase != "methods" else []:
@@ -129,13 +133,14 @@ def main() -> int:
                     print(f"sel {r[0]}: step {step}/{total} pi_a {trace[-1][1]}", flush=True)
 
             t0 = time.time()
-            cfg = RunConfig(method="mine", mining_steps=sel_steps, finetune_steps=0, seed=0, checkpoint_every=0)
-            res = train(cfg, sources, target(r), out / "runs" / f"sel-{r[0]}", on_progress=progress)
+            cfg = RunConfig(method="mine", mining_steps=sel_steps, finetune_steps=0, seed=0, checkpoint_every=0,
+                            critic_source=a.critic_source)
+            res = train(cfg, sources, target(r), out / "runs" / f"sel-{r[0]}{suffix}", on_progress=progress)
             wall = time.time() - t0
-            (out / f"sel-{r[0]}.png").write_bytes(grid_png(res.model.sample(64, seed=0), nrow=8))
+            (out / f"sel-{r[0]}{suffix}.png").write_bytes(grid_png(res.model.sample(64, seed=0), nrow=8))
             pi = res.summary["selector_pi"]
             return evaluate_run(res.model, wall, {"pi_a": pi[SOURCES[0]], "pi": pi, "steps": sel_steps, "pi_trace": trace})
-        selector[f"{r[0]}:{r[1]}"] = _run(out, f"sel-{r[0]}", run_sel)
+        selector[f"{r[0]}:{r[1]}"] = _run(out, f"sel-{r[0]}{suffix}", run_sel)
     if a.phase == "selector":
         return 0
 
@@ -208,11 +213,13 @@ def main() -> int:
     fidelity = _run(out, "fusion-fidelity", run_fid)
     if a.phase == "methods":
         return 0
-    write_doc(command, a, (da, db), selector, rows, fidelity)
+    sensitivity = {p.stem: json.loads(p.read_text()) for p in sorted(out.glob("sel-*-c*.json"))}
+    write_doc(command, a, (da, db), selector, rows, fidelity, sensitivity)
     return 0
 
 
-def write_doc(command: str, a: argparse.Namespace, digits: tuple[int, int], selector: dict, rows: dict, fidelity: dict) -> None:
+def write_doc(command: str, a: argparse.Namespace, digits: tuple[int, int], selector: dict, rows: dict, fidelity: dict,
+              sensitivity: dict) -> None:
     da, db = digits
     lines = [
         "## Several GANs: selector, multi-GAN training, fusion (issue 4)",
@@ -243,7 +250,13 @@ def write_doc(command: str, a: argparse.Namespace, digits: tuple[int, int], sele
         lines.append(f"| {ra}:{rb} | {m['pi_a']:.3f} | {err:.3f} | {m['share_a']:.3f} | {PAPER_PI_CAR[(ra, rb)]} | "
                      f"{m['fid']:.1f} | {m['wall_s']:.0f} | "
                      + ", ".join(f"{st}: {p:.2f}" for st, p in m.get("pi_trace", [])[3::4]) + " |")
-    lines += ["", f"All three within +-0.1 of the true share: **{'yes' if ok else 'no'}**.", "",
+    lines += ["", f"All three within +-0.1 of the true share: **{'yes' if ok else 'no'}**.", ""]
+    for key, m in sensitivity.items():  # e.g. sel-0.3-c1: the same run with another source's critic initialising D
+        ratio, crit = key.split("-")[1], int(key.split("-c")[-1])
+        lines += [f"Sensitivity (`{key}`, made with `--phase selector --ratios {ratio} --critic-source {crit}`): the "
+                  f"{ratio} mixture with D initialised from `{SOURCES[crit]}`'s critic instead gives pi(`{SOURCES[0]}`) = "
+                  f"{m['pi_a']:.3f} (abs. error {abs(m['pi_a'] - float(ratio)):.3f}), FID {m['fid']:.1f}.", ""]
+    lines += [
               f"### Methods at {da}:{db} = 0.5:0.5", "",
               f"| method | FID | KMMD | classifier error (neither {da} nor {db}) | share {da} | pi(`{SOURCES[0]}`) | steps | "
               "wall time (s) | paper FID (Red vehicle 0.5:0.5, Table 4) |",
