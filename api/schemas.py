@@ -32,7 +32,7 @@ class MethodOptions(BaseModel):
     fusion_steps: int | None = Field(default=None, ge=1, le=100_000, description="fusion, fusion++: steps training the fused G_F")
     fusion_mean_scale: float | None = Field(default=None, gt=0, le=100, description="fusion: distance of each source's prior mean")
     fusion_mining: Literal["regions", "single"] | None = Field(
-        default=None, description="fusion: one miner per source region with the selector (default), or a single miner")
+        default=None, description="fusion: a single miner in front of G_F (default), or one miner per source region with the selector")
     fusion_critic: Literal["projection", "plain"] | None = Field(
         default=None, description="fusion: critic told each image's source by projection (default), or the plain unconditional critic")
 

@@ -153,10 +153,10 @@ def main() -> int:
     variants = [
         ("minegan (permuted, Eq. 9-10)", "minegan", dict(selection="permuted"), "m-minegan-permuted", "minegan/permuted"),
         ("minegan (max, Eq. 5-6)", "minegan", dict(selection="max"), "m-minegan-max", "minegan/max"),
-        ("fusion, one miner", "fusion", dict(fusion_steps=F, fusion_mining="single"), "m-fusion-single", "fusion"),
-        ("fusion++, one miner", "fusion++", dict(fusion_steps=F, fusion_mining="single"), "m-fusion++-single", "fusion++"),
-        ("fusion", "fusion", dict(fusion_steps=F, fusion_mining="regions"), "m-fusion-regions", "fusion-regions"),
-        ("fusion++", "fusion++", dict(fusion_steps=F, fusion_mining="regions"), "m-fusion++-regions", "fusion++-regions"),
+        ("fusion", "fusion", dict(fusion_steps=F, fusion_mining="single"), "m-fusion-single", "fusion"),
+        ("fusion++", "fusion++", dict(fusion_steps=F, fusion_mining="single"), "m-fusion++-single", "fusion++"),
+        ("fusion, region miners", "fusion", dict(fusion_steps=F, fusion_mining="regions"), "m-fusion-regions", "fusion-regions"),
+        ("fusion++, region miners", "fusion++", dict(fusion_steps=F, fusion_mining="regions"), "m-fusion++-regions", "fusion++-regions"),
     ]
     fused_file = out / "runs" / "fusion" / "fused.pt"
     wanted_rows = [w for w in a.rows.split(",") if w]
@@ -231,9 +231,10 @@ def write_doc(command: str, a: argparse.Namespace, digits: tuple[int, int], sele
         f"{a.mining_steps + a.finetune_steps} finetuning steps). FID/KMMD on {a.fid_samples} samples against all test-split "
         f"{da}s and {db}s; classifier figures on {a.cls_samples} samples. 2-core CPU, no GPU.",
         "",
-        "The four fusion rows mine one fused G_F (fused once, by the `fusion, one miner` row; the others copy its "
-        "`fused.pt`, so their wall time is mining only). `one miner`: a single miner in front of G_F; otherwise G_F "
-        "is mined as a conditional GAN with one miner per source region and the selector (`fusion_mining`).",
+        "The four fusion rows mine one fused G_F (fused once, by the `fusion` row; the others copy its `fused.pt`, "
+        "so their wall time is mining only). `fusion` / `fusion++`: one miner in front of G_F (the default, "
+        "`fusion_mining=\"single\"`); `region miners`: G_F mined as a conditional GAN, one miner per source region "
+        "starting at mu_i, with the selector (`fusion_mining=\"regions\"`).",
         "",
         f"### Selector: estimated pi per mixture (multi-GAN mining `mine`, Eq. 9-10, "
         f"{next(iter(selector.values()))['steps']} mining steps)",

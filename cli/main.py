@@ -255,7 +255,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--fusion-steps", type=int, default=d.fusion_steps, help="fusion, fusion++: steps training the fused G_F")
     t.add_argument("--fusion-mean-scale", type=float, default=d.fusion_mean_scale, help="fusion: |mu_i| of each source's prior region")
     t.add_argument("--fusion-mining", choices=("regions", "single"), default=d.fusion_mining,
-                   help="fusion: one miner per source region with the selector (regions, default) or one miner (single)")
+                   help="fusion: one miner in front of G_F (single, default) or one per source region with the selector (regions)")
     t.add_argument("--fusion-critic", choices=("projection", "plain"), default=d.fusion_critic,
                    help="fusion: critic told each image's source (projection, default) or the unconditional critic (plain)")
     t.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

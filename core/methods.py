@@ -11,7 +11,7 @@
 | ``freezed``     | source       | no    | finetune G+D, lowest critic layers frozen (FreezeD)           |
 | ``fusion``      | fused G_F    | yes   | fuse the sources (Eq. 15-16, ``fusion_steps``; the fusion     |
 |                 |              |       | critic is told each image's source, ``fusion_critic``), then  |
-|                 |              |       | minegan, one miner per prior region (``fusion_mining``)       |
+|                 |              |       | minegan (one miner, or one per prior region: fusion_mining)   |
 | ``fusion++``    | fused G_F    | yes   | fuse, then minegan++                                          |
 
 Mining methods also take several sources, or one one-hot conditional source (its classes become the
@@ -87,7 +87,7 @@ class RunConfig:
     fusion_steps: int = 500  # fusion / fusion++: steps training G_F before mining it (Eq. 15-16)
     fusion_mean_scale: float = 10.0  # fusion: |mu_i|, distance of each source's prior mean from the origin (docs/multi_gan_notes.md)
     fusion_critic: str = "projection"  # fusion: critic told the source, D(x) + e_i^T phi(x); "plain": D(x)
-    fusion_mining: str = "regions"  # fusion: one miner per prior region + selector ("regions"), or one miner ("single")
+    fusion_mining: str = "single"  # fusion: one miner in front of G_F, or one per prior region + selector ("regions")
 
     @property
     def total_steps(self) -> int:

@@ -90,18 +90,22 @@ def test_fuse_trains_writes_a_source_file_and_resumes(tmp_path: Path) -> None:
         assert torch.equal(x, y)
 
 
-@pytest.mark.parametrize("method", ["fusion", "fusion++"])
-def test_fusion_method_fuses_then_mines(method: str, target, tmp_path: Path) -> None:
+@pytest.mark.parametrize("method,mining", [("fusion", "single"), ("fusion++", "single"), ("fusion", "regions"), ("fusion++", "regions")])
+def test_fusion_method_fuses_then_mines(method: str, mining: str, target, tmp_path: Path) -> None:
     srcs = [tiny_source(name="a"), tiny_source(name="b")]
     phases: list[tuple[str, int, int]] = []
     stats: list[tuple[str, dict[str, float]]] = []
-    cfg = RunConfig(method=method, fusion_steps=2, mining_steps=2, finetune_steps=1, batch_size=8, n_critic=2, checkpoint_every=1)
+    cfg = RunConfig(method=method, fusion_steps=2, mining_steps=2, finetune_steps=1, batch_size=8, n_critic=2, checkpoint_every=1,
+                    fusion_mining=mining)
     res = train(cfg, srcs, target, tmp_path, on_progress=lambda ph, s, t, st: phases.append((ph, s, t)) or stats.append((ph, st)))
     assert [(p, s) for p, s, _ in phases if p != "select"] == [("fuse", 1), ("fuse", 2), ("mine", 3), ("mine", 4), ("finetune", 5)]
     assert all(t == 5 for _, _, t in phases)
     assert (tmp_path / "fused.pt").exists() and res.model.M is not None
     model, meta = load_model(tmp_path / "model.pt")
     assert meta["source"] == "fused(a,b)" and model.sample(3, seed=1).shape == (3, 1, 28, 28)
+    if mining == "single":  # one miner in front of G_F
+        assert "selector_pi" not in res.summary
+        return
     # mined as the conditional GAN it is: one miner per prior region, the selector's pi over the regions
     assert set(res.summary["selector_pi"]) == {"region:a", "region:b"}
     assert all("pi/region:a" in st and "pi/region:b" in st for ph, st in stats if ph in ("mine", "finetune"))
@@ -112,7 +116,7 @@ def test_region_miners_start_in_their_regions_and_single_mining_remains(target, 
 
     srcs = [tiny_source(name="a"), tiny_source(name="b")]
     fused = fuse(srcs, TINY_F, tmp_path / "f")
-    mods = build_modules(RunConfig(method="fusion"), fused)
+    mods = build_modules(RunConfig(method="fusion", fusion_mining="regions"), fused)
     means = torch.tensor(fused.meta["fusion"]["means"])
     u = torch.randn(256, fused.G.cfg.z_dim)
     with torch.no_grad():
@@ -120,7 +124,7 @@ def test_region_miners_start_in_their_regions_and_single_mining_remains(target, 
             z = M(u)
             assert (z.mean(0) - means[i]).norm() < 0.1 * means[i].norm()  # M_i(u) starts at mu_i
     assert mods.member_names == ["region:a", "region:b"] and mods.members == [(0, -1), (0, -1)]  # type: ignore[attr-defined]
-    single = build_modules(RunConfig(method="fusion", fusion_mining="single"), fused)
+    single = build_modules(RunConfig(method="fusion"), fused)  # the default
     assert not hasattr(single, "members") and single.M is not None
     with pytest.raises(MethodError, match="fusion_mining"):
         RunConfig(method="fusion", fusion_mining="nope").validate()
