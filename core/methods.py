@@ -84,7 +84,7 @@ class RunConfig:
     checkpoint_every: int = 50
     selection: str = "permuted"  # several sources: Eq. 9-10 ("permuted") or Eq. 5-6 ("max")
     critic_source: int = 0  # several sources: whose pretrained critic initialises the single critic D
-    fusion_steps: int = 500  # fusion / fusion++: steps training G_F before mining it (Eq. 15-16)
+    fusion_steps: int = 1200  # fusion / fusion++: steps training G_F before mining it (Eq. 15-16; docs/multi_gan_notes.md)
     fusion_mean_scale: float = 10.0  # fusion: |mu_i|, distance of each source's prior mean from the origin (docs/multi_gan_notes.md)
     fusion_critic: str = "projection"  # fusion: critic told the source, D(x) + e_i^T phi(x); "plain": D(x)
     fusion_mining: str = "single"  # fusion: one miner in front of G_F, or one per prior region + selector ("regions")
