@@ -33,31 +33,31 @@ class Authenticator:
             return header[7:].strip()
         return conn.headers.get("x-api-key")
 
-    def cached_tenant(self, conn: HTTPConnection) -> str | None:
-        """The caller's tenant when it is known without touching the database (no key and auth off, or a
-        key verified within ``auth_cache_s``); None when :meth:`tenant` has to ask the database. Never
-        blocks, so the API calls it on the event loop. Raises 401 for a missing key when keys are required."""
+    def _known(self, conn: HTTPConnection) -> tuple[str | None, str, str]:
+        """(tenant if known without the database else None, key, sha256 of the key); 401 for a missing key
+        when keys are required."""
         key = self.key_of(conn)
         if not key:
             if self.settings.auth_required:
                 raise ApiError(401, "unauthorized", "an API key is required: send 'Authorization: Bearer <key>' "
                                                     "(create one with `minegan keys create --tenant NAME`)")
-            return DEFAULT_TENANT
+            return DEFAULT_TENANT, "", ""
         digest = hashlib.sha256(key.encode()).hexdigest()
         with self._lock:
             hit = self._cache.get(digest)
-        if hit is not None and hit[1] > time.monotonic():
-            return hit[0]
-        return None
+        return (hit[0] if hit is not None and hit[1] > time.monotonic() else None), key, digest
+
+    def cached_tenant(self, conn: HTTPConnection) -> str | None:
+        """The caller's tenant when it is known without touching the database (no key and auth off, or a
+        key verified within ``auth_cache_s``); None when :meth:`tenant` has to ask the database. Never
+        blocks, so the API calls it on the event loop. Raises 401 for a missing key when keys are required."""
+        return self._known(conn)[0]
 
     def tenant(self, conn: HTTPConnection) -> str:
         """The caller's tenant, verifying the key against the database when it is not cached (blocking)."""
-        cached = self.cached_tenant(conn)
-        if cached is not None:
-            return cached
-        key = self.key_of(conn)
-        assert key
-        digest = hashlib.sha256(key.encode()).hexdigest()
+        known, key, digest = self._known(conn)
+        if known is not None:
+            return known
         now = time.monotonic()
         tenant = keys_dao.verify(self.settings.database_url, key)
         if tenant is None:
