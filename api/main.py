@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api import errors
+from api.fastpath import SampleFastPath
 from api.limits import BodyLimitMiddleware
 from api.routes import blobs, health, jobs, models, sample, ui
 from api.services import LatestJobs, ModelCache, Services
@@ -87,6 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                               "to /jobs, poll /jobs/{id}, then GET /sample?n=16.")
     errors.install(app)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_request_bytes)
+    app.add_middleware(SampleFastPath)  # outermost: a cached sample request skips the rest (api/fastpath.py)
     for r in (jobs.router, sample.router, models.router, health.router, blobs.router, ui.router):
         app.include_router(r)
     return app

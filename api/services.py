@@ -26,9 +26,10 @@ class ModelCache:
         self._lock = threading.Lock()
         self.loads = 0  # how many times a model was fetched from storage (tests assert on it)
 
-    def cached(self, key: str) -> bool:
+    def peek(self, key: str) -> TransferredModel | None:
+        """The model if it is already in memory (never loads)."""
         with self._lock:
-            return key in self._items
+            return self._items.get(key)
 
     def get(self, key: str) -> TransferredModel:
         with self._lock:
@@ -122,6 +123,7 @@ class Services:
     finished: FinishedJobs = field(default_factory=FinishedJobs)
     latest: LatestJobs = field(default_factory=lambda: LatestJobs(0.0))
     auth: Authenticator = field(init=False)
+    fast_path_hits: int = 0  # sample requests answered by api/fastpath.py (the rest went through the routes)
 
     def __post_init__(self) -> None:
         self.auth = Authenticator(self.settings)

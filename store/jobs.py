@@ -120,6 +120,14 @@ def claim(url: str, job_id: str, worker: str, stale_after_s: float = 300.0, max_
         return job
 
 
+def release(url: str, job_id: str) -> None:
+    """Put a running job back to ``queued`` after its worker stopped it on purpose (a shutdown). The attempt is
+    not counted: only workers that die count against ``max_attempts``."""
+    with session_scope(url) as s:
+        s.execute(update(Job).where(Job.id == job_id, Job.status == "running")
+                  .values(status="queued", worker=None, attempts=Job.attempts - 1, heartbeat_at=utcnow()))
+
+
 def heartbeat(url: str, job_id: str) -> None:
     with session_scope(url) as s:
         s.execute(update(Job).where(Job.id == job_id, Job.status == "running").values(heartbeat_at=utcnow()))

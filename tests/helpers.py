@@ -41,10 +41,11 @@ TINY_SPEC: dict[str, Any] = {"sources": ["tiny-src"], "method": "minegan++", "mi
                              "batch_size": 8, "seed": 0, "options": {"n_critic": 1}}
 
 
-def wait_for(client: Any, job_id: str, timeout: float = 120.0, until: tuple[str, ...] = ("succeeded", "failed", "canceled")) -> dict[str, Any]:
+def wait_for(client: Any, job_id: str, timeout: float = 120.0, until: tuple[str, ...] = ("succeeded", "failed", "canceled"),
+             headers: dict[str, str] | None = None) -> dict[str, Any]:
     deadline = time.time() + timeout
     while time.time() < deadline:
-        body = client.get(f"/jobs/{job_id}").json()
+        body = client.get(f"/jobs/{job_id}", headers=headers).json()
         if body["status"] in until:
             return body
         time.sleep(0.2)

@@ -70,6 +70,7 @@ class _Reporter:
     last_write: float = 0.0
     last_check: float = 0.0
     canceled: bool = False
+    interrupt: threading.Event | None = None  # set when the process shuts down: stop now, resume later
     history: list[dict[str, Any]] = field(default_factory=list)  # what the plots draw
 
     def on_progress(self, phase: str, step: int, total: int, stats: dict[str, float]) -> None:
@@ -85,6 +86,8 @@ class _Reporter:
                                      {k: round(float(v), 5) for k, v in stats.items()})
 
     def should_stop(self) -> bool:
+        if self.interrupt is not None and self.interrupt.is_set():
+            return True
         now = time.monotonic()
         if now - self.last_check >= min(1.0, self.settings.progress_interval_s or 1.0):
             self.last_check = now
@@ -134,8 +137,12 @@ def run_config_from_spec(spec: dict[str, Any], settings: Settings) -> RunConfig:
                      batch_size=spec["batch_size"], seed=spec["seed"], checkpoint_every=settings.checkpoint_every, **opts)
 
 
-def execute_job(job_id: str, settings: Settings, blobs: BlobStore) -> str:
-    """Run the job to an end state; returns the final status."""
+def execute_job(job_id: str, settings: Settings, blobs: BlobStore, interrupt: threading.Event | None = None) -> str:
+    """Run the job to an end state; returns the final status.
+
+    When ``interrupt`` is set (the embedded server shutting down), the job stops at its next step and goes
+    back to ``queued`` without using up an attempt; it resumes from its last checkpoint when a worker next
+    starts. Returns "interrupted" then."""
     try:
         job = jobs_dao.claim(settings.database_url, job_id, worker=f"{socket.gethostname()}:{os.getpid()}",
                              stale_after_s=settings.stale_after_s, max_attempts=settings.max_attempts)
@@ -146,7 +153,7 @@ def execute_job(job_id: str, settings: Settings, blobs: BlobStore) -> str:
         return jobs_dao.get_status(settings.database_url, job_id) or "missing"
     run_dir = Path(settings.work_dir) / job_id
     run_dir.mkdir(parents=True, exist_ok=True)
-    reporter = _Reporter(settings, job_id)
+    reporter = _Reporter(settings, job_id, interrupt=interrupt)
     beat = _Heartbeat(settings, job_id)
     beat.start()
     try:
@@ -194,6 +201,10 @@ def execute_job(job_id: str, settings: Settings, blobs: BlobStore) -> str:
         shutil.rmtree(run_dir, ignore_errors=True)
         return "succeeded"
     except Stopped:
+        if not reporter.canceled and interrupt is not None and interrupt.is_set():
+            jobs_dao.release(settings.database_url, job_id)
+            log.warning("job %s interrupted by shutdown; it resumes from its last checkpoint at the next start", job_id)
+            return "interrupted"
         jobs_dao.finish(settings.database_url, job_id, "canceled")
         shutil.rmtree(run_dir, ignore_errors=True)
         return "canceled"

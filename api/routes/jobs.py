@@ -9,7 +9,9 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, Query, UploadFile
 from fastapi.responses import Response
 from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 
+from api.compute import run_torch
 from api.deps import JobDep, ServicesDep, TenantDep
 from api.errors import ApiError
 from api.schemas import Artifact, JobList, JobPublic, JobSpec, Preview
@@ -89,7 +91,7 @@ async def submit_job(
     src = srcs[0]
     cfg = _check_sources(job_spec, srcs)
     data = await read_upload(images, svc.settings.max_upload_bytes)
-    report = validate_target(data, src["channels"], src["resolution"], svc.settings)
+    report = await run_torch(validate_target, data, src["channels"], src["resolution"], svc.settings)
     if job_spec.batch_size > report["n_images"]:
         raise ApiError(422, "invalid_spec", f"batch_size: {job_spec.batch_size} is larger than the "
                                             f"{report['n_images']} target images")
@@ -129,11 +131,16 @@ def cancel_job(svc: ServicesDep, tenant: TenantDep, job: JobDep) -> JobPublic:
 
 
 @router.get("/jobs/{job_id}/target.png", summary="The job's target images as a thumbnail grid (at most 64)")
-def target_grid(svc: ServicesDep, job: JobDep) -> Response:
+async def target_grid(svc: ServicesDep, job: JobDep) -> Response:
     shape = (job.target_report or {}).get("shape") or [1, 28, 28]
-    images = load_target_bytes(svc.blobs.get(job.upload_key), int(shape[0]), int(shape[1]), limits=svc.settings.zip_limits(),
-                               max_pixels=svc.settings.max_image_pixels).images[:64]
-    return Response(grid_png(images, nrow=8), media_type="image/png")
+    data = await run_in_threadpool(svc.blobs.get, job.upload_key)
+
+    def render() -> bytes:
+        images = load_target_bytes(data, int(shape[0]), int(shape[1]), limits=svc.settings.zip_limits(),
+                                   max_pixels=svc.settings.max_image_pixels).images[:64]
+        return grid_png(images, nrow=8)
+
+    return Response(await run_torch(render), media_type="image/png")
 
 
 @router.get("/jobs/{job_id}/previews", response_model=list[Preview], summary="Sample grids stored during training")

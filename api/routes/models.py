@@ -6,9 +6,9 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field, ValidationError
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
+from api.compute import run_torch
 from api.deps import ServicesDep, TenantDep
 from api.errors import ApiError
 from api.schemas import ModelInfo
@@ -64,7 +64,7 @@ async def add_model(request: Request, svc: ServicesDep, tenant: TenantDep) -> Mo
         body = RegisterModel.model_validate_json(await request.body())
     except ValidationError as exc:
         raise ApiError(422, "invalid_request", "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from exc
-    return await run_in_threadpool(register_model, body, svc, tenant)
+    return await run_torch(register_model, body, svc, tenant)
 
 
 async def _upload_model(request: Request, svc: ServicesDep, tenant: str) -> ModelInfo:
@@ -95,7 +95,7 @@ async def _upload_model(request: Request, svc: ServicesDep, tenant: str) -> Mode
             raise ApiError(422, "invalid_request", str(exc)) from exc
         return ModelInfo(**info)
 
-    return await run_in_threadpool(build)
+    return await run_torch(build)
 
 
 def register_model(body: RegisterModel, svc: Services, tenant: str) -> ModelInfo:

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Path, Query
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
+from api.compute import run_torch
 from api.deps import ServicesDep, TenantDep
 from api.errors import ApiError
 from api.services import Services
@@ -55,16 +56,10 @@ def _lookup(svc: Services, job_id: str, tenant: str) -> str:
     return _finished(svc, jobs_dao.get(svc.settings.database_url, job_id), job_id, tenant)
 
 
-# Requests for up to INLINE_MAX_N images (a few ms of CPU) are rendered on the event loop: the hop to the
-# threadpool would cost a sizeable share of such a request (docs/benchmarks.md, sampling). Larger ones go
-# to the threadpool so the loop keeps serving other requests meanwhile.
-INLINE_MAX_N = 64
-
-
 async def _respond(svc: Services, job_id: str, model_key: str, n: int, seed: int, fmt: str) -> Response:
-    if n <= INLINE_MAX_N and svc.models.cached(model_key):
-        return _render(svc, job_id, model_key, n, seed, fmt)
-    return await run_in_threadpool(_render, svc, job_id, model_key, n, seed, fmt)
+    # loading and sampling both run on the API's one torch thread (api/compute.py explains why: a second
+    # thread running torch ops made every request's generation ~1.8x slower on a 2-core machine)
+    return await run_torch(_render, svc, job_id, model_key, n, seed, fmt)
 
 
 @router.get("/jobs/{job_id}/sample", summary="Samples from a finished job")

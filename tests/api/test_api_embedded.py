@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from api.main import create_app
+from store.blobs import LocalBlobStore
 from store.settings import Settings
 from tests.helpers import TINY_SPEC, target_zip_bytes, wait_for, write_tiny_zoo
 
@@ -205,3 +207,31 @@ def test_previews_and_plots(client: TestClient) -> None:
     history = json.loads(client.get(next(a["url"] for a in client.get(f"/jobs/{job['id']}/artifacts").json()
                                          if a["name"] == "history.json")).content)
     assert [h["step"] for h in history] == [1, 2, 3, 4, 5, 6] and "d_loss" in history[0]
+
+
+def test_shutdown_interrupts_a_running_job_which_resumes_at_the_next_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stopping the embedded server stops the running job at its next step and leaves it queued (no attempt
+    used up); the next start resumes it from its checkpoint instead of dying mid-step at exit."""
+    weights = tmp_path / "zoo"
+    write_tiny_zoo(weights)
+    monkeypatch.setattr("core.zoo.WEIGHTS_DIR", weights)
+    settings = Settings(database_url=f"sqlite:///{tmp_path}/db.sqlite", storage_dir=str(tmp_path / "blobs"),
+                        work_dir=str(tmp_path / "work"), progress_interval_s=0, checkpoint_every=5)
+    spec = {**TINY_SPEC, "mining_steps": 400, "finetune_steps": 0}
+    with TestClient(create_app(settings)) as c:
+        job = submit(c, spec).json()
+        for _ in range(600):
+            j = c.get(f"/jobs/{job['id']}").json()
+            if j["step"] >= 10:
+                break
+            time.sleep(0.05)
+        assert j["status"] == "running" and j["step"] >= 10, j
+    from store import jobs as jobs_dao
+
+    row = jobs_dao.get(settings.database_url, job["id"])
+    assert row is not None and row.status == "queued" and row.attempts == 0 and 10 <= row.step < 400, row
+    assert any(k.startswith(f"jobs/{job['id']}/ckpt-") for k in LocalBlobStore(settings.storage_dir).list("jobs/"))
+    with TestClient(create_app(settings)) as c:
+        done = wait_for(c, job["id"], timeout=120)
+        assert done["status"] == "succeeded" and done["step"] == 400, done
+        assert jobs_dao.get(settings.database_url, job["id"]).attempts == 1  # type: ignore[union-attr]
