@@ -45,6 +45,7 @@ from core.zoo import load_source_file  # noqa: E402
 SOURCES = ["mnist-0-4", "mnist-5-9"]
 RATIOS = [(0.3, 0.7), (0.5, 0.5), (0.7, 0.3)]
 PAPER_PI_CAR = {(0.3, 0.7): 0.31, (0.5, 0.5): 0.46, (0.7, 0.3): 0.63}  # Table 4 (bottom): pi of the car GAN
+MAIN_SELECTOR_STEPS = 1000  # the main selector table's setting (its cache keys carry no -sN)
 # Table 4 (top), Red vehicle car:bus 0.5:0.5, FID: MineGAN(multi) [17] (original Eq. 5-6) / MineGAN(multi) (Eq. 9-10) /
 # MineGAN(fusion) / MineGAN++(fusion). (The table has no TransferGAN row for Red vehicle; scratch is 185, ADGAN(bus) 62.7.)
 PAPER_FID_05 = {"minegan (max, Eq. 5-6)": 59.4, "minegan (permuted, Eq. 9-10)": 53.2,
@@ -119,7 +120,8 @@ def main() -> int:
     budget = dict(mining_steps=a.mining_steps, finetune_steps=a.finetune_steps, seed=0, checkpoint_every=0)
 
     # 1. selector
-    suffix = (f"-c{a.critic_source}" if a.critic_source else "") + ("-max" if a.selection == "max" else "")
+    suffix = ((f"-c{a.critic_source}" if a.critic_source else "") + ("-max" if a.selection == "max" else "")
+              + (f"-s{sel_steps}" if sel_steps != MAIN_SELECTOR_STEPS else ""))
     selector: dict[str, dict] = {}
     wanted = [float(x) for x in a.ratios.split(",") if x] or [r[0] for r in RATIOS]
     for r in RATIOS if a.phase != "methods" else []:
@@ -143,8 +145,9 @@ def main() -> int:
             pi = res.summary["selector_pi"]
             return evaluate_run(res.model, wall, {"pi_a": pi[SOURCES[0]], "pi": pi, "steps": sel_steps, "pi_trace": trace})
         selector[f"{r[0]}:{r[1]}"] = _run(out, f"sel-{r[0]}{suffix}", run_sel)
-    if a.selection == "max":  # a side table beside the main one (the main tables need every cached row)
-        write_selector_max(command, out, (da, db))
+    if a.selection == "max" or sel_steps != MAIN_SELECTOR_STEPS:  # a side table beside the main one (the main
+        write_selector_side(command, out, (da, db), suffix.replace(f"-c{a.critic_source}", ""),  # tables need every row)
+                            a.selection, sel_steps)
     if a.phase == "selector":
         return 0
 
@@ -222,18 +225,25 @@ def main() -> int:
     return 0
 
 
-def write_selector_max(command: str, out: Path, digits: tuple[int, int]) -> None:
-    """docs/benchmarks.md section multi_gan_selector_max: pi under the original max rule (Eq. 5-6), from
-    whichever sel-R-max runs are cached in ``out``."""
+def write_selector_side(command: str, out: Path, digits: tuple[int, int], suffix: str, rule: str, steps: int) -> None:
+    """A docs/benchmarks.md section beside the main selector table, from whichever ``sel-R{suffix}`` runs are
+    cached in ``out``: the original max rule (Eq. 5-6, section multi_gan_selector_max) and/or another number of
+    mining steps (e.g. multi_gan_selector_s2000)."""
     da, db = digits
+    rule_text = ("the original max rule, Eq. 5-6" if rule == "max" else "the permuted rule, Eq. 9-10")
+    differs = []
+    if rule == "max":
+        differs.append("the training rule: the fake minibatch holds each supersample's argmax winner, so only winning "
+                       "images get gradient (Eq. 5-6 as Eq. 7-8)")
+    if steps != MAIN_SELECTOR_STEPS:
+        differs.append(f"the number of mining steps: {steps} instead of {MAIN_SELECTOR_STEPS}")
     lines = [
-        "## Selector under the original max rule, Eq. 5-6 (issue 4, beside the permuted rows above)",
+        f"## Selector under {rule_text}, {steps} mining steps (issue 4, beside the selector table above)",
         "",
         f"Command (one ratio per call, results cached in `{out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}`): "
         f"`{command}`  ",
-        "Same sources, targets, seed and number of mining steps as the selector table of the section above; only the "
-        "training rule differs: the fake minibatch holds each supersample's argmax winner, so only winning images get "
-        "gradient (Eq. 5-6 as Eq. 7-8). pi is the same estimate: argmax-win frequency over the last 1000 minibatches.",
+        "Same sources, targets and seed as the selector table of the multi-GAN section; what differs is "
+        + "; and ".join(differs) + ". pi is the same estimate: argmax-win frequency over the last 1000 minibatches.",
         "",
         f"| target {da}:{db} | pi(`{SOURCES[0]}`) | abs. error | share of samples classified {da} (among {da}/{db}) | "
         "paper pi(car), Table 4 | FID | wall time (s) | pi over training (step: pi) |",
@@ -241,17 +251,20 @@ def write_selector_max(command: str, out: Path, digits: tuple[int, int]) -> None
     ]
     n = 0
     for (ra, rb) in RATIOS:
-        path = out / f"sel-{ra}-max.json"
+        path = out / f"sel-{ra}{suffix}.json"
         if not path.exists():
             lines.append(f"| {ra}:{rb} | not run | | | {PAPER_PI_CAR[(ra, rb)]} | | | |")
             continue
         m = json.loads(path.read_text())
         n += abs(m["pi_a"] - ra) <= 0.1
+        trace = m.get("pi_trace", [])
+        stride = max(1, len(trace) // 10)  # ten points over the run
         lines.append(f"| {ra}:{rb} | {m['pi_a']:.3f} | {abs(m['pi_a'] - ra):.3f} | {m['share_a']:.3f} | "
                      f"{PAPER_PI_CAR[(ra, rb)]} | {m['fid']:.1f} | {m['wall_s']:.0f} | "
-                     + ", ".join(f"{st}: {p:.2f}" for st, p in m.get("pi_trace", [])[3::4]) + " |")
+                     + ", ".join(f"{st}: {p:.2f}" for st, p in trace[stride - 1::stride]) + " |")
     lines += ["", f"Within +-0.1 of the true share: {n} of {len(RATIOS)} mixtures."]
-    print(f"wrote {update_section('multi_gan_selector_max', chr(10).join(lines))}")
+    section = "multi_gan_selector" + suffix.replace("-", "_")
+    print(f"wrote {update_section(section, chr(10).join(lines))}")
 
 
 def write_doc(command: str, a: argparse.Namespace, digits: tuple[int, int], selector: dict, rows: dict, fidelity: dict,
