@@ -36,6 +36,14 @@ def remove_local_listener(fn: Listener) -> None:
             _local.remove(fn)
 
 
+def notify_local(tenant: str) -> None:
+    """Call this process's listeners (the embedded worker does, once its job's child process has finished)."""
+    with _lock:
+        local = list(_local)
+    for fn in local:
+        fn(tenant)
+
+
 def redis_url(settings: Settings) -> str | None:
     url = settings.broker_url or ""
     return url if url.startswith(("redis://", "rediss://")) else None
@@ -44,10 +52,7 @@ def redis_url(settings: Settings) -> str | None:
 def job_succeeded(settings: Settings, tenant: str) -> None:
     """Tell every API process that ``tenant`` has a new most recent finished job. Never raises: a lost
     message is bounded by the cache's ``latest_cache_s`` expiry."""
-    with _lock:
-        local = list(_local)
-    for fn in local:
-        fn(tenant)
+    notify_local(tenant)
     url = redis_url(settings)
     if url is None:
         return

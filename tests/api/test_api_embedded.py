@@ -235,3 +235,30 @@ def test_shutdown_interrupts_a_running_job_which_resumes_at_the_next_start(tmp_p
         done = wait_for(c, job["id"], timeout=120)
         assert done["status"] == "succeeded" and done["step"] == 400, done
         assert jobs_dao.get(settings.database_url, job["id"]).attempts == 1  # type: ignore[union-attr]
+
+
+def test_jobs_run_in_a_child_process_and_a_killed_one_is_retried(client: TestClient, tmp_path: Path) -> None:
+    """Each job trains in its own process (worker/embedded.py: a second OpenMP team in the API process slowed
+    training ~35 %). If that process is killed mid-job, the server keeps serving and the job is claimed again,
+    counting an attempt, and resumes from its checkpoint."""
+    import os
+    import signal
+
+    from store import jobs as jobs_dao
+
+    url = f"sqlite:///{tmp_path}/db.sqlite"
+    job = submit(client, {**TINY_SPEC, "mining_steps": 40, "finetune_steps": 0}).json()
+    for _ in range(600):
+        row = jobs_dao.get(url, job["id"])
+        if row is not None and row.status == "running" and row.step >= 4:
+            break
+        time.sleep(0.05)
+    assert row is not None and row.status == "running" and row.worker, row
+    pid = int(row.worker.rpartition(":")[2])
+    assert pid != os.getpid()  # not a thread of the API process
+    os.kill(pid, signal.SIGKILL)
+    assert client.get("/healthz").status_code == 200
+    done = wait_for(client, job["id"], timeout=120)
+    assert done["status"] == "succeeded" and done["step"] == 40, done
+    row = jobs_dao.get(url, job["id"])
+    assert row is not None and row.attempts == 2 and int(row.worker.rpartition(":")[2]) != pid, row
