@@ -90,6 +90,9 @@ def main() -> int:
                          "sensitivity row: sel-R-cK)")
     ap.add_argument("--selection", choices=["permuted", "max"], default="permuted",
                     help="selector phase only: training rule, Eq. 9-10 (permuted) or Eq. 5-6 (max); max rows are keyed sel-R-max")
+    ap.add_argument("--lr-critic", type=float, default=RunConfig().lr_critic,
+                    help="selector phase only: the critic's Adam learning rate (Appendix A, MNIST, reads 4e-4 for 'our model'); "
+                         "rows with another value than the default are keyed sel-R-lrcX")
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave as is)")
     a = ap.parse_args()
     command = "python benchmarks/multi_gan.py " + " ".join(shlex.quote(x) for x in sys.argv[1:])
@@ -121,7 +124,8 @@ def main() -> int:
 
     # 1. selector
     suffix = ((f"-c{a.critic_source}" if a.critic_source else "") + ("-max" if a.selection == "max" else "")
-              + (f"-s{sel_steps}" if sel_steps != MAIN_SELECTOR_STEPS else ""))
+              + (f"-s{sel_steps}" if sel_steps != MAIN_SELECTOR_STEPS else "")
+              + (f"-lrc{a.lr_critic:g}" if a.lr_critic != RunConfig().lr_critic else ""))
     selector: dict[str, dict] = {}
     wanted = [float(x) for x in a.ratios.split(",") if x] or [r[0] for r in RATIOS]
     for r in RATIOS if a.phase != "methods" else []:
@@ -138,16 +142,17 @@ def main() -> int:
 
             t0 = time.time()
             cfg = RunConfig(method="mine", mining_steps=sel_steps, finetune_steps=0, seed=0, checkpoint_every=0,
-                            critic_source=a.critic_source, selection=a.selection)
+                            critic_source=a.critic_source, selection=a.selection, lr_critic=a.lr_critic)
             res = train(cfg, sources, target(r), out / "runs" / f"sel-{r[0]}{suffix}", on_progress=progress)
             wall = time.time() - t0
             (out / f"sel-{r[0]}{suffix}.png").write_bytes(grid_png(res.model.sample(64, seed=0), nrow=8))
             pi = res.summary["selector_pi"]
             return evaluate_run(res.model, wall, {"pi_a": pi[SOURCES[0]], "pi": pi, "steps": sel_steps, "pi_trace": trace})
         selector[f"{r[0]}:{r[1]}"] = _run(out, f"sel-{r[0]}{suffix}", run_sel)
-    if a.selection == "max" or sel_steps != MAIN_SELECTOR_STEPS:  # a side table beside the main one (the main
-        write_selector_side(command, out, (da, db), suffix.replace(f"-c{a.critic_source}", ""),  # tables need every row)
-                            a.selection, sel_steps)
+    if a.selection == "max" or sel_steps != MAIN_SELECTOR_STEPS or a.lr_critic != RunConfig().lr_critic:
+        # a side table beside the main one (the main tables need every row)
+        write_selector_side(command, out, (da, db), suffix.replace(f"-c{a.critic_source}", ""), a.selection, sel_steps,
+                            a.lr_critic)
     if a.phase == "selector":
         return 0
 
@@ -225,7 +230,8 @@ def main() -> int:
     return 0
 
 
-def write_selector_side(command: str, out: Path, digits: tuple[int, int], suffix: str, rule: str, steps: int) -> None:
+def write_selector_side(command: str, out: Path, digits: tuple[int, int], suffix: str, rule: str, steps: int,
+                        lr_critic: float) -> None:
     """A docs/benchmarks.md section beside the main selector table, from whichever ``sel-R{suffix}`` runs are
     cached in ``out``: the original max rule (Eq. 5-6, section multi_gan_selector_max) and/or another number of
     mining steps (e.g. multi_gan_selector_s2000)."""
@@ -237,8 +243,13 @@ def write_selector_side(command: str, out: Path, digits: tuple[int, int], suffix
                        "images get gradient (Eq. 5-6 as Eq. 7-8)")
     if steps != MAIN_SELECTOR_STEPS:
         differs.append(f"the number of mining steps: {steps} instead of {MAIN_SELECTOR_STEPS}")
+    lr_default = RunConfig().lr_critic
+    if lr_critic != lr_default:
+        differs.append(f"the critic's learning rate: {lr_critic:g} instead of {lr_default:g} (Appendix A, MNIST: \"the "
+                       "learning rate of our model [miner, generator and discriminator] is 0.0004\")")
+    lr_text = f", critic lr {lr_critic:g}" if lr_critic != lr_default else ""
     lines = [
-        f"## Selector under {rule_text}, {steps} mining steps (issue 4, beside the selector table above)",
+        f"## Selector under {rule_text}, {steps} mining steps{lr_text} (issue 4, beside the selector table above)",
         "",
         f"Command (one ratio per call, results cached in `{out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}`): "
         f"`{command}`  ",
