@@ -52,7 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             from store import jobs as jobs_dao
             from worker.embedded import EmbeddedWorker
 
-            worker = EmbeddedWorker(settings, blob_store)
+            worker = EmbeddedWorker(settings)
             worker.start(jobs_dao.unfinished(settings.database_url))
             enqueue, check_broker = worker.enqueue, (lambda: None)
             log.warning("embedded mode: SQLite/local storage and an in-process worker")

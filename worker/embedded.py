@@ -28,7 +28,6 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from store.blobs import BlobStore
 from store.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -72,12 +71,11 @@ def _child(job_id: str, settings: Settings, zoo_dir: str, interrupt: Any) -> Non
 
 
 class EmbeddedWorker:
-    def __init__(self, settings: Settings, blobs: BlobStore) -> None:
-        self.settings, self.blobs = settings, blobs
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings  # the child opens the blob store and the database from these
         self.jobs: queue.Queue[str | None] = queue.Queue()
         self.thread = threading.Thread(target=self._loop, name="minegan-worker", daemon=True)
         self.interrupt = _CTX.Event()
-        self.process: multiprocessing.process.BaseProcess | None = None  # the running job's, if any
 
     def start(self, pending: list[str] | None = None) -> None:
         for job_id in pending or []:  # jobs left queued/running by a previous process resume
@@ -113,10 +111,8 @@ class EmbeddedWorker:
 
         p = _CTX.Process(target=_child, args=(job_id, self.settings, str(zoo.WEIGHTS_DIR), self.interrupt),
                          name=f"minegan-job-{job_id[:8]}", daemon=True)
-        self.process = p
         p.start()
         p.join()
-        self.process = None
         from store import events
         from store import jobs as jobs_dao
 
