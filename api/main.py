@@ -1,6 +1,6 @@
 """The FastAPI application factory.
 
-Embedded mode (no ``MINEGAN_BROKER_URL``): SQLite + local blobs + an in-process worker thread.
+Embedded mode (no ``MINEGAN_BROKER_URL``): SQLite + local blobs + a built-in worker (no broker) that runs each job in a child process.
 Service mode: jobs go to Celery (Redis) and artifacts to S3; see docker-compose.yml.
 """
 
@@ -55,7 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             worker = EmbeddedWorker(settings)
             worker.start(jobs_dao.unfinished(settings.database_url))
             enqueue, check_broker = worker.enqueue, (lambda: None)
-            log.warning("embedded mode: SQLite/local storage and an in-process worker")
+            log.warning("embedded mode: SQLite/local storage and a built-in worker (each job in a child process)")
         else:
             enqueue, check_broker = _celery_services(settings)
         if not settings.auth_required:

@@ -196,7 +196,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
     from store.settings import get_settings
 
     settings = get_settings()
-    mode = "embedded (SQLite, local storage, in-process worker)" if settings.embedded else "service (Celery + S3)"
+    mode = "embedded (SQLite, local storage, built-in worker)" if settings.embedded else "service (Celery + S3)"
     auth = "API keys required" if settings.auth_required else "NO authentication (every caller is tenant 'default')"
     print(f"minegan serve: {mode}; {auth}; database {settings.database_url}; http://{a.host}:{a.port}/docs", file=sys.stderr)
     # "auto" picks httptools + uvloop (dependencies) when importable; no per-request access log on the hot path

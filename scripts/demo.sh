@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make demo`: the main job end to end on the embedded default (SQLite, local storage, in-process worker):
+# `make demo`: the main job end to end on the embedded default (SQLite, local storage, built-in worker, each job in a child process):
 # start `minegan serve`, POST 100 real MNIST 9s against `mnist-no-9` (MineGAN++), show progress,
 # write demo/samples.png from GET /sample?n=16, stop the server.
 set -euo pipefail

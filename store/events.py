@@ -3,7 +3,8 @@
 
 A worker calls :func:`job_succeeded` right after the job's row says ``succeeded``:
 
-* listeners in the same process (the embedded worker runs inside the API process) are called directly;
+* listeners in the same process are called directly (the embedded server's worker calls them once its job's
+  child process has ended: :func:`notify_local`);
 * with a Redis broker the tenant is also published on :data:`CHANNEL`; :class:`Subscriber` (in each API
   process) listens and reports it. While the subscription is down nothing can be trusted, so the cache is
   dropped and bypassed until it is back (``api/services.LatestJobs``).

@@ -18,7 +18,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MINEGAN_", extra="ignore")
 
     database_url: str = "sqlite:///var/minegan.db"
-    broker_url: str | None = None  # None: embedded in-process worker
+    broker_url: str | None = None  # None: embedded, built-in worker (worker/embedded.py)
     result_backend: str | None = None
     storage: Literal["local", "s3"] = "local"
     storage_dir: str = "var/blobs"

@@ -54,7 +54,7 @@ def wait_for(client: Any, job_id: str, timeout: float = 120.0, until: tuple[str,
 
 @contextlib.contextmanager
 def embedded_server(tmp: Path, **env_extra: str) -> Iterator[tuple[str, dict[str, str]]]:
-    """``minegan serve`` (embedded: SQLite, local blobs, in-process worker) as a subprocess on a free loopback
+    """``minegan serve`` (embedded: SQLite, local blobs, built-in worker) as a subprocess on a free loopback
     port, with a tiny source ``tiny-src`` in its models dir; yields (url, env)."""
     write_tiny_zoo(tmp / "models", "tiny-src")
     s = socket.socket()

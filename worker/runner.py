@@ -1,6 +1,6 @@
 """Run one job: re-read the row, fetch the upload, call ``core``, write progress and artifacts.
 
-Used by the Celery task (``worker/tasks.py``) and by the embedded in-process worker alike. Idempotent:
+Used by the Celery task (``worker/tasks.py``) and by the embedded worker (in its job child process) alike. Idempotent:
 artifacts go to deterministic keys (``jobs/{id}/ckpt-{step}.pt``, ``jobs/{id}/model.pt``, ...), and a
 redelivered job downloads its latest checkpoint and resumes from it.
 """

@@ -1,6 +1,6 @@
-"""The HTTP API in embedded mode (SQLite, local blobs, in-process worker) on a tiny source model.
+"""The HTTP API in embedded mode (SQLite, local blobs, built-in worker) on a tiny source model.
 
-Unit-level: SQLite and the in-process worker stand in for PostgreSQL/Celery here; the same routes run
+Unit-level: SQLite and the built-in worker stand in for PostgreSQL/Celery here; the same routes run
 against the real stack in tests/integration/.
 """
 
