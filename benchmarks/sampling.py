@@ -125,15 +125,21 @@ def main() -> int:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             pending = bytearray()
 
+            def more() -> None:
+                chunk = sock.recv(1 << 16)
+                if not chunk:
+                    raise ConnectionError("the server closed the connection")
+                pending.extend(chunk)
+
             def sock_get(path: str) -> bytes:
                 sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
                 while (end := pending.find(b"\r\n\r\n")) < 0:
-                    pending.extend(sock.recv(1 << 16))
+                    more()
                 head = bytes(pending[:end]).split(b"\r\n")
                 assert head[0].split(b" ")[1] == b"200", head[0]
                 length = next(int(h.split(b":", 1)[1]) for h in head[1:] if h.lower().startswith(b"content-length:"))
                 while len(pending) < end + 4 + length:
-                    pending.extend(sock.recv(1 << 16))
+                    more()
                 body = bytes(pending[end + 4:end + 4 + length])
                 del pending[:end + 4 + length]
                 return body
