@@ -123,9 +123,10 @@ def main() -> int:
     budget = dict(mining_steps=a.mining_steps, finetune_steps=a.finetune_steps, seed=0, checkpoint_every=0)
 
     # 1. selector
-    suffix = ((f"-c{a.critic_source}" if a.critic_source else "") + ("-max" if a.selection == "max" else "")
-              + (f"-s{sel_steps}" if sel_steps != MAIN_SELECTOR_STEPS else "")
-              + (f"-lrc{a.lr_critic:g}" if a.lr_critic != RunConfig().lr_critic else ""))
+    # how this run differs from the main selector table's setting (empty: it is that setting), in its cache keys
+    variant = (("-max" if a.selection == "max" else "") + (f"-s{sel_steps}" if sel_steps != MAIN_SELECTOR_STEPS else "")
+               + (f"-lrc{a.lr_critic:g}" if a.lr_critic != RunConfig().lr_critic else ""))
+    suffix = (f"-c{a.critic_source}" if a.critic_source else "") + variant
     selector: dict[str, dict] = {}
     wanted = [float(x) for x in a.ratios.split(",") if x] or [r[0] for r in RATIOS]
     for r in RATIOS if a.phase != "methods" else []:
@@ -149,10 +150,8 @@ def main() -> int:
             pi = res.summary["selector_pi"]
             return evaluate_run(res.model, wall, {"pi_a": pi[SOURCES[0]], "pi": pi, "steps": sel_steps, "pi_trace": trace})
         selector[f"{r[0]}:{r[1]}"] = _run(out, f"sel-{r[0]}{suffix}", run_sel)
-    if a.selection == "max" or sel_steps != MAIN_SELECTOR_STEPS or a.lr_critic != RunConfig().lr_critic:
-        # a side table beside the main one (the main tables need every row)
-        write_selector_side(command, out, (da, db), suffix.replace(f"-c{a.critic_source}", ""), a.selection, sel_steps,
-                            a.lr_critic)
+    if variant:  # a side table beside the main one (the main tables need every row)
+        write_selector_side(command, out, (da, db), variant, a.selection, sel_steps, a.lr_critic)
     if a.phase == "selector":
         return 0
 
@@ -233,8 +232,8 @@ def main() -> int:
 def write_selector_side(command: str, out: Path, digits: tuple[int, int], suffix: str, rule: str, steps: int,
                         lr_critic: float) -> None:
     """A docs/benchmarks.md section beside the main selector table, from whichever ``sel-R{suffix}`` runs are
-    cached in ``out``: the original max rule (Eq. 5-6, section multi_gan_selector_max) and/or another number of
-    mining steps (e.g. multi_gan_selector_s2000)."""
+    cached in ``out``: the original max rule (Eq. 5-6, section multi_gan_selector_max), another number of mining
+    steps (e.g. multi_gan_selector_s2000) and/or another critic learning rate (multi_gan_selector_lrc0.0004)."""
     da, db = digits
     rule_text = ("the original max rule, Eq. 5-6" if rule == "max" else "the permuted rule, Eq. 9-10")
     differs = []
