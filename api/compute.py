@@ -1,43 +1,84 @@
-"""The API process's one torch thread.
+"""Where the API process runs torch: sampling on the event-loop thread, everything else on one helper thread.
 
-Every piece of torch work the API does (loading a finished job's model, sampling, decoding an uploaded
-target zip, checking an uploaded generator) runs on this single thread, never on Starlette's threadpool
-or the event loop.
+The constraint is OpenMP. Each OS thread that runs multi-threaded torch ops owns an OpenMP team, and
+libgomp counts the threads of all teams. Once that count is above the number of CPUs it stops spinning
+between parallel regions, and every op of a forward pass then wakes its team through a futex. Measured on
+the 2-core CI machine (docs/benchmarks.md, sampling): ``GET /sample?n=16`` generated in 2.8 ms inside the
+server and 1.55 ms in a plain process while a second team was alive.
 
-The reason is OpenMP. Each OS thread that runs torch ops owns its own OpenMP team. libgomp counts the
-threads of all teams. Once that count is above the number of CPUs, it stops spinning between parallel
-regions: every op of a forward pass then has to wake its team through a futex.
+So there is exactly one team, and it belongs to the thread that renders samples:
 
-Measured on the 2-core CI machine (docs/benchmarks.md, sampling): `GET /sample?n=16` generated in
-2.8 ms inside the server and 1.55 ms in a plain process. The cause was the first request loading the
-model on a threadpool thread, which left a second team alive. With all torch work on one thread the
-server generated in the same 1.55 ms. The hop from the event loop to this thread costs about 0.08 ms.
-
-Running everything on one thread also serialises sampling requests. That costs no throughput: each
-request already uses every core through OpenMP.
+* :func:`render_on_loop` runs sampling (generator forward + PNG encoding of an already loaded model) on the
+  calling thread, which is the event loop. This is the request users repeat most. Rendering there saves
+  the two thread hops of an executor round trip and the cost of waking a second thread: on 2026-11-26
+  ``/sample?n=16`` went from 1.24-1.26x to 1.17-1.20x of the in-process call with the socket client and from
+  1.33-1.34x to 1.27-1.29x with http.client (paired runs, everything else equal). The price is that the loop
+  is busy for the length of one render: ~1 ms for n=16 and about 20 ms for the largest grid (n=256) on
+  this CPU. Renders were already serialised (one team), so throughput does not change.
+* :func:`run_torch` runs the rest (loading a finished job's model from storage, decoding and checking an
+  uploaded target zip, checking an uploaded generator, the target grid) on one helper thread whose torch
+  runs with a single intra-op thread: it never starts OpenMP worker threads, so it adds no second team, and
+  these calls (up to seconds) never block the event loop. Starlette's threadpool and the event loop never
+  run those.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
 
+import torch
+
 P = ParamSpec("P")
 T = TypeVar("T")
 
-_EXECUTOR = ThreadPoolExecutor(max_workers=1, thread_name_prefix="minegan-torch")
+# torch's default intra-op thread count, read before anything sets it; the rendering thread gets it back
+_RENDER_THREADS = torch.get_num_threads()
+_claimed = threading.local()
+
+
+def _single_threaded() -> None:
+    """Helper-thread initializer. ``torch.get_num_threads()`` first: it makes torch initialise this thread
+    now, so its lazy per-thread initialisation cannot later reset the count to the process default."""
+    torch.get_num_threads()
+    torch.set_num_threads(1)
+
+
+_EXECUTOR = ThreadPoolExecutor(max_workers=1, thread_name_prefix="minegan-torch", initializer=_single_threaded)
 
 
 async def run_torch(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-    """Run ``fn(*args, **kwargs)`` on the torch thread and await its result (exceptions propagate)."""
+    """Run ``fn(*args, **kwargs)`` on the single-threaded torch helper and await it (exceptions propagate)."""
+    _claim_render_team()  # the loop thread owns the team before the helper first sets torch's count to 1
     return await asyncio.get_running_loop().run_in_executor(_EXECUTOR, functools.partial(fn, *args, **kwargs))
 
 
-def torch_thread_ident() -> int:
-    """The torch thread's ``threading.get_ident()`` (starts it if needed); tests assert work lands there."""
-    import threading
+def render_on_loop(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Run ``fn`` (a render of an already loaded model: milliseconds) here, on the event-loop thread, with
+    torch's default number of threads. Never for loads, uploads or anything else that can take long."""
+    _claim_render_team()
+    return fn(*args, **kwargs)
 
+
+def _claim_render_team() -> None:
+    # torch.set_num_threads writes a process-wide default as well as this thread's count; once the helper
+    # has set 1, a thread initialised afterwards would inherit it. Claim the default count for the
+    # calling thread (the event loop) explicitly, once per thread.
+    if not getattr(_claimed, "done", False):
+        torch.set_num_threads(_RENDER_THREADS)
+        torch.get_num_threads()
+        _claimed.done = True
+
+
+def torch_helper_ident() -> int:
+    """The helper thread's ``threading.get_ident()`` (starts it if needed); tests assert work lands there."""
     return _EXECUTOR.submit(threading.get_ident).result()
+
+
+def torch_threads_of_helper() -> int:
+    """``torch.get_num_threads()`` as seen on the helper thread (1; tests assert it)."""
+    return _EXECUTOR.submit(torch.get_num_threads).result()

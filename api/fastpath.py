@@ -12,8 +12,8 @@ This ASGI middleware answers a request only when every answer it needs is alread
   * the loaded model, from ``svc.models``;
   * well-formed query parameters, checked by the same rules the route declares.
 
-It then renders with the routes' own ``_render`` on the torch thread, so the bytes and headers are the
-ones the FastAPI route would send.
+It then renders with the routes' own ``_render``, on the event-loop thread like the routes
+(api/compute.py), so the bytes and headers are the ones the FastAPI route would send.
 
 Anything else falls through to the FastAPI routes unchanged: a first request, a bad or unknown parameter,
 a key to verify, an error of any kind. Those routes produce the documented JSON errors and fill the
@@ -30,7 +30,7 @@ from urllib.parse import parse_qsl
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api.compute import run_torch
+from api.compute import render_on_loop
 from api.errors import ApiError
 
 _JOB_SAMPLE = re.compile(r"^/jobs/([^/]{1,64})/sample$")
@@ -102,12 +102,13 @@ class SampleFastPath:
             if hit is None or hit[0] != tenant:
                 return None
             key = hit[1]
-        if svc.models.peek(key) is None:
+        model = svc.models.peek(key)
+        if model is None:
             return None
         from api.routes.sample import _render  # the route's renderer: same bytes, same headers
 
         try:
-            response = await run_torch(_render, svc, job_id, key, p["n"], p["seed"], p["fmt"])
+            response = render_on_loop(_render, job_id, model, p["n"], p["seed"], p["fmt"])
         except Exception:  # noqa: BLE001 - rendering has no side effects: the route redoes it and reports the error
             return None
         svc.fast_path_hits += 1

@@ -9,11 +9,12 @@ from fastapi import APIRouter, Path, Query
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from api.compute import run_torch
+from api.compute import render_on_loop, run_torch
 from api.deps import ServicesDep, TenantDep
 from api.errors import ApiError
 from api.services import Services
 from core.images import grid_png, zip_of_pngs
+from core.methods import TransferredModel
 from store import jobs as jobs_dao
 from store.models import Job
 
@@ -24,11 +25,9 @@ Seed = Annotated[int, Query(ge=0, le=2**31 - 1)]
 Fmt = Annotated[Literal["png", "zip"], Query(description="png: one grid image; zip: n separate PNGs")]
 
 
-def _render(svc: Services, job_id: str, model_key: str, n: int, seed: int, fmt: str) -> Response:
-    if n > svc.settings.sample_max_n:
-        raise ApiError(422, "invalid_request", f"n: at most {svc.settings.sample_max_n}")
+def _render(job_id: str, model: TransferredModel, n: int, seed: int, fmt: str) -> Response:
+    """Generate and encode ``n`` samples of a loaded model (on the event-loop thread: api/compute.py)."""
     t0 = time.perf_counter()
-    model = svc.models.get(model_key)  # loaded from storage once, then served from memory
     images = model.sample(n, seed=seed)
     t1 = time.perf_counter()
     body = zip_of_pngs(images) if fmt == "zip" else grid_png(images)
@@ -57,9 +56,13 @@ def _lookup(svc: Services, job_id: str, tenant: str) -> str:
 
 
 async def _respond(svc: Services, job_id: str, model_key: str, n: int, seed: int, fmt: str) -> Response:
-    # loading and sampling both run on the API's one torch thread (api/compute.py explains why: a second
-    # thread running torch ops made every request's generation ~1.8x slower on a 2-core machine)
-    return await run_torch(_render, svc, job_id, model_key, n, seed, fmt)
+    if n > svc.settings.sample_max_n:
+        raise ApiError(422, "invalid_request", f"n: at most {svc.settings.sample_max_n}")
+    model = svc.models.peek(model_key)
+    if model is None:  # loaded from storage once (on the torch helper thread), then served from memory
+        model = await run_torch(svc.models.get, model_key)
+    # the render itself runs on the event-loop thread, the one thread with an OpenMP team (api/compute.py)
+    return render_on_loop(_render, job_id, model, n, seed, fmt)
 
 
 @router.get("/jobs/{job_id}/sample", summary="Samples from a finished job")

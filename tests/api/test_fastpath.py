@@ -101,37 +101,42 @@ def test_fast_path_never_serves_another_tenant_or_a_missing_key(env) -> None:  #
     assert svc.fast_path_hits == before
 
 
-def test_all_torch_work_of_the_api_runs_on_its_one_torch_thread(env, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
-    """A second thread running torch ops keeps a second OpenMP team alive and slows every sample request
-    (api/compute.py): uploads, model loads, sampling and the target grid all go to one thread."""
+def test_torch_work_of_the_api_runs_on_the_loop_and_one_single_threaded_helper(env, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """Only one thread may own an OpenMP team (api/compute.py): renders run on the event-loop thread; uploads,
+    model loads and the target grid on one helper thread whose torch is single-threaded."""
     import threading
 
     import api.routes.jobs
     import api.routes.sample
     import api.uploads
-    from api.compute import torch_thread_ident
+    from api.compute import torch_helper_ident, torch_threads_of_helper
 
     c, keys, job_id = env
     seen: dict[str, set[int]] = {}
 
-    def spy(module: object, name: str) -> None:
+    def spy(module: object, name: str, label: str) -> None:
         real = getattr(module, name)
 
         def wrapped(*a: object, **k: object) -> object:
-            seen.setdefault(name, set()).add(threading.get_ident())
+            seen.setdefault(label, set()).add(threading.get_ident())
             return real(*a, **k)
 
         monkeypatch.setattr(module, name, wrapped)
 
-    spy(api.uploads, "load_target_bytes")
-    spy(api.routes.jobs, "load_target_bytes")
-    spy(api.routes.sample, "grid_png")
-    spy(c.app.state.services.models, "get")
+    spy(api.uploads, "load_target_bytes", "upload")
+    spy(api.routes.jobs, "load_target_bytes", "target")
+    spy(api.routes.jobs, "grid_png", "target grid")
+    spy(api.routes.sample, "grid_png", "render")
+    spy(c.app.state.services.models, "get", "model load")
     c.app.state.services.models._items.clear()  # the next request loads the model again
     assert c.post("/jobs", headers=keys["alice"], files={"images": ("t.zip", target_zip_bytes(), "application/zip")},
                   data={"spec": json.dumps(TINY_SPEC)}).status_code == 202
     assert c.get(f"/jobs/{job_id}/target.png", headers=keys["alice"]).status_code == 200
+    loop_ident = c.portal.call(threading.get_ident)  # the TestClient's event-loop thread
     for _ in range(2):  # a load through the route, then a cached render through the fast path
         assert c.get(f"/jobs/{job_id}/sample?n=4", headers=keys["alice"]).status_code == 200
-    assert set(seen) == {"load_target_bytes", "grid_png", "get"}
-    assert set().union(*seen.values()) == {torch_thread_ident()}
+    helper = torch_helper_ident()
+    assert set(seen) == {"upload", "target", "target grid", "render", "model load"}
+    assert all(seen[k] == {helper} for k in ("upload", "target", "target grid", "model load")), seen
+    assert seen["render"] == {loop_ident} != {helper}
+    assert torch_threads_of_helper() == 1
