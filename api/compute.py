@@ -8,13 +8,15 @@ server and 1.55 ms in a plain process while a second team was alive.
 
 So there is exactly one team, and it belongs to the thread that renders samples:
 
-* :func:`render_on_loop` runs sampling (generator forward + PNG encoding of an already loaded model) on the
-  calling thread, which is the event loop. This is the request users repeat most. Rendering there saves
-  the two thread hops of an executor round trip and the cost of waking a second thread: on 2026-11-26
-  ``/sample?n=16`` went from 1.24-1.26x to 1.17-1.20x of the in-process call with the socket client and from
-  1.33-1.34x to 1.27-1.29x with http.client (paired runs, everything else equal). The price is that the loop
-  is busy for the length of one render: ~1 ms for n=16 and about 20 ms for the largest grid (n=256) on
-  this CPU. Renders were already serialised (one team), so throughput does not change.
+* :func:`sample_on_loop` runs sampling (the generator's forward passes of an already loaded model) on the
+  calling thread, which is the event loop, and the route encodes the PNG there too. This is the request
+  users repeat most. Rendering there saves the two thread hops of an executor round trip and the cost of
+  waking a second thread: on 2026-11-26 ``/sample?n=16`` went from 1.24-1.26x to 1.17-1.20x of the
+  in-process call with the socket client and from 1.33-1.34x to 1.27-1.29x with http.client (paired runs,
+  everything else equal). So that one large request cannot stall the server, the forward passes run in
+  pieces of at most :data:`CHUNK_VALUES` output values (64 MNIST images, 4 RGB 64x64 images: ~4 ms each on
+  the 2-core CI machine) and the loop serves other requests between pieces. (A 64x64 DCGAN takes ~270 ms
+  for n=256 in one piece.) Encoding stays in one piece: ~10 ms for the largest MNIST zip (n=256).
 * :func:`run_torch` runs the rest (loading a finished job's model from storage, decoding and checking an
   uploaded target zip, checking an uploaded generator, the target grid) on one helper thread whose torch
   runs with a single intra-op thread: it never starts OpenMP worker threads, so it adds no second team, and
@@ -27,9 +29,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import ParamSpec, TypeVar
+from typing import ParamSpec, Protocol, TypeVar
 
 import torch
 
@@ -57,9 +59,34 @@ async def run_torch(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     return await asyncio.get_running_loop().run_in_executor(_EXECUTOR, functools.partial(fn, *args, **kwargs))
 
 
-def render_on_loop(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-    """Run ``fn`` (a render of an already loaded model: milliseconds) here, on the event-loop thread, with
-    torch's default number of threads. Never for loads, uploads or anything else that can take long."""
+# One piece of a render: 65536 output values (64 MNIST images of 28x28, 5 RGB 64x64 images; at least 4 images).
+CHUNK_VALUES = 65536
+
+
+class Sampler(Protocol):
+    @property
+    def values_per_image(self) -> int: ...
+
+    def sample_chunks(self, n: int, seed: int = 0, chunk: int = 256) -> Iterator[torch.Tensor]: ...
+
+
+async def sample_on_loop(model: Sampler, n: int, seed: int) -> torch.Tensor:
+    """``model.sample(n, seed)``, computed here on the event-loop thread with torch's default number of
+    threads, in pieces of at most :data:`CHUNK_VALUES` values, yielding to the loop between pieces. Only for
+    models already in memory; loads, uploads and anything else that can take long go to :func:`run_torch`."""
+    _claim_render_team()
+    chunk = max(4, CHUNK_VALUES // max(1, model.values_per_image))
+    parts = []
+    for i, part in enumerate(model.sample_chunks(n, seed, chunk=chunk)):
+        if i:
+            await asyncio.sleep(0)  # let the loop serve others between pieces
+            _claim_render_team()
+        parts.append(part)
+    return torch.cat(parts) if parts else torch.empty(0)
+
+
+def on_loop(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Run short torch work (encoding a rendered grid) here, on the event-loop thread that owns the team."""
     _claim_render_team()
     return fn(*args, **kwargs)
 

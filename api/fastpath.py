@@ -30,7 +30,6 @@ from urllib.parse import parse_qsl
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api.compute import render_on_loop
 from api.errors import ApiError
 
 _JOB_SAMPLE = re.compile(r"^/jobs/([^/]{1,64})/sample$")
@@ -108,7 +107,7 @@ class SampleFastPath:
         from api.routes.sample import _render  # the route's renderer: same bytes, same headers
 
         try:
-            response = render_on_loop(_render, job_id, model, p["n"], p["seed"], p["fmt"])
+            response = await _render(job_id, model, p["n"], p["seed"], p["fmt"])
         except Exception:  # noqa: BLE001 - rendering has no side effects: the route redoes it and reports the error
             return None
         svc.fast_path_hits += 1

@@ -12,6 +12,8 @@ G; gradients flow through G's activations to M. The loop itself is ``core.traine
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 
@@ -36,17 +38,30 @@ class MinedGenerator(nn.Module):
     def z_dim(self) -> int:
         return self.G.cfg.z_dim
 
+    @property
+    def values_per_image(self) -> int:
+        """C * H * W of one output image (sizes render chunks without running the model)."""
+        return int(self.G.cfg.channels * self.G.cfg.img_size**2)
+
     @torch.no_grad()
     def sample(self, n: int, seed: int = 0, batch: int = 256) -> torch.Tensor:
         """``n`` images [n, C, H, W] in [-1, 1]; the same seed gives the same images."""
+        out = list(self.sample_chunks(n, seed, chunk=batch))
+        return torch.cat(out) if out else torch.empty(0)
+
+    @torch.no_grad()
+    def sample_chunks(self, n: int, seed: int = 0, chunk: int = 256) -> Iterator[torch.Tensor]:
+        """``sample(n, seed)`` in consecutive pieces of at most ``chunk`` images, in order, so a caller can do
+        other work between pieces (the API's event loop). The latents are drawn exactly as ``sample`` draws
+        them (blocks of 256 from one generator), so only the forward passes are split."""
         gen = torch.Generator().manual_seed(seed)
         device = next(self.G.parameters()).device
-        out = []
-        for i in range(0, n, batch):
-            u = torch.randn(min(batch, n - i), self.z_dim, generator=gen).to(device)  # [b, z_dim]
-            z = self.M(u) if self.M is not None else u
-            if isinstance(self.M, JointMiner):  # embedding-conditioned G: G(M^z(u), M^c(u)) (Sec. 4.1)
-                out.append(self.G(z, embedding=self.M.embedding(u)).cpu())
-            else:
-                out.append(self.G(z).cpu())
-        return torch.cat(out) if out else torch.empty(0)
+        for i in range(0, n, 256):
+            u_block = torch.randn(min(256, n - i), self.z_dim, generator=gen)  # [b, z_dim]
+            for k in range(0, len(u_block), chunk):
+                u = u_block[k : k + chunk].to(device)
+                z = self.M(u) if self.M is not None else u
+                if isinstance(self.M, JointMiner):  # embedding-conditioned G: G(M^z(u), M^c(u)) (Sec. 4.1)
+                    yield self.G(z, embedding=self.M.embedding(u)).cpu()
+                else:
+                    yield self.G(z).cpu()

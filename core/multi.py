@@ -24,7 +24,9 @@ over the last 1000 minibatches; at inference the member index is drawn from Cate
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -136,28 +138,49 @@ class MultiMinedGenerator(nn.Module):
     def z_dim(self) -> int:
         return int(self.G[0].cfg.z_dim)  # type: ignore[union-attr,arg-type]
 
+    @property
+    def values_per_image(self) -> int:
+        """C * H * W of one output image (sizes render chunks without running the model)."""
+        cfg: Any = self.G[0].cfg
+        return int(cfg.channels * cfg.img_size**2)
+
     @torch.no_grad()
     def sample(self, n: int, seed: int = 0, batch: int = 256, return_members: bool = False):  # type: ignore[no-untyped-def]
         """``n`` images [n, C, H, W] in [-1, 1] (and the member index of each); same seed, same images."""
+        which, u = self._draw(n, seed)
+        parts = list(self._decode(which, u, batch))
+        out = torch.cat(parts) if parts else torch.empty(0)
+        return (out, which) if return_members else out
+
+    @torch.no_grad()
+    def sample_chunks(self, n: int, seed: int = 0, chunk: int = 256) -> Iterator[torch.Tensor]:
+        """``sample(n, seed)`` in consecutive pieces of at most ``chunk`` images, in order (same draws)."""
+        which, u = self._draw(n, seed)
+        yield from self._decode(which, u, chunk)
+
+    def _draw(self, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         gen = torch.Generator().manual_seed(seed)
         which = torch.multinomial(torch.tensor(self.pi, dtype=torch.float64), n, replacement=True, generator=gen)  # [n]
-        u = torch.randn(n, self.z_dim, generator=gen)  # [n, z_dim]
+        return which, torch.randn(n, self.z_dim, generator=gen)  # [n], [n, z_dim]
+
+    def _decode(self, which: torch.Tensor, u: torch.Tensor, chunk: int) -> Iterator[torch.Tensor]:
+        """x_j = G_which(j)(M_which(j)(u_j)) for consecutive slices of at most ``chunk`` slots."""
         device = next(self.G.parameters()).device
-        out = torch.empty(0)
-        for i in range(len(self.members)):
-            idx = (which == i).nonzero().flatten()
-            if len(idx) == 0:
-                continue
-            g_idx, label = self.members[i]
-            G = self.G[g_idx]
-            for k in range(0, len(idx), batch):
-                part = idx[k : k + batch]
-                z = self.M[i](u[part].to(device))
-                x = G(z, torch.full((len(part),), label, dtype=torch.long, device=device)) if label >= 0 else G(z)
+        for k in range(0, len(u), chunk):
+            w, uk = which[k : k + chunk], u[k : k + chunk]
+            out = torch.empty(0)
+            for i in range(len(self.members)):
+                idx = (w == i).nonzero().flatten()
+                if len(idx) == 0:
+                    continue
+                g_idx, label = self.members[i]
+                G = self.G[g_idx]
+                z = self.M[i](uk[idx].to(device))
+                x = G(z, torch.full((len(idx),), label, dtype=torch.long, device=device)) if label >= 0 else G(z)
                 if out.numel() == 0:
-                    out = torch.empty(n, *x.shape[1:])
-                out[part] = x.cpu()
-        return (out, which) if return_members else out
+                    out = torch.empty(len(uk), *x.shape[1:])
+                out[idx] = x.cpu()
+            yield out
 
 
 def unconditional_critic(D: Critic) -> Critic:

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Path, Query
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from api.compute import render_on_loop, run_torch
+from api.compute import on_loop, run_torch, sample_on_loop
 from api.deps import ServicesDep, TenantDep
 from api.errors import ApiError
 from api.services import Services
@@ -25,12 +25,12 @@ Seed = Annotated[int, Query(ge=0, le=2**31 - 1)]
 Fmt = Annotated[Literal["png", "zip"], Query(description="png: one grid image; zip: n separate PNGs")]
 
 
-def _render(job_id: str, model: TransferredModel, n: int, seed: int, fmt: str) -> Response:
-    """Generate and encode ``n`` samples of a loaded model (on the event-loop thread: api/compute.py)."""
+async def _render(job_id: str, model: TransferredModel, n: int, seed: int, fmt: str) -> Response:
+    """Generate and encode ``n`` samples of a loaded model, on the event-loop thread (api/compute.py)."""
     t0 = time.perf_counter()
-    images = model.sample(n, seed=seed)
+    images = await sample_on_loop(model, n, seed)  # == model.sample(n, seed), in pieces
     t1 = time.perf_counter()
-    body = zip_of_pngs(images) if fmt == "zip" else grid_png(images)
+    body = on_loop(zip_of_pngs if fmt == "zip" else grid_png, images)
     t2 = time.perf_counter()
     headers = {"X-Job-Id": job_id, "X-Seed": str(seed),
                "Server-Timing": f"generate;dur={1000 * (t1 - t0):.2f}, encode;dur={1000 * (t2 - t1):.2f}"}
@@ -62,7 +62,7 @@ async def _respond(svc: Services, job_id: str, model_key: str, n: int, seed: int
     if model is None:  # loaded from storage once (on the torch helper thread), then served from memory
         model = await run_torch(svc.models.get, model_key)
     # the render itself runs on the event-loop thread, the one thread with an OpenMP team (api/compute.py)
-    return render_on_loop(_render, job_id, model, n, seed, fmt)
+    return await _render(job_id, model, n, seed, fmt)
 
 
 @router.get("/jobs/{job_id}/sample", summary="Samples from a finished job")

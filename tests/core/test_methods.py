@@ -137,3 +137,17 @@ def test_previews_show_the_model_at_each_step_and_do_not_change_the_run(sources:
     assert torch.equal(seen[6], with_previews.sample(4, seed=0))  # the last preview is the final model
     for a, b in zip(plain.state_dict().values(), with_previews.state_dict().values()):
         assert torch.equal(a, b)  # previews neither consume the training RNG nor touch batch-norm statistics
+
+
+@pytest.mark.parametrize("chunk", [4, 7, 256])
+def test_mined_generator_samples_in_pieces_like_in_one(source, chunk: int) -> None:  # type: ignore[no-untyped-def]
+    """More than one latent block (n > 256) and pieces that do not divide it: same images, same order."""
+    from core.mining import MinedGenerator
+    from core.nets.miner import Miner, MinerConfig
+
+    model = MinedGenerator(source.G.eval(), Miner(MinerConfig(z_dim=source.G.cfg.z_dim)).eval())
+    whole = model.sample(300, seed=9)
+    pieces = list(model.sample_chunks(300, seed=9, chunk=chunk))
+    assert max(len(p) for p in pieces) <= chunk and torch.allclose(torch.cat(pieces), whole, atol=1e-6)
+    assert not torch.allclose(model.sample(300, seed=10), whole)
+    assert model.values_per_image == 28 * 28
