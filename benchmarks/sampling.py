@@ -267,7 +267,7 @@ def main() -> int:
         + "; ".join(f"{label} **{paired(k):.2f}x, {'met' if paired(k) <= 1.3 else 'not met'}**"
                     for label, k in [("socket client", "socket"), ("http.client", "job_sample"),
                                      ("http.client on `/sample`", "sample"), ("httpx", "httpx")])
-        + ". The fixed cost of a request (HTTP parsing, the app, the hop to the torch thread, the client) is "
+        + ". The fixed cost of a request (HTTP parsing, the app, the client) is "
         f"{1000 * (med['socket'] - ml):.2f} ms with the socket client and {1000 * (med['job_sample'] - ml):.2f} ms with "
         f"http.client, {(med['socket'] - ml) / ml:.2f}x and {(med['job_sample'] - ml) / ml:.2f}x of this run's in-process "
         "time: a fixed cost, so the ratio also depends on how fast this shared CPU happens to be in a run. "

@@ -2,8 +2,8 @@
 
 Why a child process and not a thread of the API process: every OS thread that runs torch ops owns an
 OpenMP team, and once a process holds more OpenMP threads than there are CPUs, libgomp stops spinning
-between parallel regions (api/compute.py). The API's torch thread already holds a team (it decodes
-uploads and renders samples), so a job trained on a second thread of the same process ran about 35 %
+between parallel regions (api/compute.py). The API's event-loop thread already holds a team (it renders
+samples), so a job trained on a second thread of the same process ran about 35 %
 slower than the same job in ``minegan train`` (10.6-11.4 s vs 15.0-15.1 s for minegan++ 20+20 steps on
 the 2-core CI machine), and sampling slowed down while it trained. A child process has its own OpenMP
 runtime. It also keeps a crash in training (a segfault, the kernel's OOM killer) from taking the API down:
