@@ -80,7 +80,6 @@ async def sample_on_loop(model: Sampler, n: int, seed: int) -> torch.Tensor:
     for i, part in enumerate(model.sample_chunks(n, seed, chunk=chunk)):
         if i:
             await asyncio.sleep(0)  # let the loop serve others between pieces
-            _claim_render_team()
         parts.append(part)
     return torch.cat(parts) if parts else torch.empty(0)
 

@@ -46,6 +46,7 @@ SOURCES = ["mnist-0-4", "mnist-5-9"]
 RATIOS = [(0.3, 0.7), (0.5, 0.5), (0.7, 0.3)]
 PAPER_PI_CAR = {(0.3, 0.7): 0.31, (0.5, 0.5): 0.46, (0.7, 0.3): 0.63}  # Table 4 (bottom): pi of the car GAN
 MAIN_SELECTOR_STEPS = 1000  # the main selector table's setting (its cache keys carry no -sN)
+MAIN_DIGITS = "2,8"  # the main tables' digit pair (other pairs: side tables, cache keys -dAB)
 # Table 4 (top), Red vehicle car:bus 0.5:0.5, FID: MineGAN(multi) [17] (original Eq. 5-6) / MineGAN(multi) (Eq. 9-10) /
 # MineGAN(fusion) / MineGAN++(fusion). (The table has no TransferGAN row for Red vehicle; scratch is 185, ADGAN(bus) 62.7.)
 PAPER_FID_05 = {"minegan (max, Eq. 5-6)": 59.4, "minegan (permuted, Eq. 9-10)": 53.2,
@@ -70,7 +71,8 @@ def _run(out: Path, key: str, fn) -> dict:  # type: ignore[no-untyped-def]
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--digits", default="2,8", help="digit A (from 0-4) and digit B (from 5-9)")
+    ap.add_argument("--digits", default=MAIN_DIGITS, help="digit A (from 0-4) and digit B (from 5-9); selector runs with "
+                    "another pair than the main one are keyed sel-R-dAB and written to a side table")
     ap.add_argument("--mining-steps", type=int, default=RunConfig().mining_steps)
     ap.add_argument("--finetune-steps", type=int, default=RunConfig().finetune_steps)
     ap.add_argument("--fusion-steps", type=int, default=RunConfig().fusion_steps)
@@ -125,7 +127,8 @@ def main() -> int:
     # 1. selector
     # how this run differs from the main selector table's setting (empty: it is that setting), in its cache keys
     variant = (("-max" if a.selection == "max" else "") + (f"-s{sel_steps}" if sel_steps != MAIN_SELECTOR_STEPS else "")
-               + (f"-lrc{a.lr_critic:g}" if a.lr_critic != RunConfig().lr_critic else ""))
+               + (f"-lrc{a.lr_critic:g}" if a.lr_critic != RunConfig().lr_critic else "")
+               + (f"-d{da}{db}" if (da, db) != tuple(int(x) for x in MAIN_DIGITS.split(",")) else ""))
     suffix = (f"-c{a.critic_source}" if a.critic_source else "") + variant
     selector: dict[str, dict] = {}
     wanted = [float(x) for x in a.ratios.split(",") if x] or [r[0] for r in RATIOS]
@@ -247,12 +250,17 @@ def write_selector_side(command: str, out: Path, digits: tuple[int, int], suffix
         differs.append(f"the critic's learning rate: {lr_critic:g} instead of {lr_default:g} (Appendix A, MNIST: \"the "
                        "learning rate of our model [miner, generator and discriminator] is 0.0004\")")
     lr_text = f", critic lr {lr_critic:g}" if lr_critic != lr_default else ""
+    main_a, main_b = (int(x) for x in MAIN_DIGITS.split(","))
+    if (da, db) != (main_a, main_b):
+        differs.append(f"the digit pair: {da} (from `{SOURCES[0]}`) and {db} (from `{SOURCES[1]}`) instead of {main_a} and "
+                       f"{main_b}, with the same mixing ratios, 100 test images each")
+        lr_text += f", digits {da}:{db}"
     lines = [
         f"## Selector under {rule_text}, {steps} mining steps{lr_text} (issue 4, beside the selector table above)",
         "",
         f"Command (one ratio per call, results cached in `{out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}`): "
         f"`{command}`  ",
-        "Same sources, targets and seed as the selector table of the multi-GAN section; what differs is "
+        "Same sources, mixing ratios and seed as the selector table of the multi-GAN section; what differs is "
         + "; and ".join(differs) + ". pi is the same estimate: argmax-win frequency over the last 1000 minibatches.",
         "",
         f"| target {da}:{db} | pi(`{SOURCES[0]}`) | abs. error | share of samples classified {da} (among {da}/{db}) | "
