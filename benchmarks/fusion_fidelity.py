@@ -39,6 +39,8 @@ def main() -> int:
     ap.add_argument("--every", type=int, default=100)
     ap.add_argument("--samples", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--ema", type=float, default=FusionConfig().ema, help="FusionConfig.ema: weight averaging of G_F "
+                    "(0: off); with it every checkpoint is scored for the trained G_F and for its average")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -53,17 +55,20 @@ def main() -> int:
         obj = checkpoints.load(path)
         if "G" not in obj:  # fused.pt at the end: same weights as the last checkpoint
             return
-        G.load_state_dict(obj["G"])
-        G.eval()
         row: dict[str, float] = {"step": obj["step"], "seconds": round(time.time() - t0)}
-        with torch.no_grad():
-            for i, digits in enumerate(DIGITS):
-                x = G(means[i] + torch.randn(a.samples, means.shape[1], generator=torch.Generator().manual_seed(1)))
-                row[f"in_set_{i}"] = round(float(torch.isin(net(x).argmax(1), torch.tensor(digits)).float().mean()), 3)
-                row[f"fd_{i}"] = round(evaluate(x, reals[i], ["fd_classifier"])["fd_classifier"], 1)
+        for tag, key in (("", "G"), ("ema_", "G_ema")):
+            if key not in obj:
+                continue
+            G.load_state_dict(obj[key])
+            G.eval()
+            with torch.no_grad():
+                for i, digits in enumerate(DIGITS):
+                    x = G(means[i] + torch.randn(a.samples, means.shape[1], generator=torch.Generator().manual_seed(1)))
+                    row[f"{tag}in_set_{i}"] = round(float(torch.isin(net(x).argmax(1), torch.tensor(digits)).float().mean()), 3)
+                    row[f"{tag}fd_{i}"] = round(evaluate(x, reals[i], ["fd_classifier"])["fd_classifier"], 1)
         print(json.dumps(row), flush=True)
 
-    cfg = FusionConfig(steps=a.steps, mean_scale=a.mean_scale, critic=a.critic, checkpoint_every=a.every)
+    cfg = FusionConfig(steps=a.steps, mean_scale=a.mean_scale, critic=a.critic, checkpoint_every=a.every, ema=a.ema)
     with tempfile.TemporaryDirectory() as tmp:
         fuse(sources, cfg, tmp, after_checkpoint=report)
     return 0

@@ -27,6 +27,7 @@ mining then treats like any other source; its file can be registered as a new zo
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -59,6 +60,7 @@ class FusionConfig:
     mean_scale: float = 10.0  # |mu_i|: how far apart the sources' prior regions lie (about |z| ~ sqrt(z_dim))
     init: str = "source"  # "source": G_F, D start from the first source's weights; "random"
     critic: str = "projection"  # "projection": D_F(x, i) = D(x) + e_i^T phi(x); "plain": D(x) (unconditional)
+    ema: float = 0.0  # >0: G_F is the exponential moving average of the trained weights with this decay (0: off)
     seed: int = 0
     checkpoint_every: int = 50
 
@@ -163,6 +165,11 @@ def fuse(
     st = make_stage_state(mods, stage)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     cfg_json = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
+    if not cfg.ema:
+        del cfg_json["ema"]  # runs from before the option resume unchanged
+    # Weight averaging (not in the paper, whose fusion recipe stops at Eq. 15-16): G_ema follows G_F's weights
+    # with decay ``ema`` after every generator step and is what fused.pt holds; BatchNorm statistics are copied.
+    G_ema = copy.deepcopy(G).eval().requires_grad_(False) if cfg.ema else None
     names = [s.name for s in sources]
     found = [p for p in run_dir.glob("ckpt-*.pt")]
     latest = max(found, key=lambda p: int(p.stem.split("-")[1])) if found else None
@@ -172,6 +179,8 @@ def fuse(
             if obj["config"] != cfg_json or obj["sources"] != names:
                 raise ValueError(f"{latest} belongs to a different fusion; use a fresh run directory")
             G.load_state_dict(obj["G"])
+            if G_ema is not None:
+                G_ema.load_state_dict(obj["G_ema"])
             mods.D.load_state_dict(obj["D"])
             st.opt_d.load_state_dict(obj["opt_d"])
             assert st.opt_g is not None
@@ -186,6 +195,8 @@ def fuse(
         obj = {"format": FUSION_FORMAT, "config": cfg_json, "sources": names, "step": st.step, "G": G.state_dict(),
                "D": mods.D.state_dict(), "opt_d": st.opt_d.state_dict(), "opt_g": st.opt_g.state_dict(),
                "rng": torch.get_rng_state(), "gen": gen.get_state()}
+        if G_ema is not None:
+            obj["G_ema"] = G_ema.state_dict()
         path = checkpoints.save(obj, run_dir / f"ckpt-{step_offset + st.step}.pt")
         for old in run_dir.glob("ckpt-*.pt"):
             if old != path:
@@ -195,6 +206,8 @@ def fuse(
 
     dev = torch.device(device)
     G.to(dev)
+    if G_ema is not None:
+        G_ema.to(dev)
     mods.D.to(dev)
     set_trainable(mods, stage)
     for s in sources:
@@ -208,6 +221,8 @@ def fuse(
             labels = balanced_labels(cfg.batch_size, len(sources), gen).to(dev)
             stats = critic_step(mods, st, stage, pseudo_real(sources, labels), labels)  # Eq. 15 + GP
         stats |= generator_step(mods, st, cfg.batch_size, balanced_labels(cfg.batch_size, len(sources), gen).to(dev), dev)  # Eq. 16
+        if G_ema is not None:
+            _ema_update(G_ema, G, cfg.ema)
         st.step += 1
         if on_progress is not None:
             on_progress("fuse", step_offset + st.step, total, stats)
@@ -216,7 +231,7 @@ def fuse(
     meta: dict[str, Any] = {"description": f"fusion of {', '.join(names)} (Eq. 15-16)", "fusion": {
         "sources": names, "means": means.tolist(), "steps": cfg.steps, "config": cfg_json}}
     out = run_dir / "fused.pt"
-    G, D = G.cpu().eval(), D.cpu()
+    G, D = (G_ema if G_ema is not None else G).cpu().eval(), D.cpu()
     for s in sources:
         s.G.cpu()
     checkpoints.save(source_checkpoint(name, G, D, meta), out)
@@ -225,6 +240,15 @@ def fuse(
     if after_checkpoint is not None:
         after_checkpoint(out)
     return SourceModel(name=name, G=G, D=D, meta=meta)
+
+
+@torch.no_grad()
+def _ema_update(avg: nn.Module, live: nn.Module, decay: float) -> None:
+    """avg <- decay * avg + (1 - decay) * live for parameters; buffers (BatchNorm statistics) copied."""
+    for pa, pl in zip(avg.parameters(), live.parameters()):
+        pa.lerp_(pl, 1.0 - decay)
+    for ba, bl in zip(avg.buffers(), live.buffers()):
+        ba.copy_(bl)
 
 
 @torch.no_grad()

@@ -145,3 +145,35 @@ def test_plain_fusion_critic_still_runs_and_unknown_ones_are_refused(tmp_path: P
         fuse(srcs, replace(TINY_F, critic="nope"), tmp_path / "bad")
     with pytest.raises(MethodError, match="fusion_critic"):
         RunConfig(method="fusion", fusion_critic="nope").validate()
+
+
+def test_weight_averaged_fusion_keeps_the_average_and_resumes_it(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from core.fusion import _ema_update
+
+    a, b = torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2)
+    avg, live = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2)), torch.nn.Sequential(a, b)
+    before = [p.clone() for p in avg.parameters()]
+    live[1].running_mean.fill_(3.0)
+    _ema_update(avg, live, 0.9)
+    for p0, pa, pl in zip(before, avg.parameters(), live.parameters()):
+        assert torch.allclose(pa, 0.9 * p0 + 0.1 * pl)
+    assert torch.equal(avg[1].running_mean, live[1].running_mean)  # statistics are copied, not averaged
+
+    srcs = [tiny_source(name="a"), tiny_source(name="b")]
+    cfg = replace(TINY_F, ema=0.5)
+    plain = fuse(srcs, TINY_F, tmp_path / "plain")
+    averaged = fuse(srcs, cfg, tmp_path / "ema")  # same seed and batches: only the returned weights differ
+    assert any(not torch.equal(x, y) for x, y in zip(plain.G.parameters(), averaged.G.parameters()))
+    calls = {"n": 0}
+
+    def stop() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 2
+
+    with pytest.raises(Stopped):
+        fuse(srcs, cfg, tmp_path / "cut", should_stop=stop)
+    resumed = fuse(srcs, cfg, tmp_path / "cut")
+    for x, y in zip(averaged.G.state_dict().values(), resumed.G.state_dict().values()):
+        assert torch.equal(x, y)
