@@ -39,6 +39,8 @@ def main() -> int:
     ap.add_argument("--every", type=int, default=100)
     ap.add_argument("--samples", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--lr-generator", type=float, default=FusionConfig().lr_generator)
+    ap.add_argument("--lr-critic", type=float, default=FusionConfig().lr_critic)
     ap.add_argument("--ema", type=float, default=FusionConfig().ema, help="FusionConfig.ema: weight averaging of G_F "
                     "(0: off); with it every checkpoint is scored for the trained G_F and for its average")
     a = ap.parse_args()
@@ -68,7 +70,8 @@ def main() -> int:
                     row[f"{tag}fd_{i}"] = round(evaluate(x, reals[i], ["fd_classifier"])["fd_classifier"], 1)
         print(json.dumps(row), flush=True)
 
-    cfg = FusionConfig(steps=a.steps, mean_scale=a.mean_scale, critic=a.critic, checkpoint_every=a.every, ema=a.ema)
+    cfg = FusionConfig(steps=a.steps, mean_scale=a.mean_scale, critic=a.critic, checkpoint_every=a.every, ema=a.ema,
+                       lr_generator=a.lr_generator, lr_critic=a.lr_critic)
     with tempfile.TemporaryDirectory() as tmp:
         fuse(sources, cfg, tmp, after_checkpoint=report)
     return 0
