@@ -95,6 +95,8 @@ def main() -> int:
     ap.add_argument("--lr-critic", type=float, default=RunConfig().lr_critic,
                     help="selector phase only: the critic's Adam learning rate (Appendix A, MNIST, reads 4e-4 for 'our model'); "
                          "rows with another value than the default are keyed sel-R-lrcX")
+    ap.add_argument("--seed", type=int, default=0, help="selector phase only: the training seed (same target images); "
+                    "rows with another seed than 0 are keyed sel-R-seedN")
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave as is)")
     a = ap.parse_args()
     command = "python benchmarks/multi_gan.py " + " ".join(shlex.quote(x) for x in sys.argv[1:])
@@ -128,7 +130,8 @@ def main() -> int:
     # how this run differs from the main selector table's setting (empty: it is that setting), in its cache keys
     variant = (("-max" if a.selection == "max" else "") + (f"-s{sel_steps}" if sel_steps != MAIN_SELECTOR_STEPS else "")
                + (f"-lrc{a.lr_critic:g}" if a.lr_critic != RunConfig().lr_critic else "")
-               + (f"-d{da}{db}" if (da, db) != tuple(int(x) for x in MAIN_DIGITS.split(",")) else ""))
+               + (f"-d{da}{db}" if (da, db) != tuple(int(x) for x in MAIN_DIGITS.split(",")) else "")
+               + (f"-seed{a.seed}" if a.seed else ""))
     suffix = (f"-c{a.critic_source}" if a.critic_source else "") + variant
     selector: dict[str, dict] = {}
     wanted = [float(x) for x in a.ratios.split(",") if x] or [r[0] for r in RATIOS]
@@ -145,7 +148,7 @@ def main() -> int:
                     print(f"sel {r[0]}: step {step}/{total} pi_a {trace[-1][1]}", flush=True)
 
             t0 = time.time()
-            cfg = RunConfig(method="mine", mining_steps=sel_steps, finetune_steps=0, seed=0, checkpoint_every=0,
+            cfg = RunConfig(method="mine", mining_steps=sel_steps, finetune_steps=0, seed=a.seed, checkpoint_every=0,
                             critic_source=a.critic_source, selection=a.selection, lr_critic=a.lr_critic)
             res = train(cfg, sources, target(r), out / "runs" / f"sel-{r[0]}{suffix}", on_progress=progress)
             wall = time.time() - t0
@@ -154,7 +157,7 @@ def main() -> int:
             return evaluate_run(res.model, wall, {"pi_a": pi[SOURCES[0]], "pi": pi, "steps": sel_steps, "pi_trace": trace})
         selector[f"{r[0]}:{r[1]}"] = _run(out, f"sel-{r[0]}{suffix}", run_sel)
     if variant:  # a side table beside the main one (the main tables need every row)
-        write_selector_side(command, out, (da, db), variant, a.selection, sel_steps, a.lr_critic)
+        write_selector_side(command, out, (da, db), variant, a.selection, sel_steps, a.lr_critic, a.seed)
     if a.phase == "selector":
         return 0
 
@@ -233,7 +236,7 @@ def main() -> int:
 
 
 def write_selector_side(command: str, out: Path, digits: tuple[int, int], suffix: str, rule: str, steps: int,
-                        lr_critic: float) -> None:
+                        lr_critic: float, seed: int = 0) -> None:
     """A docs/benchmarks.md section beside the main selector table, from whichever ``sel-R{suffix}`` runs are
     cached in ``out``: the original max rule (Eq. 5-6, section multi_gan_selector_max), another number of mining
     steps (e.g. multi_gan_selector_s2000) and/or another critic learning rate (multi_gan_selector_lrc0.0004)."""
@@ -255,12 +258,15 @@ def write_selector_side(command: str, out: Path, digits: tuple[int, int], suffix
         differs.append(f"the digit pair: {da} (from `{SOURCES[0]}`) and {db} (from `{SOURCES[1]}`) instead of {main_a} and "
                        f"{main_b}, with the same mixing ratios, 100 test images each")
         lr_text += f", digits {da}:{db}"
+    if seed:
+        differs.append(f"the training seed: {seed} instead of 0 (the target images are the same)")
+        lr_text += f", seed {seed}"
     lines = [
         f"## Selector under {rule_text}, {steps} mining steps{lr_text} (issue 4, beside the selector table above)",
         "",
         f"Command (one ratio per call, results cached in `{out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}`): "
         f"`{command}`  ",
-        "Same sources, mixing ratios and seed as the selector table of the multi-GAN section; what differs is "
+        "Same sources and mixing ratios as the selector table of the multi-GAN section; what differs is "
         + "; and ".join(differs) + ". pi is the same estimate: argmax-win frequency over the last 1000 minibatches.",
         "",
         f"| target {da}:{db} | pi(`{SOURCES[0]}`) | abs. error | share of samples classified {da} (among {da}/{db}) | "
