@@ -16,7 +16,8 @@ So there is exactly one team, and it belongs to the thread that renders samples:
   everything else equal). So that one large request cannot stall the server, the forward passes run in
   pieces of at most :data:`CHUNK_VALUES` output values (64 MNIST images, 4 RGB 64x64 images: ~4 ms each on
   the 2-core CI machine) and the loop serves other requests between pieces. (A 64x64 DCGAN takes ~270 ms
-  for n=256 in one piece.) Encoding stays in one piece: ~10 ms for the largest MNIST zip (n=256).
+  for n=256 in one piece.) Encoding a result of one piece or less (n=16 MNIST: ~0.2 ms) stays on the loop;
+  a larger one (up to ~0.1 s for 256 RGB 64x64 images) goes to the helper thread.
 * :func:`run_torch` runs the rest (loading a finished job's model from storage, decoding and checking an
   uploaded target zip, checking an uploaded generator, the target grid) on one helper thread whose torch
   runs with a single intra-op thread: it never starts OpenMP worker threads, so it adds no second team, and

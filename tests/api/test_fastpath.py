@@ -139,4 +139,7 @@ def test_torch_work_of_the_api_runs_on_the_loop_and_one_single_threaded_helper(e
     assert set(seen) == {"upload", "target", "target grid", "render", "model load"}
     assert all(seen[k] == {helper} for k in ("upload", "target", "target grid", "model load")), seen
     assert seen["render"] == {loop_ident} != {helper}
+    seen.clear()  # a result larger than one piece (100 x 784 > CHUNK_VALUES) is encoded off the loop
+    assert c.get(f"/jobs/{job_id}/sample?n=100", headers=keys["alice"]).status_code == 200
+    assert seen == {"render": {helper}}
     assert torch_threads_of_helper() == 1
