@@ -14,7 +14,7 @@ So there is exactly one team, and it belongs to the thread that renders samples:
   waking a second thread: on 2026-11-26 ``/sample?n=16`` went from 1.24-1.26x to 1.17-1.20x of the
   in-process call with the socket client and from 1.33-1.34x to 1.27-1.29x with http.client (paired runs,
   everything else equal). So that one large request cannot stall the server, the forward passes run in
-  pieces of at most :data:`CHUNK_VALUES` output values (64 MNIST images, 4 RGB 64x64 images: ~4 ms each on
+  pieces of at most :data:`CHUNK_VALUES` output values (83 MNIST images, 5 RGB 64x64 images: ~5 ms each on
   the 2-core CI machine) and the loop serves other requests between pieces. (A 64x64 DCGAN takes ~270 ms
   for n=256 in one piece.) Encoding a result of one piece or less (n=16 MNIST: ~0.2 ms) stays on the loop;
   a larger one (up to ~0.1 s for 256 RGB 64x64 images) goes to the helper thread.
@@ -60,7 +60,7 @@ async def run_torch(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     return await asyncio.get_running_loop().run_in_executor(_EXECUTOR, functools.partial(fn, *args, **kwargs))
 
 
-# One piece of a render: 65536 output values (64 MNIST images of 28x28, 5 RGB 64x64 images; at least 4 images).
+# One piece of a render: 65536 output values (83 MNIST images of 28x28, 5 RGB 64x64 images; at least 4 images).
 CHUNK_VALUES = 65536
 
 
@@ -82,7 +82,7 @@ async def sample_on_loop(model: Sampler, n: int, seed: int) -> torch.Tensor:
         if i:
             await asyncio.sleep(0)  # let the loop serve others between pieces
         parts.append(part)
-    return torch.cat(parts) if parts else torch.empty(0)
+    return parts[0] if len(parts) == 1 else torch.cat(parts) if parts else torch.empty(0)
 
 
 def on_loop(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
