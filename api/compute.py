@@ -11,9 +11,9 @@ So there is exactly one team, and it belongs to the thread that renders samples:
 * :func:`sample_on_loop` runs sampling (the generator's forward passes of an already loaded model) on the
   calling thread, which is the event loop, and the route encodes the PNG there too. This is the request
   users repeat most. Rendering there saves the two thread hops of an executor round trip and the cost of
-  waking a second thread: on 2026-11-26 ``/sample?n=16`` went from 1.28-1.36x to 1.13-1.23x of the
-  in-process call with a minimal HTTP client and from 1.35-1.41x to 1.23-1.34x with http.client
-  (docs/benchmarks.md, sampling). So that one large request cannot stall the server, the forward passes run in
+  waking a second thread: ``/sample?n=16`` measured 1.28-1.36x the in-process call with a minimal HTTP
+  client and 1.35-1.41x with http.client before, 1.13-1.23x and 1.23-1.34x after (2026-11-26, not paired;
+  paired prototype figures in docs/benchmarks.md, sampling). So that one large request cannot stall the server, the forward passes run in
   pieces of at most :data:`CHUNK_VALUES` output values (83 MNIST images, 5 RGB 64x64 images: ~5 ms each on
   the 2-core CI machine) and the loop serves other requests between pieces. (A 64x64 DCGAN takes ~270 ms
   for n=256 in one piece.) Encoding a result of one piece or less (n=16 MNIST: ~0.2 ms) stays on the loop;
