@@ -14,6 +14,17 @@ from tests.conftest import tiny_source
 TINY_F = FusionConfig(steps=3, batch_size=8, n_critic=2, checkpoint_every=1)
 
 
+def _stop_after(n: int):  # type: ignore[no-untyped-def]
+    """A should_stop that lets ``n`` steps run, then asks the loop to stop."""
+    calls = {"n": 0}
+
+    def stop() -> bool:
+        calls["n"] += 1
+        return calls["n"] > n
+
+    return stop
+
+
 def test_balanced_labels_give_every_source_the_same_share() -> None:
     for n, k in [(64, 2), (64, 3), (9, 3)]:
         labels = balanced_labels(n, k, torch.Generator().manual_seed(0))
@@ -76,14 +87,8 @@ def test_fuse_trains_writes_a_source_file_and_resumes(tmp_path: Path) -> None:
     loaded = load_source_file(tmp_path / "full" / "fused.pt")
     assert loaded.meta["fusion"]["sources"] == ["a", "b"] and not loaded.conditional
     assert sample_source_region(loaded, 1, 4).shape == (4, 1, 28, 28)
-    calls = {"n": 0}
-
-    def stop() -> bool:
-        calls["n"] += 1
-        return calls["n"] > 2
-
     with pytest.raises(Stopped):
-        fuse(srcs, TINY_F, tmp_path / "cut", should_stop=stop)
+        fuse(srcs, TINY_F, tmp_path / "cut", should_stop=_stop_after(2))
     assert [p.name for p in (tmp_path / "cut").glob("ckpt-*.pt")] == ["ckpt-2.pt"]
     resumed = fuse(srcs, TINY_F, tmp_path / "cut")
     for x, y in zip(fused.G.state_dict().values(), resumed.G.state_dict().values()):
@@ -166,14 +171,8 @@ def test_weight_averaged_fusion_keeps_the_average_and_resumes_it(tmp_path: Path)
     plain = fuse(srcs, TINY_F, tmp_path / "plain")
     averaged = fuse(srcs, cfg, tmp_path / "ema")  # same seed and batches: only the returned weights differ
     assert any(not torch.equal(x, y) for x, y in zip(plain.G.parameters(), averaged.G.parameters()))
-    calls = {"n": 0}
-
-    def stop() -> bool:
-        calls["n"] += 1
-        return calls["n"] > 2
-
     with pytest.raises(Stopped):
-        fuse(srcs, cfg, tmp_path / "cut", should_stop=stop)
+        fuse(srcs, cfg, tmp_path / "cut", should_stop=_stop_after(2))
     resumed = fuse(srcs, cfg, tmp_path / "cut")
     for x, y in zip(averaged.G.state_dict().values(), resumed.G.state_dict().values()):
         assert torch.equal(x, y)
