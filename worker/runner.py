@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from botocore.exceptions import BotoCoreError, ClientError
+from sqlalchemy.exc import OperationalError
 
 from core import zoo
 from core.data import TargetDataError, load_target
@@ -29,10 +31,16 @@ from core.trainer import Stopped
 from store import events
 from store import jobs as jobs_dao
 from store import sources as registry
-from store.blobs import BlobStore
+from store.blobs import BlobNotFound, BlobStore
 from store.settings import Settings
 
 log = logging.getLogger(__name__)
+
+# Errors a later attempt can get past: the database, the object store or the network was away for a while.
+# BlobNotFound too: right after an S3 server restart an existing key can answer 404 for a moment; a key that is
+# really gone fails the job after the task's retries, with the message saying which key.
+TRANSIENT: tuple[type[BaseException], ...] = (OperationalError, BotoCoreError, ClientError, ConnectionError,
+                                              TimeoutError, BlobNotFound)
 
 
 class PermanentJobError(Exception):
@@ -214,6 +222,16 @@ def execute_job(job_id: str, settings: Settings, blobs: BlobStore, interrupt: th
         jobs_dao.finish(settings.database_url, job_id, "failed", error=(code, str(exc)))
         shutil.rmtree(run_dir, ignore_errors=True)
         return "failed"
+    except TRANSIENT:
+        # The task retries it with backoff. Hand the job back first: a retry after an outage is not a dead
+        # worker, so it must not use up one of the max_attempts (otherwise a storage outage of a few seconds
+        # fails the job as worker_lost on its third retry). Best effort: if the database is what is down,
+        # the next claim takes over from this (no longer alive) attempt anyway.
+        try:
+            jobs_dao.release(settings.database_url, job_id)
+        except Exception:  # noqa: BLE001
+            log.warning("job %s: could not hand the job back before retrying", job_id, exc_info=True)
+        raise
     finally:
         beat.stop()
 

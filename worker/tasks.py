@@ -4,20 +4,13 @@ from __future__ import annotations
 
 import logging
 
-from botocore.exceptions import BotoCoreError, ClientError
-from sqlalchemy.exc import OperationalError
-
 from store import jobs as jobs_dao
-from store.blobs import BlobNotFound, make_blob_store
+from store.blobs import make_blob_store
 from store.settings import get_settings
 from worker.celery_app import app
-from worker.runner import execute_job
+from worker.runner import TRANSIENT, execute_job
 
 log = logging.getLogger(__name__)
-
-# BlobNotFound too: right after an S3 server restart an existing key can answer 404 for a moment; a key
-# that is really gone fails the job after the retries, with the message saying which key.
-TRANSIENT = (OperationalError, BotoCoreError, ClientError, ConnectionError, TimeoutError, BlobNotFound)
 
 
 @app.task(name="minegan.run_job", bind=True, max_retries=5)
