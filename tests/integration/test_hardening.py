@@ -187,7 +187,8 @@ def test_compose_and_cli_key_commands(stack: Stack) -> None:
 
 def test_s3_restart_mid_job(stack: Stack, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """The S3 server goes away for a few seconds mid-job: the job still finishes (boto3 retries, then the task
-    retries with backoff and resumes from its checkpoint), or fails with a clear error -- never stuck."""
+    retries with backoff, 2+4+8+16+32 s in all, and resumes from its checkpoint). The retries do not use up the
+    job's attempts (those count dead workers): they once did, and the job failed as worker_lost."""
     pidfile = ROOT / ".services" / "weed.pid"
     pid = int(pidfile.read_text())
     cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]
@@ -203,9 +204,8 @@ def test_s3_restart_mid_job(stack: Stack, tmp_path) -> None:  # type: ignore[no-
                                stderr=subprocess.STDOUT, start_new_session=True)
         pidfile.write_text(str(new.pid))
         done = _wait(c, job_id, timeout=300)
-        assert done["status"] == "succeeded" or (done["status"] == "failed" and done["error"]["code"] == "service_unavailable"), done
-        if done["status"] == "succeeded":
-            assert "model.pt" in _keys(stack, job_id)
+        assert done["status"] == "succeeded", done
+        assert "model.pt" in _keys(stack, job_id)
 
 
 def test_quota_revocation_and_unsafe_model_upload(stack: Stack, tmp_path) -> None:  # type: ignore[no-untyped-def]
