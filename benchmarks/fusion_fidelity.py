@@ -2,7 +2,7 @@
 
 Fuses ``mnist-0-4`` and ``mnist-5-9`` (Eq. 15-16) and, at every checkpoint, samples 1000 images from each
 region z ~ N(mu_i, I) and reports the share the classifier puts in the source's digit set and the
-classifier-feature FD to the real test digits of that set. Used to choose the fusion critic and |mu_i|
+classifier-feature FD to the real test digits of that set; the last line is the final ``fused.pt``. Used to choose the fusion critic and |mu_i|
 (docs/multi_gan_notes.md); prints one JSON line per checkpoint.
 
 Usage: python benchmarks/fusion_fidelity.py --critic projection --mean-scale 10 --steps 600 --every 100 --threads 1
@@ -43,6 +43,8 @@ def main() -> int:
     ap.add_argument("--lr-critic", type=float, default=FusionConfig().lr_critic)
     ap.add_argument("--ema", type=float, default=FusionConfig().ema, help="FusionConfig.ema: weight averaging of G_F "
                     "(0: off); with it every checkpoint is scored for the trained G_F and for its average")
+    ap.add_argument("--distill", type=float, default=FusionConfig().distill, help="FusionConfig.distill: weight of "
+                    "the paired term mean|G_F(mu_i + z) - G_i(z)| added to Eq. 16 (0: off)")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -55,8 +57,8 @@ def main() -> int:
 
     def report(path: Path) -> None:
         obj = checkpoints.load(path)
-        if "G" not in obj:  # fused.pt at the end: same weights as the last checkpoint
-            return
+        if "G" not in obj:  # fused.pt at the end: the G_F the job mines (the averaged weights with --ema)
+            obj = {"step": a.steps, "G" if not a.ema else "G_ema": zoo.load_source_file(path).G.state_dict()}
         row: dict[str, float] = {"step": obj["step"], "seconds": round(time.time() - t0)}
         for tag, key in (("", "G"), ("ema_", "G_ema")):
             if key not in obj:
@@ -70,7 +72,7 @@ def main() -> int:
                     row[f"{tag}fd_{i}"] = round(evaluate(x, reals[i], ["fd_classifier"])["fd_classifier"], 1)
         print(json.dumps(row), flush=True)
 
-    cfg = FusionConfig(steps=a.steps, mean_scale=a.mean_scale, critic=a.critic, checkpoint_every=a.every, ema=a.ema,
+    cfg = FusionConfig(steps=a.steps, mean_scale=a.mean_scale, critic=a.critic, checkpoint_every=a.every, ema=a.ema, distill=a.distill,
                        lr_generator=a.lr_generator, lr_critic=a.lr_critic)
     with tempfile.TemporaryDirectory() as tmp:
         fuse(sources, cfg, tmp, after_checkpoint=report)

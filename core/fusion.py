@@ -39,7 +39,8 @@ from torch import nn
 
 from core import checkpoints
 from core.nets import Critic
-from core.trainer import GanModules, ProgressFn, StageConfig, StopFn, critic_step, generator_step, make_stage_state, set_trainable
+from core.losses import generator_loss
+from core.trainer import GanModules, ProgressFn, StageConfig, StageState, StopFn, critic_step, generator_step, make_stage_state, set_trainable
 from core.zoo import SourceModel, source_checkpoint
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ class FusionConfig:
     init: str = "source"  # "source": G_F, D start from the first source's weights; "random"
     critic: str = "projection"  # "projection": D_F(x, i) = D(x) + e_i^T phi(x); "plain": D(x) (unconditional)
     ema: float = 0.0  # >0: G_F is the exponential moving average of the trained weights with this decay (0: off)
+    distill: float = 0.0  # >0: add distill * E|G_F(mu_i + z) - G_i(z)| (paired, per pixel) to Eq. 16 (0: off)
     seed: int = 0
     checkpoint_every: int = 50
 
@@ -165,8 +167,9 @@ def fuse(
     st = make_stage_state(mods, stage)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     cfg_json = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
-    if not cfg.ema:
-        del cfg_json["ema"]  # runs from before the option resume unchanged
+    for opt in ("ema", "distill"):
+        if not cfg_json[opt]:
+            del cfg_json[opt]  # runs from before the option resume unchanged
     # Weight averaging (not in the paper, whose fusion recipe stops at Eq. 15-16): G_ema follows G_F's weights
     # with decay ``ema`` after every generator step and is what fused.pt holds; BatchNorm statistics are copied.
     G_ema = copy.deepcopy(G).eval().requires_grad_(False) if cfg.ema else None
@@ -220,7 +223,11 @@ def fuse(
         for _ in range(cfg.n_critic):
             labels = balanced_labels(cfg.batch_size, len(sources), gen).to(dev)
             stats = critic_step(mods, st, stage, pseudo_real(sources, labels), labels)  # Eq. 15 + GP
-        stats |= generator_step(mods, st, cfg.batch_size, balanced_labels(cfg.batch_size, len(sources), gen).to(dev), dev)  # Eq. 16
+        g_labels = balanced_labels(cfg.batch_size, len(sources), gen).to(dev)
+        if cfg.distill:
+            stats |= distill_generator_step(mods, st, sources, g_labels, cfg.distill)  # Eq. 16 + paired term
+        else:
+            stats |= generator_step(mods, st, cfg.batch_size, g_labels, dev)  # Eq. 16
         if G_ema is not None:
             _ema_update(G_ema, G, cfg.ema)
         st.step += 1
@@ -240,6 +247,38 @@ def fuse(
     if after_checkpoint is not None:
         after_checkpoint(out)
     return SourceModel(name=name, G=G, D=D, meta=meta)
+
+
+def distill_generator_step(mods: FusionModules, st: StageState, sources: list[SourceModel], labels: torch.Tensor,
+                           weight: float) -> dict[str, float]:
+    """One G_F update of Eq. 16 plus a paired distillation term (not in the paper; ``FusionConfig.distill``):
+
+        L_G^F + weight * E_{i, z ~ N(0, I)} mean |G_F(mu_i + z) - G_i(z)|
+
+    The same noise z goes through source i and through G_F's region i, so region i is asked to reproduce
+    G_i sample by sample, not only in distribution: the adversarial term alone has to discover that
+    correspondence for the regions G_F is not initialised from, and is slow and unsteady at it."""
+    assert st.opt_g is not None
+    z = torch.randn(len(labels), mods.z_dim, device=labels.device)
+    with torch.no_grad():
+        g0 = sources[0].G.cfg
+        target = torch.empty(len(labels), g0.channels, g0.img_size, g0.img_size, device=labels.device)
+        for i, s in enumerate(sources):
+            idx = (labels == i).nonzero().flatten()
+            if len(idx):
+                target[idx] = s.G(z[idx])
+    mods.D.requires_grad_(False)
+    try:
+        fake = mods.G(mods.means.to(labels.device)[labels] + z)  # G_F(z'), z' = mu_i + z ~ N(mu_i, I)
+        adv = generator_loss(mods.critic(fake, labels))  # Eq. 16
+        pair = (fake - target).abs().mean()
+        loss = adv + weight * pair
+        st.opt_g.zero_grad(set_to_none=True)
+        loss.backward()
+        st.opt_g.step()
+    finally:
+        mods.D.requires_grad_(True)
+    return {"g_loss": adv.item(), "distill_l1": pair.item()}
 
 
 @torch.no_grad()
