@@ -45,6 +45,7 @@ def main() -> int:
                     "(0: off); with it every checkpoint is scored for the trained G_F and for its average")
     ap.add_argument("--distill", type=float, default=FusionConfig().distill, help="FusionConfig.distill: weight of "
                     "the paired term mean|G_F(mu_i + z) - G_i(z)| added to Eq. 16 (0: off)")
+    ap.add_argument("--lr-decay", action="store_true", help="FusionConfig.lr_decay: learning rates fall linearly to 0")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -72,7 +73,7 @@ def main() -> int:
                     row[f"{tag}fd_{i}"] = round(evaluate(x, reals[i], ["fd_classifier"])["fd_classifier"], 1)
         print(json.dumps(row), flush=True)
 
-    cfg = FusionConfig(steps=a.steps, mean_scale=a.mean_scale, critic=a.critic, checkpoint_every=a.every, ema=a.ema, distill=a.distill,
+    cfg = FusionConfig(steps=a.steps, mean_scale=a.mean_scale, critic=a.critic, checkpoint_every=a.every, ema=a.ema, distill=a.distill, lr_decay=a.lr_decay,
                        lr_generator=a.lr_generator, lr_critic=a.lr_critic)
     with tempfile.TemporaryDirectory() as tmp:
         fuse(sources, cfg, tmp, after_checkpoint=report)

@@ -63,6 +63,7 @@ class FusionConfig:
     critic: str = "projection"  # "projection": D_F(x, i) = D(x) + e_i^T phi(x); "plain": D(x) (unconditional)
     ema: float = 0.0  # >0: G_F is the exponential moving average of the trained weights with this decay (0: off)
     distill: float = 0.0  # >0: add distill * E|G_F(mu_i + z) - G_i(z)| (paired, per pixel) to Eq. 16 (0: off)
+    lr_decay: bool = False  # True: both learning rates fall linearly to 0 over the run (off: constant, as in the paper)
     seed: int = 0
     checkpoint_every: int = 50
 
@@ -167,7 +168,7 @@ def fuse(
     st = make_stage_state(mods, stage)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     cfg_json = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
-    for opt in ("ema", "distill"):
+    for opt in ("ema", "distill", "lr_decay"):
         if not cfg_json[opt]:
             del cfg_json[opt]  # runs from before the option resume unchanged
     # Weight averaging (not in the paper, whose fusion recipe stops at Eq. 15-16): G_ema follows G_F's weights
@@ -220,6 +221,8 @@ def fuse(
         if should_stop is not None and should_stop():
             raise Stopped(f"stopped in fuse at step {st.step}")
         stats: dict[str, float] = {}
+        if cfg.lr_decay:  # a function of the step alone, so a resumed run continues the same schedule
+            _set_lr(st, 1.0 - st.step / cfg.steps, cfg)
         for _ in range(cfg.n_critic):
             labels = balanced_labels(cfg.batch_size, len(sources), gen).to(dev)
             stats = critic_step(mods, st, stage, pseudo_real(sources, labels), labels)  # Eq. 15 + GP
@@ -279,6 +282,14 @@ def distill_generator_step(mods: FusionModules, st: StageState, sources: list[So
     finally:
         mods.D.requires_grad_(True)
     return {"g_loss": adv.item(), "distill_l1": pair.item()}
+
+
+def _set_lr(st: StageState, factor: float, cfg: FusionConfig) -> None:
+    for group in st.opt_d.param_groups:
+        group["lr"] = cfg.lr_critic * factor
+    assert st.opt_g is not None
+    for group in st.opt_g.param_groups:
+        group["lr"] = cfg.lr_generator * factor
 
 
 @torch.no_grad()

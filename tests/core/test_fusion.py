@@ -215,3 +215,30 @@ def test_distillation_pairs_each_region_with_its_source_on_the_same_noise(tmp_pa
     resumed = fuse(srcs, cfg, tmp_path / "cut")
     for x, y in zip(distilled.G.state_dict().values(), resumed.G.state_dict().values()):
         assert torch.equal(x, y)
+
+
+def test_linear_learning_rate_decay_follows_the_step_and_resumes(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    srcs = [tiny_source(name="a"), tiny_source(name="b")]
+    cfg = replace(TINY_F, steps=4, lr_decay=True)
+    seen: list[float] = []
+    orig = torch.optim.Adam.step
+
+    def spy(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(self.param_groups[0]["lr"])
+        return orig(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch.optim.Adam, "step", spy)
+        decayed = fuse(srcs, cfg, tmp_path / "decay")
+    g_lrs = seen[cfg.n_critic::cfg.n_critic + 1]  # each step: n_critic critic updates, then one generator update
+    c_lrs = seen[0::cfg.n_critic + 1]
+    assert g_lrs == pytest.approx([cfg.lr_generator * f for f in (1.0, 0.75, 0.5, 0.25)])
+    assert c_lrs == pytest.approx([cfg.lr_critic * f for f in (1.0, 0.75, 0.5, 0.25)])
+    assert decayed.meta["fusion"]["config"]["lr_decay"] is True
+    with pytest.raises(Stopped):
+        fuse(srcs, cfg, tmp_path / "cut", should_stop=_stop_after(2))
+    resumed = fuse(srcs, cfg, tmp_path / "cut")
+    for x, y in zip(decayed.G.state_dict().values(), resumed.G.state_dict().values()):
+        assert torch.equal(x, y)
