@@ -73,7 +73,8 @@ def main() -> int:
                     row[f"{tag}fd_{i}"] = round(evaluate(x, reals[i], ["fd_classifier"])["fd_classifier"], 1)
         print(json.dumps(row), flush=True)
 
-    cfg = FusionConfig(steps=a.steps, mean_scale=a.mean_scale, critic=a.critic, checkpoint_every=a.every, ema=a.ema, distill=a.distill, lr_decay=a.lr_decay,
+    cfg = FusionConfig(steps=a.steps, mean_scale=a.mean_scale, critic=a.critic, checkpoint_every=a.every, ema=a.ema,
+                       distill=a.distill, lr_decay=a.lr_decay,
                        lr_generator=a.lr_generator, lr_critic=a.lr_critic)
     with tempfile.TemporaryDirectory() as tmp:
         fuse(sources, cfg, tmp, after_checkpoint=report)

@@ -38,8 +38,8 @@ import torch
 from torch import nn
 
 from core import checkpoints
-from core.nets import Critic
 from core.losses import generator_loss
+from core.nets import Critic
 from core.trainer import GanModules, ProgressFn, StageConfig, StageState, StopFn, critic_step, generator_step, make_stage_state, set_trainable
 from core.zoo import SourceModel, source_checkpoint
 
