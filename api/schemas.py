@@ -35,6 +35,10 @@ class MethodOptions(BaseModel):
         default=None, description="fusion: a single miner in front of G_F (default), or one miner per source region with the selector")
     fusion_critic: Literal["projection", "plain"] | None = Field(
         default=None, description="fusion: critic told each image's source by projection (default), or the plain unconditional critic")
+    fusion_distill: float | None = Field(default=None, ge=0, le=1000, description="fusion: weight of the paired term "
+                                         "mean|G_F(mu_i + z) - G_i(z)| added to Eq. 16 (default 30; 0: adversarial only, as in the paper)")
+    fusion_lr_generator: float | None = Field(default=None, gt=0, le=0.1, description="fusion: G_F's learning rate while fusing (default 5e-4)")
+    fusion_lr_decay: bool | None = Field(default=None, description="fusion: learning rates fall linearly to 0 over fusion_steps (default true)")
 
 
 class JobSpec(BaseModel):

@@ -46,13 +46,14 @@ def main() -> int:
     ap.add_argument("--distill", type=float, default=FusionConfig().distill, help="FusionConfig.distill: weight of "
                     "the paired term mean|G_F(mu_i + z) - G_i(z)| added to Eq. 16 (0: off)")
     ap.add_argument("--lr-decay", action="store_true", help="FusionConfig.lr_decay: learning rates fall linearly to 0")
+    ap.add_argument("--seed", type=int, default=FusionConfig().seed, help="FusionConfig.seed (prior means, batches)")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     sources = [zoo.load_source("mnist-0-4"), zoo.load_source("mnist-5-9")]
     net, _ = load_classifier()
     reals = [load_mnist("test", d)[0] for d in DIGITS]
-    means = fusion_means(2, sources[0].G.cfg.z_dim, a.mean_scale, 0)
+    means = fusion_means(2, sources[0].G.cfg.z_dim, a.mean_scale, a.seed)
     G = type(sources[0].G)(sources[0].G.cfg)  # type: ignore[arg-type]
     t0 = time.time()
 
@@ -74,7 +75,7 @@ def main() -> int:
         print(json.dumps(row), flush=True)
 
     cfg = FusionConfig(steps=a.steps, mean_scale=a.mean_scale, critic=a.critic, checkpoint_every=a.every, ema=a.ema,
-                       distill=a.distill, lr_decay=a.lr_decay,
+                       distill=a.distill, lr_decay=a.lr_decay, seed=a.seed,
                        lr_generator=a.lr_generator, lr_critic=a.lr_critic)
     with tempfile.TemporaryDirectory() as tmp:
         fuse(sources, cfg, tmp, after_checkpoint=report)

@@ -42,7 +42,8 @@ def cmd_train(a: argparse.Namespace) -> int:
     cfg = RunConfig(method=a.method, mining_steps=a.mining_steps, finetune_steps=a.finetune_steps,
                     batch_size=a.batch_size, seed=a.seed, checkpoint_every=a.checkpoint_every, selection=a.selection,
                     critic_source=a.critic_source, fusion_steps=a.fusion_steps, fusion_mean_scale=a.fusion_mean_scale,
-                    fusion_critic=a.fusion_critic, fusion_mining=a.fusion_mining)
+                    fusion_critic=a.fusion_critic, fusion_mining=a.fusion_mining, fusion_distill=a.fusion_distill,
+                    fusion_lr_generator=a.fusion_lr_generator, fusion_lr_decay=a.fusion_lr_decay)
     if a.threads:
         torch.set_num_threads(a.threads)
     bar, on_progress = _progress_bar(cfg.total_steps)
@@ -258,6 +259,11 @@ def parser() -> argparse.ArgumentParser:
                    help="fusion: one miner in front of G_F (single, default) or one per source region with the selector (regions)")
     t.add_argument("--fusion-critic", choices=("projection", "plain"), default=d.fusion_critic,
                    help="fusion: critic told each image's source (projection, default) or the unconditional critic (plain)")
+    t.add_argument("--fusion-distill", type=float, default=d.fusion_distill,
+                   help="fusion: weight of the paired term mean|G_F(mu_i + z) - G_i(z)| (0: adversarial only, as in the paper)")
+    t.add_argument("--fusion-lr-generator", type=float, default=d.fusion_lr_generator, help="fusion: G_F's learning rate while fusing")
+    t.add_argument("--fusion-lr-decay", action=argparse.BooleanOptionalAction, default=d.fusion_lr_decay,
+                   help="fusion: learning rates fall linearly to 0 over the fusion steps")
     t.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     t.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     t.set_defaults(fn=cmd_train)

@@ -10,7 +10,9 @@
 | ``transfergan++`` | source     | no    | finetune G+D with S^3 on the critic                           |
 | ``freezed``     | source       | no    | finetune G+D, lowest critic layers frozen (FreezeD)           |
 | ``fusion``      | fused G_F    | yes   | fuse the sources (Eq. 15-16, ``fusion_steps``; the fusion     |
-|                 |              |       | critic is told each image's source, ``fusion_critic``), then  |
+|                 |              |       | critic is told each image's source, ``fusion_critic``; G_F's  |
+|                 |              |       | regions distilled from their sources, ``fusion_distill``),    |
+|                 |              |       | then                                                          |
 |                 |              |       | minegan (one miner, or one per prior region: fusion_mining)   |
 | ``fusion++``    | fused G_F    | yes   | fuse, then minegan++                                          |
 
@@ -84,10 +86,14 @@ class RunConfig:
     checkpoint_every: int = 50
     selection: str = "permuted"  # several sources: Eq. 9-10 ("permuted") or Eq. 5-6 ("max")
     critic_source: int = 0  # several sources: whose pretrained critic initialises the single critic D
-    fusion_steps: int = 1200  # fusion / fusion++: steps training G_F before mining it (Eq. 15-16; docs/multi_gan_notes.md)
+    fusion_steps: int = 1600  # fusion / fusion++: steps training G_F before mining it (Eq. 15-16; docs/multi_gan_notes.md)
     fusion_mean_scale: float = 10.0  # fusion: |mu_i|, distance of each source's prior mean from the origin (docs/multi_gan_notes.md)
     fusion_critic: str = "projection"  # fusion: critic told the source, D(x) + e_i^T phi(x); "plain": D(x)
     fusion_mining: str = "single"  # fusion: one miner in front of G_F, or one per prior region + selector ("regions")
+    # Fusion's training of G_F beyond Eq. 15-16 (docs/multi_gan_notes.md; 0 / 1e-4 / False is the paper's recipe):
+    fusion_distill: float = 30.0  # weight of the paired term mean|G_F(mu_i + z) - G_i(z)| added to Eq. 16
+    fusion_lr_generator: float = 5e-4  # G_F's learning rate while fusing (the critic keeps lr_critic)
+    fusion_lr_decay: bool = True  # both fusion learning rates fall linearly to 0 over fusion_steps
 
     @property
     def total_steps(self) -> int:
@@ -113,6 +119,8 @@ class RunConfig:
             raise MethodError(f"fusion_critic must be one of {', '.join(FUSION_CRITICS)}")
         if self.fusion_mining not in FUSION_MINING:
             raise MethodError(f"fusion_mining must be one of {', '.join(FUSION_MINING)}")
+        if self.fusion_distill < 0 or self.fusion_lr_generator <= 0:
+            raise MethodError("fusion_distill must be >= 0 and fusion_lr_generator positive")
 
 
 def plan(cfg: RunConfig) -> list[StageConfig]:
@@ -450,9 +458,10 @@ def _fused_source(cfg: RunConfig, sources: list[SourceModel], run_dir: Path, on_
     name = "fused(" + ",".join(s.name for s in sources) + ")"
     if fused_path.exists():  # fusion finished in an earlier attempt
         return load_source_file(fused_path, name)
-    fcfg = FusionConfig(steps=cfg.fusion_steps, batch_size=cfg.batch_size, n_critic=cfg.n_critic, lr_generator=cfg.lr_generator,
+    fcfg = FusionConfig(steps=cfg.fusion_steps, batch_size=cfg.batch_size, n_critic=cfg.n_critic, lr_generator=cfg.fusion_lr_generator,
                         lr_critic=cfg.lr_critic, betas=tuple(cfg.betas), gp_weight=cfg.gp_weight,  # type: ignore[arg-type]
-                        mean_scale=cfg.fusion_mean_scale, critic=cfg.fusion_critic, seed=cfg.seed, checkpoint_every=cfg.checkpoint_every)
+                        mean_scale=cfg.fusion_mean_scale, critic=cfg.fusion_critic, seed=cfg.seed, checkpoint_every=cfg.checkpoint_every,
+                        distill=cfg.fusion_distill, lr_decay=cfg.fusion_lr_decay)
     try:
         return fuse(sources, fcfg, run_dir, name=name, on_progress=on_progress, should_stop=should_stop,
                     after_checkpoint=after_checkpoint, total_steps=cfg.total_steps, device=device)

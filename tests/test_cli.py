@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from cli.main import main
+from core.zoo import load_source_file
 from tests.helpers import target_zip_bytes, write_tiny_zoo
 
 TINY = ["--mining-steps", "2", "--finetune-steps", "1", "--batch-size", "8", "--checkpoint-every", "1"]
@@ -50,6 +51,11 @@ def test_several_sources_fusion_and_register(zoo_dir: Path, tmp_path: Path, caps
     assert "selector pi: tiny-a" in out.err
     assert main(["train", "--source", "tiny-a,tiny-b", "--target", str(target), "--method", "fusion", "--fusion-steps", "2",
                  "--out", str(tmp_path / "f"), *TINY]) == 0
+    assert load_source_file(tmp_path / "f" / "fused.pt").meta["fusion"]["config"]["distill"] == 30.0  # the default
+    assert main(["train", "--source", "tiny-a,tiny-b", "--target", str(target), "--method", "fusion", "--fusion-steps", "2",
+                 "--fusion-distill", "0", "--no-fusion-lr-decay", "--fusion-lr-generator", "1e-4", "--out", str(tmp_path / "paper"), *TINY]) == 0
+    paper = load_source_file(tmp_path / "paper" / "fused.pt").meta["fusion"]["config"]  # Eq. 15-16 alone, constant rates
+    assert "distill" not in paper and "lr_decay" not in paper and paper["lr_generator"] == 1e-4
     assert main(["zoo", "register", str(tmp_path / "f"), "my-fused"]) == 0
     assert main(["zoo", "register", str(tmp_path / "f"), "tiny-a"]) == 2  # built-in ids are taken
     capsys.readouterr()

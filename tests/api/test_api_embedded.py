@@ -154,7 +154,8 @@ def test_multi_gan_jobs_report_the_selector(client: TestClient, spec, members) -
 
 
 def test_fusion_job_fuses_then_mines_and_keeps_the_fused_model(client: TestClient) -> None:
-    spec = {**TINY_SPEC, "sources": ["tiny-src", "tiny-b"], "method": "fusion++", "options": {"n_critic": 1, "fusion_steps": 2}}
+    spec = {**TINY_SPEC, "sources": ["tiny-src", "tiny-b"], "method": "fusion++",
+            "options": {"n_critic": 1, "fusion_steps": 2, "fusion_distill": 5.0, "fusion_lr_generator": 2e-4, "fusion_lr_decay": False}}
     job = submit(client, spec).json()
     assert job["total_steps"] == 2 + 3 + 3
     done = wait_for(client, job["id"])
@@ -187,6 +188,7 @@ def test_register_refuses_jobs_without_a_fused_model(client: TestClient) -> None
     ({**TINY_SPEC, "sources": ["tiny-src", "tiny-src"]}, "at most once"),
     ({**TINY_SPEC, "sources": ["tiny-src", "tiny-b"], "options": {"critic_source": 2}}, "critic_source"),
     ({**TINY_SPEC, "options": {"selection": "mean"}}, "selection"),
+    ({**TINY_SPEC, "sources": ["tiny-src", "tiny-b"], "method": "fusion", "options": {"fusion_distill": -1}}, "fusion_distill"),
 ])
 def test_source_and_method_mismatches_are_422(client: TestClient, spec, msg: str) -> None:  # type: ignore[no-untyped-def]
     r = submit(client, spec)

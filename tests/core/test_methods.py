@@ -114,7 +114,8 @@ def test_resume_accepts_checkpoints_written_before_new_options_existed(source, t
         train(cfg, source, target, tmp_path, should_stop=lambda: (calls.__setitem__("n", calls["n"] + 1) or calls["n"] > 2))
     ckpt = next(tmp_path.glob("ckpt-*.pt"))
     obj = checkpoints.load(ckpt)
-    for key in ("selection", "critic_source", "fusion_steps", "fusion_mean_scale", "fusion_critic", "fusion_mining"):
+    for key in ("selection", "critic_source", "fusion_steps", "fusion_mean_scale", "fusion_critic", "fusion_mining", "fusion_distill",
+                "fusion_lr_generator", "fusion_lr_decay"):
         obj["config"].pop(key)
     checkpoints.save(obj, ckpt)
     assert train(cfg, source, target, tmp_path).summary["steps"] == 4
