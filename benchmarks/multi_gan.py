@@ -97,6 +97,9 @@ def main() -> int:
                          "rows with another value than the default are keyed sel-R-lrcX")
     ap.add_argument("--seed", type=int, default=0, help="selector phase only: the training seed (same target images); "
                     "rows with another seed than 0 are keyed sel-R-seedN")
+    ap.add_argument("--side", default="", help="methods phase only: write the rows run (and the fusion fidelity) to "
+                    "their own section multi_gan_SIDE of docs/benchmarks.md, beside the main tables (e.g. after a "
+                    "change of the fusion defaults, without rerunning every row)")
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave as is)")
     a = ap.parse_args()
     command = "python benchmarks/multi_gan.py " + " ".join(shlex.quote(x) for x in sys.argv[1:])
@@ -209,6 +212,8 @@ def main() -> int:
         if want(f"t-{src.name}"):
             rows[f"transfergan from {src.name}"] = _run(out, f"t-{src.name}", run_t)
     if not want("fusion-fidelity"):
+        if a.side:
+            write_methods_side(command, a, (da, db), rows, {})
         return 0
 
     # 3. fusion fidelity: region i of G_F vs source i, classifier-feature FD to that source's real digits
@@ -228,6 +233,8 @@ def main() -> int:
             (out / f"fused-region-{i}.png").write_bytes(grid_png(region[:64], nrow=8))
         return res
     fidelity = _run(out, "fusion-fidelity", run_fid)
+    if a.side:
+        write_methods_side(command, a, (da, db), rows, fidelity)
     if a.phase == "methods":
         return 0
     sensitivity = {p.stem: json.loads(p.read_text()) for p in sorted(out.glob("sel-*-c*.json"))}
@@ -291,6 +298,53 @@ def write_selector_side(command: str, out: Path, digits: tuple[int, int], suffix
     print(f"wrote {update_section(section, chr(10).join(lines))}")
 
 
+def _methods_table(rows: dict, digits: tuple[int, int]) -> list[str]:
+    da, db = digits
+    lines = [f"| method | FID | KMMD | classifier error (neither {da} nor {db}) | share {da} | pi(`{SOURCES[0]}`) | steps | "
+             "wall time (s) | paper FID (Red vehicle 0.5:0.5, Table 4) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    singles = [k for k in rows if k.startswith("transfergan")]
+    best_t = min(singles, key=lambda k: rows[k]["fid"]) if singles else None
+    for label, m in rows.items():
+        paper = PAPER_FID_05.get(label)  # Table 4 as given in 000_...: no TransferGAN row for Red vehicle
+        pi = f"{m['pi_a']:.3f}" if m.get("pi_a") is not None else "-"
+        wall = f"{m['wall_s']:.0f}" + (" (mining only: G_F of the fusion row)" if m.get("fused_reused") else "")
+        lines.append(f"| {label}{' (best single source)' if label == best_t else ''} | {m['fid']:.1f} | {m['kmmd']:.4f} | "
+                     f"{100 * m['classifier_error']:.1f} % | {m['share_a']:.2f} | {pi} | {m['steps']} | {wall} | "
+                     f"{paper if paper is not None else '-'} |")
+    return lines
+
+
+def _fidelity_table(fidelity: dict) -> list[str]:
+    lines = ["| source | FD (classifier features) of the source's own samples | FD of G_F's region | "
+             "share in the source's digit set: source / G_F region |", "|---|---|---|---|"]
+    for name, f in fidelity.items():
+        lines.append(f"| `{name}` | {f['source_fd']:.1f} | {f['fused_fd']:.1f} | {f['source_in_set']:.3f} / {f['fused_in_set']:.3f} |")
+    return lines
+
+
+def write_methods_side(command: str, a: argparse.Namespace, digits: tuple[int, int], rows: dict, fidelity: dict) -> None:
+    """Section multi_gan_{a.side}: the methods rows (and fusion fidelity) of this run, beside the main tables."""
+    da, db = digits
+    d = RunConfig()
+    lines = [
+        f"## Methods at {da}:{db} = 0.5:0.5, side run `{a.side}` (issue 4, beside the methods table above)",
+        "",
+        f"Command (results cached in `{Path(a.out).relative_to(ROOT) if Path(a.out).is_relative_to(ROOT) else a.out}`): "
+        f"`{command}`  ",
+        f"Same sources, target, budget and metrics as the methods table of the multi-GAN section ({a.mining_steps} mining + "
+        f"{a.finetune_steps} finetuning steps; fusion adds {a.fusion_steps} fusion steps), with the fusion defaults of "
+        f"this version: fusion_distill {d.fusion_distill:g}, fusion_lr_generator {d.fusion_lr_generator:g}, fusion_lr_decay "
+        f"{str(d.fusion_lr_decay).lower()} (README, docs/multi_gan_notes.md).",
+        "",
+        *_methods_table(rows, digits),
+    ]
+    if fidelity:
+        lines += ["", "Fusion fidelity: each prior region of this G_F against its source (1000 samples each):", "",
+                  *_fidelity_table(fidelity)]
+    print(f"wrote {update_section('multi_gan_' + a.side.replace('-', '_'), chr(10).join(lines))}")
+
+
 def write_doc(command: str, a: argparse.Namespace, digits: tuple[int, int], selector: dict, rows: dict, fidelity: dict,
               sensitivity: dict) -> None:
     da, db = digits
@@ -330,24 +384,8 @@ def write_doc(command: str, a: argparse.Namespace, digits: tuple[int, int], sele
         lines += [f"Sensitivity (`{key}`, made with `--phase selector --ratios {ratio} --critic-source {crit}`): the "
                   f"{ratio} mixture with D initialised from `{SOURCES[crit]}`'s critic instead gives pi(`{SOURCES[0]}`) = "
                   f"{m['pi_a']:.3f} (abs. error {abs(m['pi_a'] - float(ratio)):.3f}), FID {m['fid']:.1f}.", ""]
-    lines += [
-              f"### Methods at {da}:{db} = 0.5:0.5", "",
-              f"| method | FID | KMMD | classifier error (neither {da} nor {db}) | share {da} | pi(`{SOURCES[0]}`) | steps | "
-              "wall time (s) | paper FID (Red vehicle 0.5:0.5, Table 4) |",
-              "|---|---|---|---|---|---|---|---|---|"]
-    best_t = min((k for k in rows if k.startswith("transfergan")), key=lambda k: rows[k]["fid"])
-    for label, m in rows.items():
-        paper = PAPER_FID_05.get(label)  # Table 4 as given in 000_...: no TransferGAN row for Red vehicle
-        pi = f"{m['pi_a']:.3f}" if m.get("pi_a") is not None else "-"
-        wall = f"{m['wall_s']:.0f}" + (" (mining only: G_F of the fusion row)" if m.get("fused_reused") else "")
-        lines.append(f"| {label}{' (best single source)' if label == best_t else ''} | {m['fid']:.1f} | {m['kmmd']:.4f} | "
-                     f"{100 * m['classifier_error']:.1f} % | {m['share_a']:.2f} | {pi} | {m['steps']} | {wall} | "
-                     f"{paper if paper is not None else '-'} |")
-    lines += ["", "### Fusion fidelity: each prior region of G_F against its source", "",
-              "| source | FD (classifier features) of the source's own samples | FD of G_F's region | "
-              "share in the source's digit set: source / G_F region |", "|---|---|---|---|"]
-    for name, f in fidelity.items():
-        lines.append(f"| `{name}` | {f['source_fd']:.1f} | {f['fused_fd']:.1f} | {f['source_in_set']:.3f} / {f['fused_in_set']:.3f} |")
+    lines += [f"### Methods at {da}:{db} = 0.5:0.5", "", *_methods_table(rows, digits)]
+    lines += ["", "### Fusion fidelity: each prior region of G_F against its source", "", *_fidelity_table(fidelity)]
     notes = ROOT / "docs" / "multi_gan_notes.md"
     if notes.exists():
         lines += ["", notes.read_text()]
