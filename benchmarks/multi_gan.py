@@ -159,7 +159,7 @@ def main() -> int:
             pi = res.summary["selector_pi"]
             return evaluate_run(res.model, wall, {"pi_a": pi[SOURCES[0]], "pi": pi, "steps": sel_steps, "pi_trace": trace})
         selector[f"{r[0]}:{r[1]}"] = _run(out, f"sel-{r[0]}{suffix}", run_sel)
-    if variant:  # a side table beside the main one (the main tables need every row)
+    if variant and a.phase != "methods":  # a side table beside the main one (the main tables need every row)
         write_selector_side(command, out, (da, db), variant, a.selection, sel_steps, a.lr_critic, a.seed)
     if a.phase == "selector":
         return 0
