@@ -46,5 +46,9 @@ def zip_of_pngs(images: torch.Tensor, prefix: str = "sample") -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
         for i, img in enumerate(to_uint8(images)):
-            zf.writestr(f"{prefix}_{i:04d}.png", png_bytes(img))
+            # a fixed timestamp: the same images give the same bytes (writestr with a name would stamp the
+            # current time, so one seed's zip changed every two seconds)
+            info = zipfile.ZipInfo(f"{prefix}_{i:04d}.png", date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, png_bytes(img))
     return buf.getvalue()

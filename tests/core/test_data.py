@@ -71,3 +71,22 @@ def test_mnist_split_and_zip_helper_round_trip(tmp_path: Path) -> None:
     assert set(np.unique(got).tolist()) <= pool
     mixed = load_target(write_mnist_zip(tmp_path / "m.zip", [3, 8], 5), 1, 28)
     assert sorted(n.split("_")[0] for n in mixed.names) == ["digit3"] * 3 + ["digit8"] * 2
+
+
+def test_a_zip_of_samples_is_the_same_bytes_whenever_it_is_made(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Same seed, same answer: the zip format of /sample must not carry the time it was made (a flaky
+    byte-for-byte test caught entries stamped with the current time)."""
+    import time
+
+    import torch
+
+    from core.images import png_bytes, to_uint8, zip_of_pngs
+
+    images = torch.rand(3, 1, 28, 28) * 2 - 1
+    first = zip_of_pngs(images)
+    monkeypatch.setattr(time, "time", lambda: 2_000_000_000.0)  # another day, another two-second window
+    again = zip_of_pngs(images)
+    assert first == again
+    with zipfile.ZipFile(io.BytesIO(first)) as zf:
+        assert zf.namelist() == ["sample_0000.png", "sample_0001.png", "sample_0002.png"]
+        assert zf.read("sample_0001.png") == png_bytes(to_uint8(images)[1])
