@@ -25,6 +25,15 @@ def _stop_after(n: int):  # type: ignore[no-untyped-def]
     return stop
 
 
+def _assert_cut_and_resumed_run_matches(srcs, cfg: FusionConfig, full, run_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    """Stopping ``cfg``'s fusion after two steps and resuming it gives the G_F of the uninterrupted run ``full``."""
+    with pytest.raises(Stopped):
+        fuse(srcs, cfg, run_dir, should_stop=_stop_after(2))
+    resumed = fuse(srcs, cfg, run_dir)
+    for x, y in zip(full.G.state_dict().values(), resumed.G.state_dict().values()):
+        assert torch.equal(x, y)
+
+
 def test_balanced_labels_give_every_source_the_same_share() -> None:
     for n, k in [(64, 2), (64, 3), (9, 3)]:
         labels = balanced_labels(n, k, torch.Generator().manual_seed(0))
@@ -171,11 +180,7 @@ def test_weight_averaged_fusion_keeps_the_average_and_resumes_it(tmp_path: Path)
     plain = fuse(srcs, TINY_F, tmp_path / "plain")
     averaged = fuse(srcs, cfg, tmp_path / "ema")  # same seed and batches: only the returned weights differ
     assert any(not torch.equal(x, y) for x, y in zip(plain.G.parameters(), averaged.G.parameters()))
-    with pytest.raises(Stopped):
-        fuse(srcs, cfg, tmp_path / "cut", should_stop=_stop_after(2))
-    resumed = fuse(srcs, cfg, tmp_path / "cut")
-    for x, y in zip(averaged.G.state_dict().values(), resumed.G.state_dict().values()):
-        assert torch.equal(x, y)
+    _assert_cut_and_resumed_run_matches(srcs, cfg, averaged, tmp_path / "cut")
 
 
 def test_distillation_pairs_each_region_with_its_source_on_the_same_noise(tmp_path: Path) -> None:
@@ -210,11 +215,7 @@ def test_distillation_pairs_each_region_with_its_source_on_the_same_noise(tmp_pa
     distilled = fuse(srcs, cfg, tmp_path / "distill")
     assert any(not torch.equal(x, y) for x, y in zip(plain.G.parameters(), distilled.G.parameters()))
     assert distilled.meta["fusion"]["config"]["distill"] == 5.0 and "distill" not in plain.meta["fusion"]["config"]
-    with pytest.raises(Stopped):
-        fuse(srcs, cfg, tmp_path / "cut", should_stop=_stop_after(2))
-    resumed = fuse(srcs, cfg, tmp_path / "cut")
-    for x, y in zip(distilled.G.state_dict().values(), resumed.G.state_dict().values()):
-        assert torch.equal(x, y)
+    _assert_cut_and_resumed_run_matches(srcs, cfg, distilled, tmp_path / "cut")
 
 
 def test_linear_learning_rate_decay_follows_the_step_and_resumes(tmp_path: Path) -> None:
@@ -237,8 +238,4 @@ def test_linear_learning_rate_decay_follows_the_step_and_resumes(tmp_path: Path)
     assert g_lrs == pytest.approx([cfg.lr_generator * f for f in (1.0, 0.75, 0.5, 0.25)])
     assert c_lrs == pytest.approx([cfg.lr_critic * f for f in (1.0, 0.75, 0.5, 0.25)])
     assert decayed.meta["fusion"]["config"]["lr_decay"] is True
-    with pytest.raises(Stopped):
-        fuse(srcs, cfg, tmp_path / "cut", should_stop=_stop_after(2))
-    resumed = fuse(srcs, cfg, tmp_path / "cut")
-    for x, y in zip(decayed.G.state_dict().values(), resumed.G.state_dict().values()):
-        assert torch.equal(x, y)
+    _assert_cut_and_resumed_run_matches(srcs, cfg, decayed, tmp_path / "cut")
