@@ -95,6 +95,9 @@ def main() -> int:
     ap.add_argument("--lr-critic", type=float, default=RunConfig().lr_critic,
                     help="selector phase only: the critic's Adam learning rate (Appendix A, MNIST, reads 4e-4 for 'our model'); "
                          "rows with another value than the default are keyed sel-R-lrcX")
+    ap.add_argument("--selector-finetune-steps", type=int, default=0,
+                    help="selector phase only: after the mining steps, finetune miners + generators + critic for this many "
+                         "steps (method minegan, as the paper's MineGAN(multi) of Table 4); rows keyed sel-R-ftN")
     ap.add_argument("--seed", type=int, default=0, help="selector phase only: the training seed (same target images); "
                     "rows with another seed than 0 are keyed sel-R-seedN")
     ap.add_argument("--side", default="", help="methods phase only: write the rows run (and the fusion fidelity) to "
@@ -134,7 +137,8 @@ def main() -> int:
     variant = (("-max" if a.selection == "max" else "") + (f"-s{sel_steps}" if sel_steps != MAIN_SELECTOR_STEPS else "")
                + (f"-lrc{a.lr_critic:g}" if a.lr_critic != RunConfig().lr_critic else "")
                + (f"-d{da}{db}" if (da, db) != tuple(int(x) for x in MAIN_DIGITS.split(",")) else "")
-               + (f"-seed{a.seed}" if a.seed else ""))
+               + (f"-seed{a.seed}" if a.seed else "")
+               + (f"-ft{a.selector_finetune_steps}" if a.selector_finetune_steps else ""))
     suffix = (f"-c{a.critic_source}" if a.critic_source else "") + variant
     selector: dict[str, dict] = {}
     wanted = [float(x) for x in a.ratios.split(",") if x] or [r[0] for r in RATIOS]
@@ -151,16 +155,18 @@ def main() -> int:
                     print(f"sel {r[0]}: step {step}/{total} pi_a {trace[-1][1]}", flush=True)
 
             t0 = time.time()
-            cfg = RunConfig(method="mine", mining_steps=sel_steps, finetune_steps=0, seed=a.seed, checkpoint_every=0,
+            cfg = RunConfig(method="minegan" if a.selector_finetune_steps else "mine", mining_steps=sel_steps,
+                            finetune_steps=a.selector_finetune_steps, seed=a.seed, checkpoint_every=0,
                             critic_source=a.critic_source, selection=a.selection, lr_critic=a.lr_critic)
             res = train(cfg, sources, target(r), out / "runs" / f"sel-{r[0]}{suffix}", on_progress=progress)
             wall = time.time() - t0
             (out / f"sel-{r[0]}{suffix}.png").write_bytes(grid_png(res.model.sample(64, seed=0), nrow=8))
             pi = res.summary["selector_pi"]
-            return evaluate_run(res.model, wall, {"pi_a": pi[SOURCES[0]], "pi": pi, "steps": sel_steps, "pi_trace": trace})
+            return evaluate_run(res.model, wall, {"pi_a": pi[SOURCES[0]], "pi": pi, "steps": sel_steps + a.selector_finetune_steps,
+                                                  "pi_trace": trace})
         selector[f"{r[0]}:{r[1]}"] = _run(out, f"sel-{r[0]}{suffix}", run_sel)
     if variant and a.phase != "methods":  # a side table beside the main one (the main tables need every row)
-        write_selector_side(command, out, (da, db), variant, a.selection, sel_steps, a.lr_critic, a.seed)
+        write_selector_side(command, out, (da, db), variant, a.selection, sel_steps, a.lr_critic, a.seed, a.selector_finetune_steps)
     if a.phase == "selector":
         return 0
 
@@ -243,7 +249,7 @@ def main() -> int:
 
 
 def write_selector_side(command: str, out: Path, digits: tuple[int, int], suffix: str, rule: str, steps: int,
-                        lr_critic: float, seed: int = 0) -> None:
+                        lr_critic: float, seed: int = 0, finetune_steps: int = 0) -> None:
     """A docs/benchmarks.md section beside the main selector table, from whichever ``sel-R{suffix}`` runs are
     cached in ``out``: the original max rule (Eq. 5-6, section multi_gan_selector_max), another number of mining
     steps (e.g. multi_gan_selector_s2000) and/or another critic learning rate (multi_gan_selector_lrc0.0004)."""
@@ -268,6 +274,11 @@ def write_selector_side(command: str, out: Path, digits: tuple[int, int], suffix
     if seed:
         differs.append(f"the training seed: {seed} instead of 0 (the target images are the same)")
         lr_text += f", seed {seed}"
+    if finetune_steps:
+        differs.append(f"the method: minegan, {steps} mining steps then {finetune_steps} steps finetuning miners, generators "
+                       "and critic (Sec. 3.4.1; the paper's MineGAN(multi) of Table 4 is mining + finetuning), pi counted in "
+                       "both stages")
+        lr_text += f" + {finetune_steps} finetuning steps"
     lines = [
         f"## Selector under {rule_text}, {steps} mining steps{lr_text} (issue 4, beside the selector table above)",
         "",
