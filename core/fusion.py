@@ -120,14 +120,15 @@ class FusionModules(GanModules):
 
 
 @torch.no_grad()
-def pseudo_real(sources: list[SourceModel], labels: torch.Tensor) -> torch.Tensor:
-    """One sample G_i(z), z ~ N(0, I), per slot from the slot's source i: the pseudo-real batch of Eq. 15."""
+def pseudo_real(sources: list[SourceModel], labels: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+    """One sample G_i(z), z ~ N(0, I), per slot from the slot's source i: the pseudo-real batch of Eq. 15.
+    With ``z`` [N, z_dim] given, slot k uses z[k] (the paired targets of :func:`distill_generator_step`)."""
     g0 = sources[0].G
     out = torch.empty(len(labels), g0.cfg.channels, g0.cfg.img_size, g0.cfg.img_size, device=labels.device)
     for i, s in enumerate(sources):
         idx = (labels == i).nonzero().flatten()
         if len(idx):
-            out[idx] = s.G(torch.randn(len(idx), s.G.cfg.z_dim, device=labels.device))
+            out[idx] = s.G(z[idx] if z is not None else torch.randn(len(idx), s.G.cfg.z_dim, device=labels.device))
     return out
 
 
@@ -268,13 +269,7 @@ def distill_generator_step(mods: FusionModules, st: StageState, sources: list[So
     correspondence for the regions G_F is not initialised from, and is slow and unsteady at it."""
     assert st.opt_g is not None
     z = torch.randn(len(labels), mods.z_dim, device=labels.device)
-    with torch.no_grad():
-        g0 = sources[0].G.cfg
-        target = torch.empty(len(labels), g0.channels, g0.img_size, g0.img_size, device=labels.device)
-        for i, s in enumerate(sources):
-            idx = (labels == i).nonzero().flatten()
-            if len(idx):
-                target[idx] = s.G(z[idx])
+    target = pseudo_real(sources, labels, z)  # G_i(z) for each slot's source i
     mods.D.requires_grad_(False)
     try:
         fake = mods.G(mods.means.to(labels.device)[labels] + z)  # G_F(z'), z' = mu_i + z ~ N(mu_i, I)
