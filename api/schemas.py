@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from core.methods import METHODS
+from core.methods import FUSION_METHODS, METHODS, RunConfig
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
 
@@ -19,7 +19,7 @@ class MethodOptions(BaseModel):
 
     n_critic: int | None = Field(default=None, ge=1, le=20)
     miner_layers: int | None = Field(default=None, ge=1, le=8)
-    miner_hidden: int | None = Field(default=None, ge=1, le=4096)
+    miner_hidden: int | None = Field(default=None, ge=0, le=4096, description="miner width; 0: |z| (Appendix A)")
     lr_miner: float | None = Field(default=None, gt=0, le=0.1)
     lr_generator: float | None = Field(default=None, gt=0, le=0.1)
     lr_critic: float | None = Field(default=None, gt=0, le=0.1)
@@ -61,7 +61,20 @@ class JobSpec(BaseModel):
         return v
 
     def run_options(self) -> dict[str, Any]:
+        """The options the user gave (unset ones are left to RunConfig's defaults)."""
         return {k: v for k, v in self.options.model_dump().items() if v is not None}
+
+
+FUSION_OPTIONS = tuple(k for k in MethodOptions.model_fields if k.startswith("fusion_"))
+
+
+def resolved_options(cfg: RunConfig) -> dict[str, Any]:
+    """Every option of ``MethodOptions`` as the job will run it: the user's values with this version's defaults
+    filled in. Stored with the job at submission, so a queued or interrupted job resumes with the recipe it was
+    submitted with even if a later version changes a default, and ``GET /jobs/{id}`` shows the whole recipe.
+    The fusion options are left out of methods that do not fuse."""
+    keep = [k for k in MethodOptions.model_fields if cfg.method in FUSION_METHODS or k not in FUSION_OPTIONS]
+    return {k: getattr(cfg, k) for k in keep}
 
 
 class ErrorInfo(BaseModel):

@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from api.compute import run_torch
 from api.deps import JobDep, ServicesDep, TenantDep
 from api.errors import ApiError
-from api.schemas import Artifact, JobList, JobPublic, JobSpec, Preview
+from api.schemas import Artifact, JobList, JobPublic, JobSpec, Preview, resolved_options
 from api.uploads import read_upload, validate_target
 from api.views import job_public
 from core.data import load_target_bytes
@@ -98,7 +98,7 @@ async def submit_job(
     job_id = str(uuid.uuid4())
     upload_key = f"uploads/{job_id}.zip"
     svc.blobs.put(upload_key, data, "application/zip")
-    stored = job_spec.model_dump() | {"options": job_spec.run_options()}
+    stored = job_spec.model_dump() | {"options": resolved_options(cfg)}
     job = jobs_dao.create(svc.settings.database_url, job_id=job_id, tenant=tenant, spec=stored, upload_key=upload_key,
                           total_steps=cfg.total_steps)
     svc.enqueue(job_id)  # after the row is committed, so the worker always finds it

@@ -173,6 +173,30 @@ def test_fusion_job_fuses_then_mines_and_keeps_the_fused_model(client: TestClien
     assert mined["status"] == "succeeded", mined
 
 
+def test_a_job_stores_its_whole_recipe_so_later_defaults_cannot_change_it(client: TestClient) -> None:
+    from api.schemas import MethodOptions
+    from core.methods import RunConfig
+    from worker.runner import run_config_from_spec
+
+    job = submit(client, {**TINY_SPEC, "sources": ["tiny-src", "tiny-b"], "method": "fusion",
+                          "options": {"n_critic": 1, "fusion_steps": 2, "fusion_distill": 5.0}}).json()
+    opts = client.get(f"/jobs/{job['id']}").json()["spec"]["options"]
+    assert set(opts) == set(MethodOptions.model_fields)  # every option, the user's and the defaults
+    assert opts["n_critic"] == 1 and opts["fusion_steps"] == 2 and opts["fusion_distill"] == 5.0
+    defaults = RunConfig()
+    assert opts["lr_miner"] == defaults.lr_miner and opts["fusion_lr_generator"] == defaults.fusion_lr_generator
+    # the worker builds its RunConfig from the stored options alone: no default is consulted for them
+    stored = client.get(f"/jobs/{job['id']}").json()["spec"]
+    cfg = run_config_from_spec(stored, client.app.state.services.settings)  # type: ignore[attr-defined]
+    assert {k: getattr(cfg, k) for k in opts} == opts
+    # a single-source job leaves the fusion options out, and a stored spec can be submitted again as it is
+    one = submit(client, {**TINY_SPEC, "options": {}}).json()
+    assert not any(k.startswith("fusion_") for k in one["spec"]["options"])
+    again = submit(client, one["spec"])
+    assert again.status_code == 202, again.text
+    assert again.json()["spec"] == one["spec"]
+
+
 def test_register_refuses_jobs_without_a_fused_model(client: TestClient) -> None:
     done = wait_for(client, submit(client).json()["id"])
     r = client.post("/models", json={"id": "nope", "job_id": done["id"]})
