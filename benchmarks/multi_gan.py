@@ -43,6 +43,7 @@ from core.metrics.classifier import load_classifier  # noqa: E402
 from core.zoo import load_source_file  # noqa: E402
 
 SOURCES = ["mnist-0-4", "mnist-5-9"]
+DEFAULT_SOURCES = tuple(SOURCES)
 RATIOS = [(0.3, 0.7), (0.5, 0.5), (0.7, 0.3)]
 PAPER_PI_CAR = {(0.3, 0.7): 0.31, (0.5, 0.5): 0.46, (0.7, 0.3): 0.63}  # Table 4 (bottom): pi of the car GAN
 MAIN_SELECTOR_STEPS = 1000  # the main selector table's setting (its cache keys carry no -sN)
@@ -79,7 +80,10 @@ def main() -> int:
     ap.add_argument("--fid-samples", type=int, default=200)
     ap.add_argument("--cls-samples", type=int, default=1000)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "multi"))
-    ap.add_argument("--sources", default=",".join(SOURCES), help="(for smoke tests) the two source ids")
+    ap.add_argument("--sources", default=",".join(SOURCES), help="the two source ids, one trained on 0-4 and one on 5-9 "
+                    "(other sources than the default need --sources-tag)")
+    ap.add_argument("--sources-tag", default="", help="selector phase: a short name for --sources (e.g. s3000 for "
+                    "sources trained longer); rows are keyed sel-R-TAG and written to a side table")
     ap.add_argument("--selector-steps", type=int, default=0,
                     help="mining steps of the selector runs (default: mining + finetune steps)")
     ap.add_argument("--phase", choices=["all", "selector", "methods"], default="all",
@@ -110,6 +114,8 @@ def main() -> int:
     assert da <= 4 < db, "digit A must come from 0-4 and digit B from 5-9"
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
+    if tuple(a.sources.split(",")) != DEFAULT_SOURCES and not a.sources_tag:
+        ap.error("--sources other than the default need --sources-tag (their rows must not mix with the main table's)")
     SOURCES[:] = a.sources.split(",")
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -138,7 +144,8 @@ def main() -> int:
                + (f"-lrc{a.lr_critic:g}" if a.lr_critic != RunConfig().lr_critic else "")
                + (f"-d{da}{db}" if (da, db) != tuple(int(x) for x in MAIN_DIGITS.split(",")) else "")
                + (f"-seed{a.seed}" if a.seed else "")
-               + (f"-ft{a.selector_finetune_steps}" if a.selector_finetune_steps else ""))
+               + (f"-ft{a.selector_finetune_steps}" if a.selector_finetune_steps else "")
+               + (f"-{a.sources_tag}" if a.sources_tag else ""))
     suffix = (f"-c{a.critic_source}" if a.critic_source else "") + variant
     selector: dict[str, dict] = {}
     wanted = [float(x) for x in a.ratios.split(",") if x] or [r[0] for r in RATIOS]
@@ -166,7 +173,8 @@ def main() -> int:
                                                   "pi_trace": trace})
         selector[f"{r[0]}:{r[1]}"] = _run(out, f"sel-{r[0]}{suffix}", run_sel)
     if variant and a.phase != "methods":  # a side table beside the main one (the main tables need every row)
-        write_selector_side(command, out, (da, db), variant, a.selection, sel_steps, a.lr_critic, a.seed, a.selector_finetune_steps)
+        write_selector_side(command, out, (da, db), variant, a.selection, sel_steps, a.lr_critic, a.seed, a.selector_finetune_steps,
+                            a.sources_tag)
     if a.phase == "selector":
         return 0
 
@@ -249,7 +257,7 @@ def main() -> int:
 
 
 def write_selector_side(command: str, out: Path, digits: tuple[int, int], suffix: str, rule: str, steps: int,
-                        lr_critic: float, seed: int = 0, finetune_steps: int = 0) -> None:
+                        lr_critic: float, seed: int = 0, finetune_steps: int = 0, sources_tag: str = "") -> None:
     """A docs/benchmarks.md section beside the main selector table, from whichever ``sel-R{suffix}`` runs are
     cached in ``out``: the original max rule (Eq. 5-6, section multi_gan_selector_max), another number of mining
     steps (e.g. multi_gan_selector_s2000) and/or another critic learning rate (multi_gan_selector_lrc0.0004)."""
@@ -279,12 +287,17 @@ def write_selector_side(command: str, out: Path, digits: tuple[int, int], suffix
                        "and critic (Sec. 3.4.1; the paper's MineGAN(multi) of Table 4 is mining + finetuning), pi counted in "
                        "both stages")
         lr_text += f" + {finetune_steps} finetuning steps"
+    if sources_tag:
+        differs.append(f"the sources: `{SOURCES[0]}` and `{SOURCES[1]}` (digits 0-4 and 5-9, see the notes) instead of "
+                       f"`{DEFAULT_SOURCES[0]}` and `{DEFAULT_SOURCES[1]}`")
+        lr_text += f", sources {SOURCES[0]} / {SOURCES[1]}"
     lines = [
         f"## Selector under {rule_text}, {steps} mining steps{lr_text} (issue 4, beside the selector table above)",
         "",
         f"Command (one ratio per call, results cached in `{out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}`): "
         f"`{command}`  ",
-        "Same sources and mixing ratios as the selector table of the multi-GAN section; what differs is "
+        "Same setting as the selector table of the multi-GAN section (sources, digits, mixing ratios, 100 target images) "
+        "except "
         + "; and ".join(differs) + ". pi is the same estimate: argmax-win frequency over the last 1000 minibatches.",
         "",
         f"| target {da}:{db} | pi(`{SOURCES[0]}`) | abs. error | share of samples classified {da} (among {da}/{db}) | "
