@@ -164,7 +164,8 @@ def cmd_zoo_list(a: argparse.Namespace) -> int:
 def cmd_zoo_build(a: argparse.Namespace) -> int:
     bar, on_progress = _progress_bar(a.steps or zoo.recipe(a.name).steps) if a.name != "mnist-classifier" else (None, None)
     try:
-        path = zoo.build(a.name, steps=a.steps, seed=a.seed, on_progress=on_progress)
+        path = zoo.build(a.name, steps=a.steps, seed=a.seed, on_progress=on_progress,
+                         weights_dir=Path(a.weights_dir) if a.weights_dir else None)
     finally:
         if bar is not None:
             bar.close()
@@ -313,6 +314,8 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("name")
     b.add_argument("--steps", type=int, default=None)
     b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--weights-dir", default=None, help="write NAME.pt there instead of over the shipped weights "
+                   "(core/zoo_weights); `minegan zoo register DIR/NAME.pt NEW_ID` then makes it a source of its own")
     b.set_defaults(fn=cmd_zoo_build)
     r = z.add_parser("register", help="make a fusion run's fused.pt a source model ($MINEGAN_MODELS_DIR)")
     r.add_argument("path", help="a fusion run directory or its fused.pt")

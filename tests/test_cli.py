@@ -70,3 +70,21 @@ def test_mnist_zip_with_ratios(tmp_path: Path) -> None:
     assert sum(n.startswith("digit2") for n in names) == 6 and sum(n.startswith("digit8") for n in names) == 14
     img = Image.open(io.BytesIO(zipfile.ZipFile(tmp_path / "m.zip").read(names[0])))
     assert img.size == (28, 28)
+
+
+def test_zoo_build_into_another_directory_leaves_the_shipped_weights_alone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    shipped = tmp_path / "zoo"
+    write_tiny_zoo(shipped, "mnist-5-9")  # stands in for the shipped weights of that recipe
+    before = (shipped / "mnist-5-9.pt").read_bytes()
+    monkeypatch.setattr("core.zoo.WEIGHTS_DIR", shipped)
+    monkeypatch.setenv("MINEGAN_MODELS_DIR", str(tmp_path / "user"))
+    out = tmp_path / "longer"
+    assert main(["zoo", "build", "mnist-5-9", "--steps", "1", "--weights-dir", str(out)]) == 0
+    assert (shipped / "mnist-5-9.pt").read_bytes() == before
+    built = load_source_file(out / "mnist-5-9.pt")
+    assert built.meta["steps"] == 1 and built.meta["digits"] == [5, 6, 7, 8, 9] and built.G.cfg.width == 32
+    # registered under a new id, it is a source beside the shipped one
+    assert main(["zoo", "register", str(out / "mnist-5-9.pt"), "mnist-5-9-s1"]) == 0
+    from core.zoo import load_source
+    assert load_source("mnist-5-9-s1").meta["steps"] == 1 and load_source("mnist-5-9").G.cfg.width != 32
