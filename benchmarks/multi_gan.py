@@ -84,8 +84,9 @@ def main() -> int:
                     "(other sources than the default need --sources-tag)")
     ap.add_argument("--sources-tag", default="", help="selector phase: a short name for --sources (e.g. s3000 for "
                     "sources trained longer); rows are keyed sel-R-TAG and written to a side table")
-    ap.add_argument("--selector-steps", type=int, default=0,
-                    help="mining steps of the selector runs (default: mining + finetune steps)")
+    ap.add_argument("--selector-steps", type=int, default=MAIN_SELECTOR_STEPS,
+                    help="mining steps of the selector runs (default: the main table's setting; other values are "
+                         "keyed sel-R-sN and written to a side table)")
     ap.add_argument("--phase", choices=["all", "selector", "methods"], default="all",
                     help="run only one part (e.g. two processes in parallel); 'all' also writes the doc")
     ap.add_argument("--ratios", default="", help="selector phase only: comma list of A shares to run, e.g. 0.3,0.7")
@@ -119,7 +120,7 @@ def main() -> int:
     SOURCES[:] = a.sources.split(",")
     if a.threads:
         torch.set_num_threads(a.threads)
-    sel_steps = a.selector_steps or (a.mining_steps + a.finetune_steps)
+    sel_steps = a.selector_steps
     sources = [zoo.load_source(s) for s in SOURCES]
     real_ab, _ = load_mnist("test", [da, db])
 
