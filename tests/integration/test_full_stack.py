@@ -76,3 +76,45 @@ def test_upload_to_samples_through_celery_postgres_and_s3(stack: Stack, tmp_path
         assert second["status"] == "succeeded", second
         assert c.get("/sample?n=4").headers["x-job-id"] == second["id"]
         assert os.path.exists(stack.tmp / "api.log")
+
+
+def test_several_sources_and_a_fused_model_through_the_worker(stack: Stack, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Issue 4 on the real stack: a two-source minegan job reports its selector from the worker process; a
+    fusion job's fused generator lands in S3, is registered as a source and is mined by the worker again."""
+    from core.data import write_mnist_zip
+
+    twos_eights = write_mnist_zip(tmp_path / "28.zip", [2, 8], 100, seed=0, weights=[0.3, 0.7]).read_bytes()
+    tiny = {"mining_steps": 3, "finetune_steps": 0, "batch_size": 16, "seed": 0}
+    with stack.client() as c:
+        def run(spec: dict) -> dict:
+            r = c.post("/jobs", files={"images": ("28.zip", twos_eights, "application/zip")}, data={"spec": json.dumps(spec)})
+            assert r.status_code == 202, r.text
+            done = _wait(c, r.json()["id"])
+            assert done["status"] == "succeeded", (done, (stack.tmp / "worker.log").read_text()[-3000:])
+            return done
+
+        multi = run({**tiny, "sources": ["mnist-0-4", "mnist-5-9"], "method": "minegan", "options": {"n_critic": 1}})
+        assert set(multi["selector"]) == {"mnist-0-4", "mnist-5-9"} and abs(sum(multi["selector"].values()) - 1) < 1e-6
+        assert multi["metrics"]["selector_pi"] == multi["selector"]  # metrics.json written by the worker, read from S3
+
+        fused = run({**tiny, "sources": ["mnist-0-4", "mnist-5-9"], "method": "fusion",
+                     "options": {"n_critic": 1, "fusion_steps": 2}})
+        assert fused["step"] == 2 + 3
+        assert f"jobs/{fused['id']}/fused.pt" in {o["Key"] for o in stack.s3().list_objects_v2(
+            Bucket=stack.bucket, Prefix=f"jobs/{fused['id']}/")["Contents"]}
+        r = c.post("/models", json={"id": "fused-0-9", "job_id": fused["id"]})
+        assert r.status_code == 201, r.text
+        assert r.json()["origin"] == f"job {fused['id']}"
+        stored = {o["Key"] for o in stack.s3().list_objects_v2(Bucket=stack.bucket, Prefix="models/alice/")["Contents"]}
+        assert stored == {"models/alice/fused-0-9.pt", "models/alice/fused-0-9.json"}
+
+        # the worker process fetches the registered source from S3 and mines it like a built-in one
+        mined = run({**tiny, "sources": ["fused-0-9"], "method": "minegan"})
+        assert mined["spec"]["sources"] == ["fused-0-9"]
+        s = c.get(f"/jobs/{mined['id']}/sample?n=4")
+        assert s.status_code == 200 and s.headers["content-type"] == "image/png"
+        # the source is the tenant's own: another tenant cannot name it
+        with stack.client("bob") as b:
+            r = b.post("/jobs", files={"images": ("28.zip", twos_eights, "application/zip")},
+                       data={"spec": json.dumps({**tiny, "sources": ["fused-0-9"], "method": "minegan"})})
+            assert r.status_code == 422 and "fused-0-9" in r.json()["error"]["message"], r.text
