@@ -32,10 +32,10 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.multi_gan import _predict as classify  # noqa: E402  (the project's digit classifier, batched)
 from core import zoo  # noqa: E402
 from core.data import load_mnist, load_target, write_mnist_zip  # noqa: E402
 from core.methods import RunConfig, _latest_checkpoint, _Run, train  # noqa: E402
-from core.metrics.classifier import load_classifier  # noqa: E402
 from core.multi import MultiGanModules  # noqa: E402
 
 SOURCES = ("mnist-0-4", "mnist-5-9")
@@ -44,12 +44,6 @@ SOURCES = ("mnist-0-4", "mnist-5-9")
 @torch.no_grad()
 def scores(D: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return torch.cat([D(x[i : i + 500]).flatten() for i in range(0, len(x), 500)])
-
-
-@torch.no_grad()
-def classify(x: torch.Tensor) -> torch.Tensor:
-    net, _ = load_classifier()
-    return torch.cat([net(x[i : i + 500]).argmax(1) for i in range(0, len(x), 500)])
 
 
 def main() -> int:
