@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import tempfile
+from collections.abc import Iterable
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any, TypeVar
@@ -36,6 +38,8 @@ from core.nets import (
 
 class CheckpointError(ValueError):
     """A checkpoint is unreadable, unsafe (needs pickled code) or does not match its config."""
+
+    status, code = 422, "bad_checkpoint"
 
 
 _KINDS: dict[str, tuple[type, type]] = {
@@ -116,3 +120,37 @@ def load(source: str | Path | bytes) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise CheckpointError("checkpoint must be a dict")
     return obj
+
+
+# --- run checkpoints: ckpt-{step}.pt, the newest one is resumed from --------------------------------------------
+
+_CKPT = re.compile(r"(?:^|/)ckpt-(\d+)\.pt$")
+
+
+def checkpoint_name(step: int) -> str:
+    """The file (and object-store key suffix) of a run's checkpoint after global step ``step``."""
+    return f"ckpt-{step}.pt"
+
+
+def checkpoint_step(name: str | Path) -> int | None:
+    """The step of ``ckpt-{step}.pt`` (a file name, a path or a storage key), or None for any other name."""
+    m = _CKPT.search(str(name))
+    return int(m.group(1)) if m else None
+
+
+def newest(names: Iterable[str], after: int = 0, upto: int | None = None) -> str | None:
+    """The checkpoint with the highest step in (after, upto] among ``names``; other names are ignored."""
+    found = [(s, n) for n in names if (s := checkpoint_step(n)) is not None and s > after and (upto is None or s <= upto)]
+    return max(found)[1] if found else None
+
+
+def newest_in(run_dir: Path, after: int = 0, upto: int | None = None) -> Path | None:
+    name = newest((p.name for p in run_dir.glob("ckpt-*.pt")), after, upto)
+    return run_dir / name if name else None
+
+
+def prune(run_dir: Path, keep: Path | None = None) -> None:
+    """Delete every checkpoint in ``run_dir`` but ``keep`` (the newest is all a resume needs)."""
+    for old in run_dir.glob("ckpt-*.pt"):
+        if old != keep and checkpoint_step(old.name) is not None:
+            old.unlink(missing_ok=True)

@@ -23,7 +23,7 @@ per-source vector starting at zero, so training starts from the source critic ex
 
 Beyond Eq. 15-16 (this project's additions, on by default through ``RunConfig``; docs/multi_gan_notes.md):
 ``FusionConfig.distill`` adds a paired term to Eq. 16, distill * mean|G_F(mu_i + z) - G_i(z)| on the same
-noise z (:func:`distill_generator_step`), and ``lr_decay`` lets both learning rates fall linearly to zero.
+noise z (:func:`paired_term`), and ``lr_decay`` lets both learning rates fall linearly to zero.
 With them each region's FD came within 1.06x of its source's own, against 1.3x and more without.
 
 The result is an ordinary unconditional ``Generator`` + ``Critic`` pair (a :class:`SourceModel`) that
@@ -43,34 +43,51 @@ import torch
 from torch import nn
 
 from core import checkpoints
-from core.losses import generator_loss
 from core.nets import Critic
-from core.trainer import GanModules, ProgressFn, StageConfig, StageState, StopFn, critic_step, generator_step, make_stage_state, set_trainable
+from core.options import DEFAULTS, FUSION_CRITICS, RunConfig, check_sources
+from core.trainer import RUN_FORMAT, GanModules, ProgressFn, StagedRun, StageConfig, StageHooks, StageState, StopFn
 from core.zoo import SourceModel, source_checkpoint
 
 log = logging.getLogger(__name__)
 
-FUSION_FORMAT = "minegan-fusion-run/2"
-FUSION_CRITICS = ("projection", "plain")
+OLD_FUSION_FORMAT = "minegan-fusion-run/2"  # fusion's own checkpoints, before it ran on core.trainer's loop
 
 
 @dataclass(frozen=True)
 class FusionConfig:
-    steps: int = 500
-    batch_size: int = 64
-    n_critic: int = 5
-    lr_generator: float = 1e-4
-    lr_critic: float = 1e-4
-    betas: tuple[float, float] = (0.5, 0.999)
-    gp_weight: float = 10.0
-    mean_scale: float = 10.0  # |mu_i|: how far apart the sources' prior regions lie (about |z| ~ sqrt(z_dim))
+    """The fusion stage's settings. Defaults are the service's (``core/options.py``); :meth:`of` takes them
+    from a run's config, where the fusion options are the ``fusion_*`` fields."""
+
+    steps: int = DEFAULTS.fusion_steps
+    batch_size: int = DEFAULTS.batch_size
+    n_critic: int = DEFAULTS.n_critic
+    lr_generator: float = DEFAULTS.fusion_lr_generator
+    lr_critic: float = DEFAULTS.lr_critic
+    betas: tuple[float, float] = DEFAULTS.betas
+    gp_weight: float = DEFAULTS.gp_weight
+    mean_scale: float = DEFAULTS.fusion_mean_scale  # |mu_i|: how far apart the sources' prior regions lie (about |z| ~ sqrt(z_dim))
     init: str = "source"  # "source": G_F, D start from the first source's weights; "random"
-    critic: str = "projection"  # "projection": D_F(x, i) = D(x) + e_i^T phi(x); "plain": D(x) (unconditional)
+    critic: str = DEFAULTS.fusion_critic  # "projection": D_F(x, i) = D(x) + e_i^T phi(x); "plain": D(x) (unconditional)
     ema: float = 0.0  # >0: G_F is the exponential moving average of the trained weights with this decay (0: off)
-    distill: float = 0.0  # >0: add distill * E|G_F(mu_i + z) - G_i(z)| (paired, per pixel) to Eq. 16 (0: off)
-    lr_decay: bool = False  # True: both learning rates fall linearly to 0 over the run (off: constant, as in the paper)
-    seed: int = 0
-    checkpoint_every: int = 50
+    distill: float = DEFAULTS.fusion_distill  # >0: add distill * E|G_F(mu_i + z) - G_i(z)| (paired, per pixel) to Eq. 16
+    lr_decay: bool = DEFAULTS.fusion_lr_decay  # True: both learning rates fall linearly to 0 over the run
+    seed: int = DEFAULTS.seed
+    checkpoint_every: int = DEFAULTS.checkpoint_every
+
+    @classmethod
+    def of(cls, cfg: RunConfig) -> FusionConfig:
+        """The fusion stage of a run: each field from ``fusion_<field>`` of ``cfg`` if there is one, else ``<field>``."""
+        own = {f: getattr(cfg, f"fusion_{f}", getattr(cfg, f, None)) for f in cls.__dataclass_fields__}
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in own.items() if v is not None})
+
+    def as_json(self) -> dict[str, Any]:
+        """What identifies a fusion (its checkpoints, fused.pt's meta). Options added after the paper's recipe are
+        left out when off, so a fusion recorded before they existed is the same fusion."""
+        out = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        for opt in ("ema", "distill", "lr_decay"):
+            if not out[opt]:
+                del out[opt]
+        return out
 
 
 def fusion_means(n_sources: int, z_dim: int, scale: float, seed: int = 0) -> torch.Tensor:
@@ -106,23 +123,43 @@ class FusionModules(GanModules):
     """G_F with the source-indexed prior: ``labels`` (source indices) select the prior mean of each fake."""
 
     means: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
+    noise: torch.Tensor | None = None  # e of the last generator minibatch, z = mu_i + e (the paired term reuses it)
 
     def prior(self, labels: torch.Tensor) -> torch.Tensor:
-        return self.means.to(labels.device)[labels] + torch.randn(len(labels), self.z_dim, device=labels.device)  # z ~ N(mu_i, I)
+        self.noise = torch.randn(len(labels), self.z_dim, device=labels.device)  # e ~ N(0, I): [N, z_dim]
+        return self.means.to(labels.device)[labels] + self.noise  # z ~ N(mu_i, I)
 
     def critic_fakes(self, n: int, labels: torch.Tensor | None, device: torch.device) -> torch.Tensor:
         assert labels is not None
-        return self.G(self.prior(labels))  # type: ignore[no-any-return]  # G_F(z), Eq. 15
+        return self.fake(self.prior(labels))  # G_F(z), Eq. 15
 
     def generator_fakes(self, n: int, labels: torch.Tensor | None, device: torch.device) -> torch.Tensor:
         assert labels is not None
-        return self.G(self.prior(labels))  # type: ignore[no-any-return]  # G_F(z), Eq. 16
+        return self.fake(self.prior(labels))  # G_F(z), Eq. 16
+
+    def fake(self, u: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        return super().fake(u)  # G_F is unconditional: the source index acts through the prior mean only
+
+
+@dataclass
+class PseudoRealBatches:
+    """Fusion's real minibatches: balanced source indices, and one sample G_i(z) of slot i's source per slot."""
+
+    sources: list[SourceModel]
+    device: torch.device
+
+    def real(self, n: int, rng: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        labels = balanced_labels(n, len(self.sources), rng).to(self.device)
+        return pseudo_real(self.sources, labels), labels  # the pseudo-real batch of Eq. 15
+
+    def fake_labels(self, n: int, rng: torch.Generator | None) -> torch.Tensor | None:
+        return balanced_labels(n, len(self.sources), rng).to(self.device)
 
 
 @torch.no_grad()
 def pseudo_real(sources: list[SourceModel], labels: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
     """One sample G_i(z), z ~ N(0, I), per slot from the slot's source i: the pseudo-real batch of Eq. 15.
-    With ``z`` [N, z_dim] given, slot k uses z[k] (the paired targets of :func:`distill_generator_step`)."""
+    With ``z`` [N, z_dim] given, slot k uses z[k] (the paired targets of :func:`paired_term`)."""
     g0 = sources[0].G
     out = torch.empty(len(labels), g0.cfg.channels, g0.cfg.img_size, g0.cfg.img_size, device=labels.device)
     for i, s in enumerate(sources):
@@ -144,21 +181,15 @@ def fuse(
     total_steps: int | None = None,
     device: str = "cpu",
 ) -> SourceModel:
-    """Train G_F (Eq. 15-16), checkpointing as ``ckpt-{step}.pt`` in ``run_dir`` and resuming from the
-    latest; writes ``fused.pt`` (a source-model file) and returns the fused source."""
-    from core.trainer import Stopped
-
+    """Train G_F (Eq. 15-16) as one stage of ``core.trainer``'s loop, checkpointing as ``ckpt-{step}.pt`` in
+    ``run_dir`` and resuming from the latest; writes ``fused.pt`` (a source-model file) and returns the fused source."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    if len(sources) < 2:
-        raise ValueError("fusion needs at least two sources")
-    g0, d0 = sources[0].G, sources[0].D
-    for s in sources:
-        if s.conditional or (s.G.cfg.z_dim, s.G.cfg.img_size, s.G.cfg.channels) != (g0.cfg.z_dim, g0.cfg.img_size, g0.cfg.channels):
-            raise ValueError("fusion needs unconditional sources with the same |z|, resolution and channels")
+    check_sources(RunConfig(method="fusion"), [s.info for s in sources])
     if cfg.critic not in FUSION_CRITICS:
         raise ValueError(f"fusion critic must be one of {FUSION_CRITICS}, not {cfg.critic!r}")
     torch.manual_seed(cfg.seed)
+    g0, d0 = sources[0].G, sources[0].D
     G, D = type(g0)(g0.cfg), Critic(d0.cfg)  # type: ignore[arg-type]
     if cfg.init == "source":
         G.load_state_dict(g0.state_dict())
@@ -171,125 +202,79 @@ def fuse(
     stage = StageConfig("fuse", steps=cfg.steps, train_miner=False, train_generator=True, n_critic=cfg.n_critic,
                         batch_size=cfg.batch_size, lr_generator=cfg.lr_generator, lr_critic=cfg.lr_critic,
                         betas=tuple(cfg.betas), gp_weight=cfg.gp_weight)  # type: ignore[arg-type]
-    st = make_stage_state(mods, stage)
-    gen = torch.Generator().manual_seed(cfg.seed + 1)
-    cfg_json = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
-    for opt in ("ema", "distill", "lr_decay"):
-        if not cfg_json[opt]:
-            del cfg_json[opt]  # runs from before the option resume unchanged
     # Weight averaging (not in the paper, whose fusion recipe stops at Eq. 15-16): G_ema follows G_F's weights
     # with decay ``ema`` after every generator step and is what fused.pt holds; BatchNorm statistics are copied.
     G_ema = copy.deepcopy(G).eval().requires_grad_(False) if cfg.ema else None
     names = [s.name for s in sources]
-    found = [p for p in run_dir.glob("ckpt-*.pt")]
-    latest = max(found, key=lambda p: int(p.stem.split("-")[1])) if found else None
-    if latest is not None:
-        obj = checkpoints.load(latest)
-        if obj.get("format") == FUSION_FORMAT:
-            if obj["config"] != cfg_json or obj["sources"] != names:
-                raise ValueError(f"{latest} belongs to a different fusion; use a fresh run directory")
-            G.load_state_dict(obj["G"])
-            if G_ema is not None:
-                G_ema.load_state_dict(obj["G_ema"])
-            mods.D.load_state_dict(obj["D"])
-            st.opt_d.load_state_dict(obj["opt_d"])
-            assert st.opt_g is not None
-            st.opt_g.load_state_dict(obj["opt_g"])
-            st.step = int(obj["step"])
-            torch.set_rng_state(obj["rng"])
-            gen.set_state(obj["gen"])
-            log.info("fusion resumes at step %d", st.step)
-
-    def save() -> None:
-        assert st.opt_g is not None
-        obj = {"format": FUSION_FORMAT, "config": cfg_json, "sources": names, "step": st.step, "G": G.state_dict(),
-               "D": mods.D.state_dict(), "opt_d": st.opt_d.state_dict(), "opt_g": st.opt_g.state_dict(),
-               "rng": torch.get_rng_state(), "gen": gen.get_state()}
-        if G_ema is not None:
-            obj["G_ema"] = G_ema.state_dict()
-        path = checkpoints.save(obj, run_dir / f"ckpt-{step_offset + st.step}.pt")
-        for old in run_dir.glob("ckpt-*.pt"):
-            if old != path:
-                old.unlink(missing_ok=True)
-        if after_checkpoint is not None:
-            after_checkpoint(path)
-
     dev = torch.device(device)
-    G.to(dev)
-    if G_ema is not None:
-        G_ema.to(dev)
-    mods.D.to(dev)
-    set_trainable(mods, stage)
+    run = StagedRun(mods, [stage], PseudoRealBatches(sources, dev), run_dir, {"config": cfg.as_json(), "source": ",".join(names)},
+                    data_rng=torch.Generator().manual_seed(cfg.seed + 1), offset=step_offset, total_steps=total_steps,
+                    hooks=_fusion_hooks(cfg, mods, sources, G_ema), extra={"G_ema": G_ema} if G_ema is not None else {},
+                    upgrade=_upgrade_checkpoint)
+    run.resume()
+    for m in (G, G_ema, mods.D):
+        if m is not None:
+            m.to(dev)
     for s in sources:
         s.G.eval().requires_grad_(False).to(dev)
-    total = total_steps or cfg.steps
-    while st.step < cfg.steps:
-        if should_stop is not None and should_stop():
-            raise Stopped(f"stopped in fuse at step {st.step}")
-        stats: dict[str, float] = {}
-        if cfg.lr_decay:  # a function of the step alone, so a resumed run continues the same schedule
-            _set_lr(st, 1.0 - st.step / cfg.steps, cfg)
-        for _ in range(cfg.n_critic):
-            labels = balanced_labels(cfg.batch_size, len(sources), gen).to(dev)
-            stats = critic_step(mods, st, stage, pseudo_real(sources, labels), labels)  # Eq. 15 + GP
-        g_labels = balanced_labels(cfg.batch_size, len(sources), gen).to(dev)
-        if cfg.distill:
-            stats |= distill_generator_step(mods, st, sources, g_labels, cfg.distill)  # Eq. 16 + paired term
-        else:
-            stats |= generator_step(mods, st, cfg.batch_size, g_labels, dev)  # Eq. 16
-        if G_ema is not None:
-            _ema_update(G_ema, G, cfg.ema)
-        st.step += 1
-        if on_progress is not None:
-            on_progress("fuse", step_offset + st.step, total, stats)
-        if cfg.checkpoint_every and st.step % cfg.checkpoint_every == 0 and st.step < cfg.steps:
-            save()
+    run.run(on_progress, should_stop, cfg.checkpoint_every, after_checkpoint)
     meta: dict[str, Any] = {"description": f"fusion of {', '.join(names)} (Eq. 15-16)", "fusion": {
-        "sources": names, "means": means.tolist(), "steps": cfg.steps, "config": cfg_json}}
+        "sources": names, "means": means.tolist(), "steps": cfg.steps, "config": cfg.as_json()}}
     out = run_dir / "fused.pt"
     G, D = (G_ema if G_ema is not None else G).cpu().eval(), D.cpu()
     for s in sources:
         s.G.cpu()
     checkpoints.save(source_checkpoint(name, G, D, meta), out)
-    for old in run_dir.glob("ckpt-*.pt"):
-        old.unlink(missing_ok=True)
+    checkpoints.prune(run_dir)
     if after_checkpoint is not None:
         after_checkpoint(out)
     return SourceModel(name=name, G=G, D=D, meta=meta)
 
 
-def distill_generator_step(mods: FusionModules, st: StageState, sources: list[SourceModel], labels: torch.Tensor,
-                           weight: float) -> dict[str, float]:
-    """One G_F update of Eq. 16 plus a paired distillation term (not in the paper; ``FusionConfig.distill``):
+def _fusion_hooks(cfg: FusionConfig, mods: FusionModules, sources: list[SourceModel], G_ema: nn.Module | None) -> StageHooks:
+    def decay(st: StageState, stage: StageConfig) -> None:  # a function of the step alone: a resumed run continues it
+        factor = 1.0 - st.step / stage.steps
+        for group in st.opt_d.param_groups:
+            group["lr"] = cfg.lr_critic * factor
+        assert st.opt_g is not None
+        for group in st.opt_g.param_groups:
+            group["lr"] = cfg.lr_generator * factor
 
-        L_G^F + weight * E_{i, z ~ N(0, I)} mean |G_F(mu_i + z) - G_i(z)|
+    def average() -> None:
+        assert G_ema is not None
+        _ema_update(G_ema, mods.G, cfg.ema)
 
-    The same noise z goes through source i and through G_F's region i, so region i is asked to reproduce
-    G_i sample by sample, not only in distribution: the adversarial term alone has to discover that
-    correspondence for the regions G_F is not initialised from, and is slow and unsteady at it."""
-    assert st.opt_g is not None
-    z = torch.randn(len(labels), mods.z_dim, device=labels.device)
-    target = pseudo_real(sources, labels, z)  # G_i(z) for each slot's source i
-    mods.D.requires_grad_(False)
-    try:
-        fake = mods.G(mods.means.to(labels.device)[labels] + z)  # G_F(z'), z' = mu_i + z ~ N(mu_i, I)
-        adv = generator_loss(mods.critic(fake, labels))  # Eq. 16
+    return StageHooks(before_step=decay if cfg.lr_decay else None,
+                      generator_term=paired_term(mods, sources, cfg.distill) if cfg.distill else None,
+                      after_step=average if G_ema is not None else None)
+
+
+def paired_term(mods: FusionModules, sources: list[SourceModel], weight: float) -> Callable[..., tuple[torch.Tensor, dict[str, float]]]:
+    """The paired distillation term added to Eq. 16 (not in the paper; ``FusionConfig.distill``):
+
+        L_G^F + weight * E_{i, e ~ N(0, I)} mean |G_F(mu_i + e) - G_i(e)|
+
+    The noise e of G_F's fake of region i also goes through source i, so region i is asked to reproduce G_i
+    sample by sample, not only in distribution: the adversarial term alone has to discover that correspondence
+    for the regions G_F is not initialised from, and is slow and unsteady at it."""
+
+    def term(fake: torch.Tensor, labels: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, float]]:
+        assert labels is not None and mods.noise is not None
+        target = pseudo_real(sources, labels, mods.noise)  # G_i(e) for each slot's source i
         pair = (fake - target).abs().mean()
-        loss = adv + weight * pair
-        st.opt_g.zero_grad(set_to_none=True)
-        loss.backward()
-        st.opt_g.step()
-    finally:
-        mods.D.requires_grad_(True)
-    return {"g_loss": adv.item(), "distill_l1": pair.item()}
+        return weight * pair, {"distill_l1": pair.item()}
+
+    return term
 
 
-def _set_lr(st: StageState, factor: float, cfg: FusionConfig) -> None:
-    for group in st.opt_d.param_groups:
-        group["lr"] = cfg.lr_critic * factor
-    assert st.opt_g is not None
-    for group in st.opt_g.param_groups:
-        group["lr"] = cfg.lr_generator * factor
+def _upgrade_checkpoint(obj: dict[str, Any]) -> dict[str, Any] | None:
+    """A checkpoint of fusion's own loop (format minegan-fusion-run/2) as a checkpoint of its StagedRun."""
+    if obj.get("format") != OLD_FUSION_FORMAT:
+        return None
+    return {"format": RUN_FORMAT, "config": obj["config"], "source": ",".join(obj["sources"]), "stage_idx": 0,
+            "stage_step": obj["step"], "elapsed": 0.0, "G": obj["G"], "D": obj["D"], "M": {}, "opt_d": obj["opt_d"],
+            "opt_g": obj["opt_g"], "masks": {}, "rng": obj["rng"], "data_rng": obj["gen"], "history": '{"stages": []}',
+            "selector": "", "extra": {"G_ema": obj["G_ema"]} if "G_ema" in obj else {}}
 
 
 @torch.no_grad()

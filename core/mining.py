@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from core.nets import AnyGenerator, JointMiner, Miner
+from core.nets import AnyGenerator, JointMiner, Miner, generate
 from core.trainer import StageConfig
 
 
@@ -59,9 +59,4 @@ class MinedGenerator(nn.Module):
         for i in range(0, n, 256):
             u_block = torch.randn(min(256, n - i), self.z_dim, generator=gen)  # [b, z_dim]
             for k in range(0, len(u_block), chunk):
-                u = u_block[k : k + chunk].to(device)
-                z = self.M(u) if self.M is not None else u
-                if isinstance(self.M, JointMiner):  # embedding-conditioned G: G(M^z(u), M^c(u)) (Sec. 4.1)
-                    yield self.G(z, embedding=self.M.embedding(u)).cpu()
-                else:
-                    yield self.G(z).cpu()
+                yield generate(self.G, self.M, u_block[k : k + chunk].to(device)).cpu()

@@ -23,6 +23,7 @@ over the last 1000 minibatches; at inference the member index is drawn from Cate
 
 from __future__ import annotations
 
+import json
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -31,10 +32,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from core.nets import Critic, CriticConfig
+from core.nets import Critic, CriticConfig, generate
+from core.options import SELECTION_RULES
 from core.trainer import GanModules
-
-SELECTION_RULES = ("permuted", "max")
 
 
 class Selector:
@@ -86,14 +86,16 @@ class MultiGanModules(GanModules):
         assert self.selector is not None
         return self.selector.pi
 
+    def aux_state(self) -> str:
+        return json.dumps(self.selector.state()) if self.selector else ""
+
+    def load_aux_state(self, state: str) -> None:
+        if self.selector:
+            self.selector.load(json.loads(state))
+
     def member_fake(self, i: int, u: torch.Tensor) -> torch.Tensor:
         """G_i(M_i(u)) for member i; u [K, z_dim] -> [K, C, H, W]."""
-        g_idx, label = self.members[i]
-        z = self.M[i](u) if self.M is not None else u  # type: ignore[index]
-        G = self.G[g_idx]  # type: ignore[index]
-        if label >= 0:
-            return G(z, torch.full((u.shape[0],), label, dtype=torch.long, device=u.device))  # type: ignore[no-any-return]
-        return G(z)  # type: ignore[no-any-return]
+        return member_images(self.G, self.M, self.members, i, u)  # type: ignore[arg-type]
 
     def _select(self, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """K = n supersamples: latents u [K, z], all images [N, K, C, H, W], chosen member per slot [K]."""
@@ -173,14 +175,19 @@ class MultiMinedGenerator(nn.Module):
                 idx = (w == i).nonzero().flatten()
                 if len(idx) == 0:
                     continue
-                g_idx, label = self.members[i]
-                G = self.G[g_idx]
-                z = self.M[i](uk[idx].to(device))
-                x = G(z, torch.full((len(idx),), label, dtype=torch.long, device=device)) if label >= 0 else G(z)
+                x = member_images(self.G, self.M, self.members, i, uk[idx].to(device))
                 if out.numel() == 0:
                     out = torch.empty(len(uk), *x.shape[1:])
                 out[idx] = x.cpu()
             yield out
+
+
+def member_images(Gs: nn.ModuleList, Ms: nn.ModuleList | None, members: list[tuple[int, int]], i: int, u: torch.Tensor) -> torch.Tensor:
+    """x = G_i(M_i(u)) for family member i (generator index, class label or -1): training and sampling both use it.
+    u [K, z_dim] -> [K, C, H, W]."""
+    g_idx, label = members[i]
+    c = torch.full((u.shape[0],), label, dtype=torch.long, device=u.device) if label >= 0 else None
+    return generate(Gs[g_idx], Ms[i] if Ms is not None else None, u, c)
 
 
 def unconditional_critic(D: Critic) -> Critic:

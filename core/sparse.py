@@ -24,8 +24,8 @@ from core.losses import real_critic_loss
 
 @dataclass(frozen=True)
 class SparseConfig:
-    top_fraction: float = 0.3  # theta_w: the top 30 % of weights by S(-w) (Sec. 5)
-    min_weights_per_filter: int = 6  # theta_f (Sec. 5)
+    top_fraction: float  # theta_w: the share of weights kept by S(-w) (Sec. 5: the top 30 %)
+    min_weights_per_filter: int  # theta_f (Sec. 5)
     n_batches: int = 4  # real-data batches averaged for g and Hg
 
 

@@ -5,21 +5,32 @@ A *stage* says which of M (miner), G (generator) and D (critic) learn, and how t
 baselines (scratch, TransferGAN, TransferGAN++, FreezeD) are all lists of stages over this loop; see
 ``core/methods.py``.
 
-A *step* is one generator (or miner) update preceded by ``n_critic`` critic updates.
+A *step* is one generator (or miner) update preceded by ``n_critic`` critic updates. Stages differ only
+by hooks (:class:`StageHooks`: a per-step callback such as a learning-rate schedule, an extra term of the
+generator loss such as fusion's paired distillation term, a callback after the generator update such as
+weight averaging), by the modules' fakes functions and by where the real minibatches come from
+(:class:`TargetBatches`, or fusion's pseudo-real batches). :class:`StagedRun` runs a list of stages with
+checkpoints and resumes from the newest one: every method, fusion included, goes through it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
+from core import checkpoints
 from core.losses import critic_loss, generator_loss, gradient_penalty
-from core.sparse import apply_grad_masks
+from core.nets import generate
+from core.options import DEFAULTS, MethodError
+from core.sparse import SparseConfig, apply_grad_masks, select_subnetwork, trainable_fraction
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +50,13 @@ class StageConfig:
     train_generator: bool
     sparse: bool = False  # S^3 on the critic (Eq. 11-14)
     freeze_critic_layers: int = 0  # FreezeD: number of lowest critic layers kept fixed
-    n_critic: int = 5
-    batch_size: int = 64
-    lr_miner: float = 4e-4  # Appendix A (MNIST): Adam 4e-4, betas (0.5, 0.999)
-    lr_generator: float = 1e-4
-    lr_critic: float = 1e-4
-    betas: tuple[float, float] = (0.5, 0.999)
-    gp_weight: float = 10.0
+    n_critic: int = DEFAULTS.n_critic
+    batch_size: int = DEFAULTS.batch_size
+    lr_miner: float = DEFAULTS.lr_miner
+    lr_generator: float = DEFAULTS.lr_generator
+    lr_critic: float = DEFAULTS.lr_critic
+    betas: tuple[float, float] = DEFAULTS.betas
+    gp_weight: float = DEFAULTS.gp_weight
 
 
 @dataclass
@@ -62,10 +73,7 @@ class GanModules:
         return torch.randn(n, self.z_dim, generator=gen, device=device)  # u ~ N(0, I): [N, z_dim]
 
     def fake(self, u: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
-        z = self.M(u) if self.M is not None else u  # z = M(u) when mining
-        if self.M is not None and hasattr(self.M, "embedding"):  # Sec. 4.1: G(M^z(u), M^c(u)), no label needed
-            return self.G(z, embedding=self.M.embedding(u))  # type: ignore[no-any-return,operator]
-        return self.G(z, c) if self.n_classes else self.G(z)  # [N, C, H, W]
+        return generate(self.G, self.M, u, c if self.n_classes else None)  # G(M(u)): [N, C, H, W]
 
     def critic(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         return self.D(x, c) if self.n_classes else self.D(x)
@@ -77,6 +85,13 @@ class GanModules:
     def generator_fakes(self, n: int, labels: torch.Tensor | None, device: torch.device) -> torch.Tensor:
         """The fake minibatch of a miner/generator update (with grad). Multi-GAN mining overrides it."""
         return self.fake(self.latent(n, device=device), labels)
+
+    def aux_state(self) -> str:
+        """Training state beyond weights and optimisers, as JSON ("" for none); multi-GAN mining's selector."""
+        return ""
+
+    def load_aux_state(self, state: str) -> None:
+        pass
 
 
 @dataclass
@@ -136,27 +151,75 @@ def critic_step(
     return {"d_loss": loss_w.item(), "gp": gp.item(), "wdist": -loss_w.item()}
 
 
-def generator_step(mods: GanModules, st: StageState, n: int, labels: torch.Tensor | None, device: torch.device) -> dict[str, float]:
-    """One miner/generator update: Eq. 4 (L_G = -E[D(G(M(u)))]); D's weights get no gradient."""
+GeneratorTerm = Callable[[torch.Tensor, torch.Tensor | None], tuple[torch.Tensor, dict[str, float]]]
+
+
+def generator_step(mods: GanModules, st: StageState, n: int, labels: torch.Tensor | None, device: torch.device,
+                   extra: GeneratorTerm | None = None) -> dict[str, float]:
+    """One miner/generator update: Eq. 4 (L_G = -E[D(G(M(u)))]); D's weights get no gradient.
+    ``extra(fake, labels) -> (term, stats)`` adds a term to L_G (fusion's paired distillation term)."""
     assert st.opt_g is not None
     mods.D.requires_grad_(False)
     try:
         fake = mods.generator_fakes(n, labels, device)
         loss = generator_loss(mods.critic(fake, labels))
+        stats = {"g_loss": loss.item()}
+        total = loss
+        if extra is not None:
+            term, more = extra(fake, labels)
+            total, stats = loss + term, stats | more
         st.opt_g.zero_grad(set_to_none=True)
-        loss.backward()
+        total.backward()
         st.opt_g.step()
     finally:
         mods.D.requires_grad_(True)
-    return {"g_loss": loss.item()}
+    return stats
+
+
+class Batches(Protocol):
+    """Where a stage's real minibatches (and the labels of its fake ones) come from."""
+
+    device: torch.device
+
+    def real(self, n: int, rng: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor | None]: ...
+
+    def fake_labels(self, n: int, rng: torch.Generator | None) -> torch.Tensor | None: ...
+
+
+@dataclass
+class TargetBatches:
+    """Minibatches drawn with replacement from the target images [N, C, H, W] (and their labels [N], if any)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.images.device
+
+    def real(self, n: int, rng: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        idx = torch.randint(0, self.images.shape[0], (n,), generator=rng).to(self.device)
+        return self.images[idx], self.labels[idx] if self.labels is not None else None
+
+    def fake_labels(self, n: int, rng: torch.Generator | None) -> torch.Tensor | None:
+        idx = torch.randint(0, self.images.shape[0], (n,), generator=rng).to(self.device)  # drawn even unlabelled: same RNG stream
+        return self.labels[idx] if self.labels is not None else None
+
+
+@dataclass
+class StageHooks:
+    """What varies between stages beyond their config (see the module docstring)."""
+
+    before_step: Callable[[StageState, StageConfig], None] | None = None  # e.g. a learning-rate schedule
+    generator_term: GeneratorTerm | None = None  # added to L_G, e.g. fusion's paired distillation term
+    after_step: Callable[[], None] | None = None  # after the generator update, e.g. weight averaging
 
 
 def run_stage(
     mods: GanModules,
     st: StageState,
     cfg: StageConfig,
-    images: torch.Tensor,
-    labels: torch.Tensor | None,
+    data: Batches,
     *,
     step_offset: int,
     total_steps: int,
@@ -165,24 +228,27 @@ def run_stage(
     on_checkpoint: Callable[[], None] | None = None,
     checkpoint_every: int = 0,
     rng: torch.Generator | None = None,
+    hooks: StageHooks | None = None,
 ) -> None:
-    """Train from ``st.step`` to ``cfg.steps``; images [N, C, H, W] in [-1, 1] are the real data."""
+    """Train from ``st.step`` to ``cfg.steps`` on real minibatches from ``data``."""
+    hooks = hooks or StageHooks()
     set_trainable(mods, cfg)
-    device = images.device
-    n_real = images.shape[0]
     t0 = time.perf_counter()
     start = st.step
     while st.step < cfg.steps:
         if should_stop is not None and should_stop():
             raise Stopped(f"stopped in {cfg.name} at step {st.step}")
         stats: dict[str, float] = {}
+        if hooks.before_step is not None:
+            hooks.before_step(st, cfg)
         for _ in range(cfg.n_critic):
-            idx = torch.randint(0, n_real, (cfg.batch_size,), generator=rng).to(device)
-            lab = labels[idx] if labels is not None else None
-            stats = critic_step(mods, st, cfg, images[idx], lab)
+            real, labels = data.real(cfg.batch_size, rng)
+            stats = critic_step(mods, st, cfg, real, labels)
         if st.opt_g is not None:
-            idx = torch.randint(0, n_real, (cfg.batch_size,), generator=rng).to(device)
-            stats |= generator_step(mods, st, cfg.batch_size, labels[idx] if labels is not None else None, device)
+            labels = data.fake_labels(cfg.batch_size, rng)
+            stats |= generator_step(mods, st, cfg.batch_size, labels, data.device, hooks.generator_term)
+        if hooks.after_step is not None:
+            hooks.after_step()
         st.step += 1
         elapsed = time.perf_counter() - t0
         stats["steps_per_s"] = (st.step - start) / max(elapsed, 1e-9)
@@ -190,3 +256,129 @@ def run_stage(
             on_progress(cfg.name, step_offset + st.step, total_steps, stats)
         if on_checkpoint is not None and checkpoint_every and (step_offset + st.step) % checkpoint_every == 0 and st.step < cfg.steps:
             on_checkpoint()
+
+
+RUN_FORMAT = "minegan-run/1"
+
+
+class StagedRun:
+    """A list of stages over one set of modules, with checkpoints ``ckpt-{global step}.pt`` in ``run_dir``.
+
+    A checkpoint holds the modules (and ``extra`` ones, such as an averaged generator), the current stage's
+    optimisers and S^3 masks, both RNG states, the run's history and its ``identity`` (config and source
+    names), so :meth:`resume` continues bit-identically from the newest checkpoint in this run's step range
+    ``(offset, offset + steps]``; a checkpoint of another identity is refused. ``upgrade`` converts a
+    checkpoint of an older format (fusion's own, before it ran on this loop) into this one.
+    A fresh ``sparse`` stage selects its critic filters with S^3 (Eq. 11-14) from target minibatches first.
+    """
+
+    def __init__(self, mods: GanModules, stages: list[StageConfig], data: Batches, run_dir: Path, identity: dict[str, Any], *,
+                 data_rng: torch.Generator, offset: int = 0, total_steps: int | None = None, hooks: StageHooks | None = None,
+                 extra: dict[str, nn.Module] | None = None, sparse: SparseConfig | None = None,
+                 identity_defaults: dict[str, Any] | None = None,
+                 upgrade: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None) -> None:
+        self.mods, self.stages, self.data, self.run_dir, self.identity = mods, stages, data, run_dir, identity
+        self.data_rng, self.offset, self.hooks, self.extra, self.sparse = data_rng, offset, hooks, extra or {}, sparse
+        self.end = offset + sum(s.steps for s in stages)
+        self.total_steps = total_steps or self.end
+        self.identity_defaults, self.upgrade = identity_defaults or {}, upgrade
+        self.stage_idx = 0
+        self.state: StageState | None = None
+        self.elapsed = 0.0  # training time, summed over resumed attempts
+        self.history: dict[str, Any] = {"stages": []}
+
+    @property
+    def global_step(self) -> int:
+        done = sum(s.steps for s in self.stages[: self.stage_idx])
+        return self.offset + done + (self.state.step if self.state else 0)
+
+    def checkpoint(self) -> Path:
+        st = self.state
+        obj = {
+            "format": RUN_FORMAT, **self.identity, "stage_idx": self.stage_idx, "stage_step": st.step if st else 0,
+            "elapsed": self.elapsed, "G": self.mods.G.state_dict(), "D": self.mods.D.state_dict(),
+            "M": self.mods.M.state_dict() if self.mods.M is not None else {},
+            "opt_d": st.opt_d.state_dict() if st else {}, "opt_g": st.opt_g.state_dict() if st and st.opt_g else {},
+            "masks": st.masks if st else {}, "rng": torch.get_rng_state(), "data_rng": self.data_rng.get_state(),
+            "history": json.dumps(self.history), "selector": self.mods.aux_state(),
+            "extra": {k: m.state_dict() for k, m in self.extra.items()},
+        }
+        path = checkpoints.save(obj, self.run_dir / checkpoints.checkpoint_name(self.global_step))
+        checkpoints.prune(self.run_dir, keep=path)
+        return path
+
+    def resume(self) -> Path | None:
+        """Restore the newest checkpoint of this run, if there is one; returns its path."""
+        path = checkpoints.newest_in(self.run_dir, after=self.offset, upto=self.end)
+        if path is not None:
+            self.restore(path)
+        return path
+
+    def restore(self, path: Path) -> None:
+        obj = checkpoints.load(path)
+        if obj.get("format") != RUN_FORMAT and self.upgrade is not None:
+            obj = self.upgrade(obj) or obj
+        # options added in later versions take their defaults, so an upgrade does not orphan running jobs
+        saved = {**self.identity_defaults, **dict(obj.get("config") or {})}
+        if obj.get("format") != RUN_FORMAT or saved != self.identity["config"] or obj.get("source") != self.identity["source"]:
+            raise MethodError(f"{path} belongs to a different run configuration; use a fresh run directory")
+        self.mods.G.load_state_dict(obj["G"])
+        self.mods.D.load_state_dict(obj["D"])
+        if self.mods.M is not None:
+            self.mods.M.load_state_dict(obj["M"])
+        for k, m in self.extra.items():
+            m.load_state_dict(obj["extra"][k])
+        self.stage_idx, self.elapsed = int(obj["stage_idx"]), float(obj["elapsed"])
+        self.history = json.loads(obj["history"])
+        if obj.get("selector"):
+            self.mods.load_aux_state(obj["selector"])
+        if self.stage_idx < len(self.stages):
+            st = make_stage_state(self.mods, self.stages[self.stage_idx], obj["masks"])
+            if obj["opt_d"]:
+                st.opt_d.load_state_dict(obj["opt_d"])
+            if obj["opt_g"] and st.opt_g is not None:
+                st.opt_g.load_state_dict(obj["opt_g"])
+            st.step = int(obj["stage_step"])
+            self.state = st
+        torch.set_rng_state(obj["rng"])
+        self.data_rng.set_state(obj["data_rng"])
+        log.info("resumed %s at stage %d step %d", path, self.stage_idx, self.global_step)
+
+    def run(self, on_progress: ProgressFn | None = None, should_stop: StopFn | None = None, checkpoint_every: int = 0,
+            after_checkpoint: Callable[[Path], None] | None = None) -> None:
+        """Every remaining stage to its end, with a checkpoint every ``checkpoint_every`` steps and after each stage;
+        ``after_checkpoint(path)`` follows each write (the worker uploads it)."""
+        t_mark = time.perf_counter()
+
+        def save() -> None:
+            nonlocal t_mark
+            now = time.perf_counter()
+            self.elapsed += now - t_mark
+            t_mark = now
+            path = self.checkpoint()
+            if after_checkpoint is not None:
+                after_checkpoint(path)
+
+        while self.stage_idx < len(self.stages):
+            stage = self.stages[self.stage_idx]
+            if self.state is None:  # a fresh stage: new optimisers; S^3 selects the critic filters now
+                self.state = make_stage_state(self.mods, stage, self._select_filters(stage, on_progress))
+            run_stage(self.mods, self.state, stage, self.data, step_offset=self.global_step - self.state.step,
+                      total_steps=self.total_steps, on_progress=on_progress, should_stop=should_stop, on_checkpoint=save,
+                      checkpoint_every=checkpoint_every, rng=self.data_rng, hooks=self.hooks)
+            self.stage_idx += 1
+            self.state = None
+            save()
+
+    def _select_filters(self, stage: StageConfig, on_progress: ProgressFn | None) -> dict[str, torch.Tensor]:
+        """S^3 (Eq. 11-14) at the start of a sparse stage: the critic filters it may train."""
+        if not stage.sparse:
+            return {}
+        cfg = self.sparse or SparseConfig(DEFAULTS.sparse_top_fraction, DEFAULTS.sparse_min_weights)
+        batches = [self.data.real(stage.batch_size, self.data_rng) for _ in range(cfg.n_batches)]
+        masks = select_subnetwork(self.mods.D, batches, cfg)
+        frac = trainable_fraction(masks)
+        self.history["stages"].append({"stage": stage.name, "s3_trainable_fraction": frac})
+        if on_progress:
+            on_progress("select", self.global_step, self.total_steps, {"s3_trainable_fraction": frac})
+        return masks

@@ -30,7 +30,8 @@ from torch import nn
 from core import checkpoints
 from core.data import load_fashion, load_mnist
 from core.nets import GENERATORS, AnyGenerator, Critic, CriticConfig, DCGANGenerator, DCGANGeneratorConfig, Generator, GeneratorConfig
-from core.trainer import GanModules, ProgressFn, StageConfig, StopFn, make_stage_state, run_stage
+from core.options import SourceInfo
+from core.trainer import GanModules, ProgressFn, StageConfig, StopFn, TargetBatches, make_stage_state, run_stage
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,8 @@ SOURCE_FORMAT = "minegan-source/1"
 
 class UnknownModelError(LookupError):
     """No recipe or weights for a source-model id."""
+
+    status, code = 422, "unknown_source"
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,12 @@ class SourceModel:
     @property
     def conditional(self) -> bool:
         return self.G.cfg.n_classes > 0
+
+    @property
+    def info(self) -> SourceInfo:
+        """What the method/source rules (``core.options.check_sources``) need to know of this source."""
+        g = self.G.cfg
+        return SourceInfo(self.name, g.z_dim, g.img_size, g.channels, self.conditional)
 
 
 def weights_path(name: str, weights_dir: Path | None = None) -> Path:
@@ -187,7 +196,7 @@ def build(
                       lr_generator=2e-4, lr_critic=2e-4, betas=(0.5, 0.9), n_critic=5, batch_size=64)
     st = make_stage_state(mods, cfg)
     t0 = time.time()
-    run_stage(mods, st, cfg, images, labels if r.conditional else None, step_offset=0, total_steps=cfg.steps,
+    run_stage(mods, st, cfg, TargetBatches(images, labels if r.conditional else None), step_offset=0, total_steps=cfg.steps,
               on_progress=on_progress, should_stop=should_stop, rng=torch.Generator().manual_seed(seed))
     meta = {"description": r.description, "digits": list(r.digits), "dataset": r.dataset, "steps": cfg.steps, "seed": seed,
             "train_seconds": round(time.time() - t0, 1), "recipe": asdict(r),

@@ -3,7 +3,7 @@
 from core.nets.classifier import Classifier, ClassifierConfig
 from core.nets.dcgan import DCGANGenerator, DCGANGeneratorConfig
 from core.nets.gan import Critic, CriticConfig, Generator, GeneratorConfig
-from core.nets.miner import ClassEmbeddingMiner, JointMiner, JointMinerConfig, Miner, MinerConfig
+from core.nets.miner import ClassEmbeddingMiner, JointMiner, JointMinerConfig, Miner, MinerConfig, generate
 
 GENERATORS = (Generator, DCGANGenerator)  # what may serve as a source's G
 AnyGenerator = Generator | DCGANGenerator
@@ -24,4 +24,5 @@ __all__ = [
     "JointMinerConfig",
     "Miner",
     "MinerConfig",
+    "generate",
 ]

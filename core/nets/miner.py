@@ -16,13 +16,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from core.options import DEFAULTS
+
 
 @dataclass(frozen=True)
 class MinerConfig:
     z_dim: int = 128  # |z|: input u and output z have the generator's latent size
     hidden: int = 128  # width of hidden layers (Appendix A, MNIST: |z|)
-    layers: int = 2  # fully connected layers (MNIST: 2)
-    init_std: float = 0.01  # N(0, 0.01) initialisation (Appendix A)
+    layers: int = DEFAULTS.miner_layers  # fully connected layers (MNIST: 2)
+    init_std: float = DEFAULTS.miner_init_std  # N(0, 0.01) initialisation (Appendix A)
     out_dim: int = 0  # 0: same as z_dim; M^c sets it to the embedding size
 
 
@@ -71,8 +73,8 @@ class ClassEmbeddingMiner(nn.Module):
 class JointMinerConfig:
     z_dim: int = 128
     hidden: int = 128
-    layers: int = 2
-    init_std: float = 0.01
+    layers: int = DEFAULTS.miner_layers
+    init_std: float = DEFAULTS.miner_init_std
     embed_dim: int = 16  # the generator's class-embedding size
 
 
@@ -91,3 +93,13 @@ class JointMiner(nn.Module):
 
     def embedding(self, u: torch.Tensor) -> torch.Tensor:
         return self.mc(u)  # type: ignore[no-any-return]  # M^c(u): [N, embed_dim]
+
+
+def generate(G: nn.Module, M: nn.Module | None, u: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+    """Latents to images, the one place training and sampling both go through: x = G(M(u)) (Eq. 3-4),
+    G(M^z(u), M^c(u)) for an embedding-conditioned G (Sec. 4.1), G(M(u), c) for a one-hot conditional G given
+    class labels c [N], and G(u) without a miner. u: [N, z_dim] -> [N, C, H, W]."""
+    z = M(u) if M is not None else u
+    if isinstance(M, JointMiner):
+        return G(z, embedding=M.embedding(u))  # type: ignore[no-any-return]
+    return G(z, c) if c is not None else G(z)  # type: ignore[no-any-return]

@@ -1,0 +1,164 @@
+"""Every option of a run, declared once, and the rules for which sources fit which method.
+
+Each :class:`RunConfig` field carries its help text, bounds, choices and where it is exposed (field
+metadata, via :func:`option`). The HTTP API's ``JobSpec`` / ``MethodOptions`` schemas, the CLI flags, the
+recipe stored with a job (``spec.options``) and the fusion stage's :class:`core.fusion.FusionConfig` are all
+derived from this table, so adding an option is one line here.
+
+``api``: ``"spec"`` (a top-level field of the job spec), ``"options"`` (in ``spec.options``) or ``None``
+(not settable through the service). ``methods``: the methods the option applies to; the stored recipe of a
+job keeps only those.
+"""
+
+from __future__ import annotations
+
+import typing
+from dataclasses import Field, asdict, dataclass, field, fields
+from typing import Any
+
+METHODS = ("mine", "minegan", "minegan++", "scratch", "transfergan", "transfergan++", "freezed", "fusion", "fusion++")
+FUSION_METHODS = ("fusion", "fusion++")
+MINING_METHODS = ("mine", "minegan", "minegan++", *FUSION_METHODS)
+SELECTION_RULES = ("permuted", "max")
+FUSION_CRITICS = ("projection", "plain")
+FUSION_MINING = ("regions", "single")
+
+
+class MethodError(ValueError):
+    """An unknown method or an option that does not fit the method/source."""
+
+    status, code = 422, "bad_spec"
+
+
+def option(default: Any, help: str = "", *, ge: float | None = None, gt: float | None = None, le: float | None = None,
+           choices: tuple[str, ...] | None = None, api: str | None = "options", cli: bool = True,
+           methods: tuple[str, ...] = METHODS) -> Any:
+    """A RunConfig field with the metadata the API schema and the CLI are generated from."""
+    meta = {"help": help, "ge": ge, "gt": gt, "le": le, "choices": choices, "api": api, "cli": cli, "methods": methods}
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    method: str = option("minegan++", f"one of {', '.join(METHODS)}", choices=METHODS, api="spec")
+    mining_steps: int = option(200, "steps of the mining stage", ge=0, le=100_000, api="spec")
+    finetune_steps: int = option(100, "steps of the finetuning stage (mine: added to mining)", ge=0, le=100_000, api="spec")
+    batch_size: int = option(64, "images per minibatch (at most the number of target images)", ge=1, le=1024, api="spec")
+    n_critic: int = option(5, "critic updates per generator/miner update", ge=1, le=20)
+    seed: int = option(0, "seed of initialisation and minibatches", ge=0, le=2**31 - 1, api="spec")
+    # Appendix A, MNIST: miner of two FC layers of |z|, N(0, 0.01) init, Adam 4e-4, betas (0.5, 0.999).
+    miner_layers: int = option(2, "fully connected layers of the miner (Appendix A: 2)", ge=1, le=8)
+    miner_hidden: int = option(0, "miner width; 0: |z| (Appendix A)", ge=0, le=4096)
+    miner_init_std: float = option(0.01, "std of the miner's initial weights (Appendix A: N(0, 0.01))", api=None)
+    lr_miner: float = option(4e-4, "Adam learning rate of the miner (Appendix A)", gt=0, le=0.1)
+    lr_generator: float = option(1e-4, "Adam learning rate of the generator", gt=0, le=0.1)
+    lr_critic: float = option(1e-4, "Adam learning rate of the critic", gt=0, le=0.1)
+    betas: tuple[float, float] = option((0.5, 0.999), "Adam betas (Appendix A)", api=None, cli=False)
+    gp_weight: float = option(10.0, "weight of the WGAN-GP gradient penalty", api=None)
+    sparse_top_fraction: float = option(0.3, "S^3: share of filters kept per layer, theta_w (Sec. 5)", gt=0, le=1)
+    sparse_min_weights: int = option(6, "S^3: minimum filters kept per layer, theta_f (Sec. 5)", ge=1)
+    freeze_critic_layers: int = option(2, "freezed: lowest critic layers kept fixed (FreezeD)", ge=0, le=8)
+    checkpoint_every: int = option(50, "steps between checkpoints (a run resumes from its newest)", api=None)
+    selection: str = option("permuted", "several sources: improved permuted training (Eq. 9-10, default) or the original max rule "
+                            "(Eq. 5-6)", choices=SELECTION_RULES)
+    critic_source: int = option(0, "several sources: index of the source whose critic initialises D", ge=0, le=7)
+    fusion_steps: int = option(1600, "fusion, fusion++: steps training the fused G_F before mining it (Eq. 15-16)", ge=1, le=100_000,
+                               methods=FUSION_METHODS)
+    fusion_mean_scale: float = option(10.0, "fusion: |mu_i|, distance of each source's prior mean from the origin", gt=0, le=100,
+                                      methods=FUSION_METHODS)
+    fusion_mining: str = option("single", "fusion: a single miner in front of G_F (single), or one miner per source region with the "
+                                "selector (regions)", choices=FUSION_MINING, methods=FUSION_METHODS)
+    fusion_critic: str = option("projection", "fusion: critic told each image's source by projection, D(x) + e_i^T phi(x) "
+                                "(projection), or the plain unconditional critic (plain)", choices=FUSION_CRITICS, methods=FUSION_METHODS)
+    # Fusion's training of G_F beyond Eq. 15-16 (docs/multi_gan_notes.md; 0 / 1e-4 / False is the paper's recipe):
+    fusion_distill: float = option(30.0, "fusion: weight of the paired term mean|G_F(mu_i + z) - G_i(z)| added to Eq. 16 "
+                                   "(0: adversarial only, as in the paper)", ge=0, le=1000, methods=FUSION_METHODS)
+    fusion_lr_generator: float = option(5e-4, "fusion: G_F's learning rate while fusing (the critic keeps lr_critic)", gt=0, le=0.1,
+                                        methods=FUSION_METHODS)
+    fusion_lr_decay: bool = option(True, "fusion: both learning rates fall linearly to 0 over fusion_steps", methods=FUSION_METHODS)
+
+    @property
+    def total_steps(self) -> int:
+        return self.pre_steps + self.mining_steps + self.finetune_steps
+
+    @property
+    def pre_steps(self) -> int:
+        """Steps before mining starts: the fusion of the sources for fusion methods, else none."""
+        return self.fusion_steps if self.method in FUSION_METHODS else 0
+
+    def validate(self) -> None:
+        if self.method not in METHODS:
+            raise MethodError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.mining_steps < 0 or self.finetune_steps < 0 or self.mining_steps + self.finetune_steps < 1:
+            raise MethodError("mining_steps and finetune_steps must be >= 0 with a positive total")
+        if self.method in FUSION_METHODS and self.fusion_steps < 1:
+            raise MethodError("fusion_steps must be positive for fusion methods")
+        if self.batch_size < 1 or self.n_critic < 1 or self.miner_layers < 1:
+            raise MethodError("batch_size, n_critic and miner_layers must be positive")
+        for f in OPTIONS:
+            choices = f.metadata["choices"]
+            if choices and getattr(self, f.name) not in choices:
+                raise MethodError(f"{f.name} must be one of {', '.join(choices)}")
+        if self.fusion_distill < 0 or self.fusion_lr_generator <= 0:
+            raise MethodError("fusion_distill must be >= 0 and fusion_lr_generator positive")
+
+    def as_json(self) -> dict[str, Any]:
+        """The config as JSON values (tuples as lists): what checkpoints and model files record."""
+        return jsonable(asdict(self))
+
+
+OPTIONS: tuple[Field[Any], ...] = fields(RunConfig)
+OPTION_TYPES: dict[str, Any] = typing.get_type_hints(RunConfig)
+DEFAULTS = RunConfig()
+
+
+def jsonable(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def api_options(where: str) -> list[Field[Any]]:
+    """The options exposed in the job spec (``"spec"``) or in its ``options`` object (``"options"``)."""
+    return [f for f in OPTIONS if f.metadata["api"] == where]
+
+
+def resolved_options(cfg: RunConfig) -> dict[str, Any]:
+    """Every ``spec.options`` option that applies to ``cfg.method``, as the run will use it: the user's values
+    with this version's defaults filled in (stored with a job, so a later default cannot change it)."""
+    return {f.name: getattr(cfg, f.name) for f in api_options("options") if cfg.method in f.metadata["methods"]}
+
+
+# --- which sources fit which method --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """What the rules need to know of a source model (from a loaded model or from the registry's listing)."""
+
+    name: str
+    z_dim: int
+    img_size: int
+    channels: int
+    conditional: bool
+
+
+def check_sources(cfg: RunConfig, sources: list[SourceInfo]) -> None:
+    """Raise :class:`MethodError` (its message names the spec field) if ``sources`` do not suit ``cfg``.
+
+    One conditional source or several sources form a family that only mining methods take; fusion takes two
+    or more unconditional sources; several sources must share |z| and image shape."""
+    if not sources:
+        raise MethodError("sources: at least one source model is needed")
+    ids = [s.name for s in sources]
+    if len(set(ids)) != len(ids):
+        raise MethodError("sources: each source at most once")
+    if len({(s.z_dim, s.img_size, s.channels) for s in sources}) > 1:
+        raise MethodError(f"sources: {ids} differ in resolution, channels or |z|; sources must share them")
+    if cfg.method in FUSION_METHODS:
+        if len(sources) < 2 or any(s.conditional for s in sources):
+            raise MethodError(f"sources: {cfg.method} fuses at least two unconditional sources")
+    elif (len(sources) > 1 or sources[0].conditional) and cfg.method not in MINING_METHODS:
+        what = "several sources" if len(sources) > 1 else f"{ids[0]} is conditional and"
+        raise MethodError(f"method: {cfg.method} takes one unconditional source; {what} need a mining method "
+                          f"({', '.join(m for m in MINING_METHODS if m not in FUSION_METHODS)})")
+    if cfg.critic_source >= len(sources):
+        raise MethodError(f"options.critic_source: {cfg.critic_source} is not the index of one of the {len(sources)} sources")
