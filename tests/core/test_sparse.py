@@ -2,7 +2,7 @@ import torch
 
 from core.nets import Critic, CriticConfig, Generator, GeneratorConfig
 from core.sparse import SparseConfig, apply_grad_masks, filter_masks, select_subnetwork, trainable_fraction, weight_scores
-from core.trainer import GanModules, StageConfig, make_stage_state, run_stage
+from core.trainer import GanModules, StageConfig, TargetBatches, make_stage_state, run_stage
 
 
 def _batches(x: torch.Tensor) -> list[tuple[torch.Tensor, None]]:
@@ -60,7 +60,7 @@ def test_frozen_filters_stay_bit_identical_through_training(target: torch.Tensor
     mods = GanModules(G=G, D=D, z_dim=8)
     cfg = StageConfig("finetune", steps=3, train_miner=False, train_generator=True, sparse=True, n_critic=2, batch_size=8)
     st = make_stage_state(mods, cfg, masks)
-    run_stage(mods, st, cfg, target, None, step_offset=0, total_steps=3)
+    run_stage(mods, st, cfg, TargetBatches(target), step_offset=0, total_steps=3)
     after = D.state_dict()
     changed_any = False
     for name, m in masks.items():
