@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -11,8 +13,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.checkpoints import CheckpointError
 from core.data import TargetDataError
-from core.methods import MethodError
+from core.options import MethodError
 from core.zoo import UnknownModelError
+
+# The engine's errors a request can cause; each class carries its HTTP status and error code.
+ENGINE_ERRORS: tuple[type[Exception], ...] = (UnknownModelError, MethodError, CheckpointError, TargetDataError)
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +32,16 @@ def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
     return {"error": {"code": code, "message": message}}
 
 
+def describe_errors(errors: Iterable[Mapping[str, Any]], whole: str = "") -> str:
+    """pydantic's validation errors as one message: "field.path: what is wrong; ...". An error of the whole
+    value (no field) is prefixed with ``whole`` if given."""
+    parts = []
+    for e in errors:
+        loc = ".".join(str(x) for x in e.get("loc", ()) if x not in ("body", "query", "path")) or whole
+        parts.append(f"{loc}: {e.get('msg')}" if loc else str(e.get("msg")))
+    return "; ".join(parts)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api(_: Request, exc: ApiError) -> JSONResponse:
@@ -34,29 +49,15 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        parts = []
-        for e in exc.errors():
-            loc = ".".join(str(x) for x in e.get("loc", ()) if x not in ("body", "query", "path"))
-            parts.append(f"{loc}: {e.get('msg')}" if loc else str(e.get("msg")))
-        return JSONResponse(error_body("invalid_request", "; ".join(parts)), status_code=422)
+        return JSONResponse(error_body("invalid_request", describe_errors(exc.errors())), status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(exc.status_code, "http_error")
         return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code)
 
-    engine_errors: dict[type[Exception], tuple[int, str]] = {
-        UnknownModelError: (422, "unknown_source"),
-        MethodError: (422, "bad_spec"),
-        CheckpointError: (422, "bad_checkpoint"),
-    }
-    @app.exception_handler(TargetDataError)
-    async def _target(_: Request, exc: TargetDataError) -> JSONResponse:
-        return JSONResponse(error_body(exc.code, str(exc)), status_code=exc.status)
+    async def _engine(_: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse(error_body(exc.code, str(exc)), status_code=exc.status)  # type: ignore[attr-defined]
 
-    for cls, (status, code) in engine_errors.items():
-        def _make(status: int = status, code: str = code):  # type: ignore[no-untyped-def]
-            async def handler(_: Request, exc: Exception) -> JSONResponse:
-                return JSONResponse(error_body(code, str(exc)), status_code=status)
-            return handler
-        app.add_exception_handler(cls, _make())
+    for cls in ENGINE_ERRORS:
+        app.add_exception_handler(cls, _engine)

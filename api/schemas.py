@@ -5,40 +5,30 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
-from core.methods import FUSION_METHODS, METHODS, RunConfig
+from core.options import DEFAULTS, METHODS, OPTION_TYPES, RunConfig, api_options, config_from_spec
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
 
 
-class MethodOptions(BaseModel):
-    """Optional method settings (defaults: Appendix A / Sec. 5 of the paper)."""
+def _field(f: Any, default: Any) -> Any:
+    """A pydantic Field from an option's declaration in ``core/options.py`` (bounds and help text)."""
+    m = f.metadata
+    return Field(default=default, ge=m["ge"], gt=m["gt"], le=m["le"], description=m["help"] or None)
 
-    model_config = ConfigDict(extra="forbid")
 
-    n_critic: int | None = Field(default=None, ge=1, le=20)
-    miner_layers: int | None = Field(default=None, ge=1, le=8)
-    miner_hidden: int | None = Field(default=None, ge=0, le=4096, description="miner width; 0: |z| (Appendix A)")
-    lr_miner: float | None = Field(default=None, gt=0, le=0.1)
-    lr_generator: float | None = Field(default=None, gt=0, le=0.1)
-    lr_critic: float | None = Field(default=None, gt=0, le=0.1)
-    sparse_top_fraction: float | None = Field(default=None, gt=0, le=1)
-    sparse_min_weights: int | None = Field(default=None, ge=1)
-    freeze_critic_layers: int | None = Field(default=None, ge=0, le=8)
-    selection: Literal["permuted", "max"] | None = Field(
-        default=None, description="several sources: improved permuted training (Eq. 9-10, default) or the original max rule (Eq. 5-6)")
-    critic_source: int | None = Field(default=None, ge=0, le=7, description="several sources: index of the source whose critic initialises D")
-    fusion_steps: int | None = Field(default=None, ge=1, le=100_000, description="fusion, fusion++: steps training the fused G_F")
-    fusion_mean_scale: float | None = Field(default=None, gt=0, le=100, description="fusion: distance of each source's prior mean")
-    fusion_mining: Literal["regions", "single"] | None = Field(
-        default=None, description="fusion: a single miner in front of G_F (default), or one miner per source region with the selector")
-    fusion_critic: Literal["projection", "plain"] | None = Field(
-        default=None, description="fusion: critic told each image's source by projection (default), or the plain unconditional critic")
-    fusion_distill: float | None = Field(default=None, ge=0, le=1000, description="fusion: weight of the paired term "
-                                         "mean|G_F(mu_i + z) - G_i(z)| added to Eq. 16 (default 30; 0: adversarial only, as in the paper)")
-    fusion_lr_generator: float | None = Field(default=None, gt=0, le=0.1, description="fusion: G_F's learning rate while fusing (default 5e-4)")
-    fusion_lr_decay: bool | None = Field(default=None, description="fusion: learning rates fall linearly to 0 over fusion_steps (default true)")
+def _type(f: Any) -> Any:
+    choices = f.metadata["choices"]
+    return Literal[choices] if choices and f.metadata["api"] == "options" else OPTION_TYPES[f.name]  # type: ignore[valid-type]
+
+
+# Optional method settings: every option core/options.py exposes in ``spec.options``; unset ones take the defaults there.
+MethodOptions: type[BaseModel] = create_model(  # type: ignore[call-overload]
+    "MethodOptions", __config__=ConfigDict(extra="forbid"), __doc__="Optional method settings (defaults: Appendix A / Sec. 5 of the paper).",
+    **{f.name: (_type(f) | None, _field(f, None)) for f in api_options("options")})
+
+_SPEC = {f.name: f for f in api_options("spec")}
 
 
 class JobSpec(BaseModel):
@@ -46,12 +36,12 @@ class JobSpec(BaseModel):
 
     sources: list[str] = Field(min_length=1, max_length=8, description="source model ids (see GET /models); several for "
                                "multi-GAN mining (mining methods) or fusion (fusion, fusion++)")
-    method: str = Field(default="minegan++", description=f"one of {', '.join(METHODS)}")
-    mining_steps: int = Field(default=200, ge=0, le=100_000)
-    finetune_steps: int = Field(default=100, ge=0, le=100_000)
-    batch_size: int = Field(default=64, ge=1, le=1024)
-    seed: int = Field(default=0, ge=0, le=2**31 - 1)
-    options: MethodOptions = Field(default_factory=MethodOptions)
+    method: str = _field(_SPEC["method"], DEFAULTS.method)
+    mining_steps: int = _field(_SPEC["mining_steps"], DEFAULTS.mining_steps)
+    finetune_steps: int = _field(_SPEC["finetune_steps"], DEFAULTS.finetune_steps)
+    batch_size: int = _field(_SPEC["batch_size"], DEFAULTS.batch_size)
+    seed: int = _field(_SPEC["seed"], DEFAULTS.seed)
+    options: MethodOptions = Field(default_factory=MethodOptions)  # type: ignore[valid-type]
 
     @field_validator("method")
     @classmethod
@@ -60,21 +50,9 @@ class JobSpec(BaseModel):
             raise ValueError(f"unknown method {v!r}; choose one of {', '.join(METHODS)}")
         return v
 
-    def run_options(self) -> dict[str, Any]:
-        """The options the user gave (unset ones are left to RunConfig's defaults)."""
-        return {k: v for k, v in self.options.model_dump().items() if v is not None}
-
-
-FUSION_OPTIONS = tuple(k for k in MethodOptions.model_fields if k.startswith("fusion_"))
-
-
-def resolved_options(cfg: RunConfig) -> dict[str, Any]:
-    """Every option of ``MethodOptions`` as the job will run it: the user's values with this version's defaults
-    filled in. Stored with the job at submission, so a queued or interrupted job resumes with the recipe it was
-    submitted with even if a later version changes a default, and ``GET /jobs/{id}`` shows the whole recipe.
-    The fusion options are left out of methods that do not fuse."""
-    keep = [k for k in MethodOptions.model_fields if cfg.method in FUSION_METHODS or k not in FUSION_OPTIONS]
-    return {k: getattr(cfg, k) for k in keep}
+    def run_config(self, **settings: Any) -> RunConfig:
+        """The run this spec asks for: its fields, the options the user gave, RunConfig's defaults for the rest."""
+        return config_from_spec(self.model_dump(), **settings)
 
 
 class ErrorInfo(BaseModel):

@@ -33,9 +33,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.multi_gan import _predict as classify  # noqa: E402  (the project's digit classifier, batched)
-from core import zoo  # noqa: E402
+from core import checkpoints, zoo  # noqa: E402
 from core.data import load_mnist, load_target, write_mnist_zip  # noqa: E402
-from core.methods import RunConfig, _latest_checkpoint, _Run, train  # noqa: E402
+from core.methods import RunConfig, mining_run, train  # noqa: E402
 from core.multi import MultiGanModules  # noqa: E402
 
 SOURCES = ("mnist-0-4", "mnist-5-9")
@@ -68,14 +68,14 @@ def main() -> int:
     sources = [zoo.load_source(s) for s in SOURCES]
     cfg = RunConfig(method="mine", mining_steps=a.steps, finetune_steps=0, seed=a.seed, checkpoint_every=0)
     run_dir = out / "runs" / f"d{da}{db}-{ratio[0]}-seed{a.seed}-s{a.steps}"
-    ckpt = _latest_checkpoint(run_dir)
-    if ckpt is None or int(ckpt.stem.split("-")[1]) < cfg.total_steps:
+    ckpt = checkpoints.newest_in(run_dir)
+    if ckpt is None or checkpoints.checkpoint_step(ckpt.name) < cfg.total_steps:  # type: ignore[operator]
         train(cfg, sources, target, run_dir,
               on_progress=lambda ph, s, t, st: print(f"step {s}/{t} pi_a {st.get(f'pi/{SOURCES[0]}', float('nan')):.3f}",
                                                      flush=True) if s % 100 == 0 else None)
-        ckpt = _latest_checkpoint(run_dir)
+        ckpt = checkpoints.newest_in(run_dir)
     assert ckpt is not None
-    run = _Run(cfg, sources, target, run_dir)
+    run = mining_run(cfg, sources, target, run_dir)
     run.restore(ckpt)
     mods = run.mods
     assert isinstance(mods, MultiGanModules)

@@ -8,13 +8,15 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from core import zoo
 from core.data import TargetDataError, load_target, write_mnist_zip
 from core.images import grid_png, zip_of_pngs
-from core.methods import METHODS, MethodError, RunConfig, load_model, train
+from core.methods import load_model, train
+from core.options import OPTION_TYPES, OPTIONS, MethodError, RunConfig, api_options
 from core.trainer import Stopped
 
 
@@ -39,11 +41,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     target = load_target(a.target, source.G.cfg.channels, source.G.cfg.img_size)
     conv = target.report.get("converted")
     print(f"target: {len(target)} images from {a.target}" + (f" (converted: {conv})" if conv else ""), file=sys.stderr)
-    cfg = RunConfig(method=a.method, mining_steps=a.mining_steps, finetune_steps=a.finetune_steps,
-                    batch_size=a.batch_size, seed=a.seed, checkpoint_every=a.checkpoint_every, selection=a.selection,
-                    critic_source=a.critic_source, fusion_steps=a.fusion_steps, fusion_mean_scale=a.fusion_mean_scale,
-                    fusion_critic=a.fusion_critic, fusion_mining=a.fusion_mining, fusion_distill=a.fusion_distill,
-                    fusion_lr_generator=a.fusion_lr_generator, fusion_lr_decay=a.fusion_lr_decay)
+    cfg = RunConfig(**{f.name: getattr(a, f.name) for f in OPTIONS if f.metadata["cli"]})
     if a.threads:
         torch.set_num_threads(a.threads)
     bar, on_progress = _progress_bar(cfg.total_steps)
@@ -112,8 +110,8 @@ def _watch(c, job: dict) -> dict:  # type: ignore[no-untyped-def,type-arg]
 def cmd_submit(a: argparse.Namespace) -> int:
     options = json.loads(a.options) if a.options else {}
     with _client(a) as c:
-        job = c.submit(a.target, sources=[n for s in a.source for n in s.split(",")], method=a.method, mining_steps=a.mining_steps,
-                       finetune_steps=a.finetune_steps, batch_size=a.batch_size, seed=a.seed, options=options)
+        job = c.submit(a.target, sources=[n for s in a.source for n in s.split(",")], options=options,
+                       **{f.name: getattr(a, f.name) for f in api_options("spec")})
         print(f"submitted job {job['id']} ({job['target']['n_images']} target images)", file=sys.stderr)
         if not a.wait:
             print(job["id"])
@@ -234,6 +232,18 @@ def cmd_keys(a: argparse.Namespace) -> int:
     return 0
 
 
+def add_option_flags(p: argparse.ArgumentParser, options: list[Any]) -> None:
+    """A flag per option declared in core/options.py: --mining-steps for mining_steps, with its type, default,
+    choices and help text; booleans get --name / --no-name."""
+    for f in options:
+        m, kind = f.metadata, OPTION_TYPES[f.name]
+        flag = "--" + f.name.replace("_", "-")
+        if kind is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=m["help"])
+        else:
+            p.add_argument(flag, type=kind, default=f.default, choices=m["choices"], help=m["help"])
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="minegan", description="Few-shot GAN transfer by mining (MineGAN / MineGAN++).")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -243,28 +253,9 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--source", required=True, action="append",
                    help="source model id (see `minegan zoo list`); repeat it (or comma-separate) to mine several GANs or fuse them")
     t.add_argument("--target", required=True, help="zip or folder of target images (PNG/JPEG)")
-    t.add_argument("--method", default="minegan++", choices=METHODS)
+    add_option_flags(t, [f for f in OPTIONS if f.name == "method"])
     t.add_argument("--out", required=True, help="run directory (re-running resumes from its last checkpoint)")
-    d = RunConfig()
-    t.add_argument("--mining-steps", type=int, default=d.mining_steps)
-    t.add_argument("--finetune-steps", type=int, default=d.finetune_steps)
-    t.add_argument("--batch-size", type=int, default=d.batch_size)
-    t.add_argument("--seed", type=int, default=d.seed)
-    t.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
-    t.add_argument("--selection", choices=("permuted", "max"), default=d.selection,
-                   help="several sources: improved training of Eq. 9-10 (permuted) or the original Eq. 5-6 (max)")
-    t.add_argument("--critic-source", type=int, default=d.critic_source, help="several sources: whose critic initialises D")
-    t.add_argument("--fusion-steps", type=int, default=d.fusion_steps, help="fusion, fusion++: steps training the fused G_F")
-    t.add_argument("--fusion-mean-scale", type=float, default=d.fusion_mean_scale, help="fusion: |mu_i| of each source's prior region")
-    t.add_argument("--fusion-mining", choices=("regions", "single"), default=d.fusion_mining,
-                   help="fusion: one miner in front of G_F (single, default) or one per source region with the selector (regions)")
-    t.add_argument("--fusion-critic", choices=("projection", "plain"), default=d.fusion_critic,
-                   help="fusion: critic told each image's source (projection, default) or the unconditional critic (plain)")
-    t.add_argument("--fusion-distill", type=float, default=d.fusion_distill,
-                   help="fusion: weight of the paired term mean|G_F(mu_i + z) - G_i(z)| (0: adversarial only, as in the paper)")
-    t.add_argument("--fusion-lr-generator", type=float, default=d.fusion_lr_generator, help="fusion: G_F's learning rate while fusing")
-    t.add_argument("--fusion-lr-decay", action=argparse.BooleanOptionalAction, default=d.fusion_lr_decay,
-                   help="fusion: learning rates fall linearly to 0 over the fusion steps")
+    add_option_flags(t, [f for f in OPTIONS if f.metadata["cli"] and f.name != "method"])
     t.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     t.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     t.set_defaults(fn=cmd_train)
@@ -281,11 +272,7 @@ def parser() -> argparse.ArgumentParser:
     sb = sub.add_parser("submit", help="upload a target zip to the service and start a job")
     sb.add_argument("target", help="zip of target images")
     sb.add_argument("--source", action="append", required=True, help="source model id (repeat, or comma-separate, for several)")
-    sb.add_argument("--method", default="minegan++", choices=METHODS)
-    sb.add_argument("--mining-steps", type=int, default=RunConfig.mining_steps)
-    sb.add_argument("--finetune-steps", type=int, default=RunConfig.finetune_steps)
-    sb.add_argument("--batch-size", type=int, default=RunConfig.batch_size)
-    sb.add_argument("--seed", type=int, default=0)
+    add_option_flags(sb, api_options("spec"))
     sb.add_argument("--options", default="", help='method options as JSON, e.g. \'{"selection": "max"}\'')
     sb.add_argument("--wait", action="store_true", help="follow the job with a progress bar and write a sample grid")
     sb.add_argument("-n", type=int, default=16, help="with --wait: images in the grid")
@@ -358,6 +345,9 @@ def main(argv: list[str] | None = None) -> int:
     except (zoo.UnknownModelError, TargetDataError, MethodError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Stopped as exc:
+        print(f"stopped: {exc}", file=sys.stderr)
+        return 130
     except Exception as exc:
         from client import ApiError
 
@@ -365,9 +355,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc.message} ({exc.status} {exc.code})", file=sys.stderr)
             return 2
         raise
-    except Stopped as exc:
-        print(f"stopped: {exc}", file=sys.stderr)
-        return 130
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ from torch import nn
 from core import checkpoints
 from core.nets import Critic
 from core.options import DEFAULTS, FUSION_CRITICS, RunConfig, check_sources
-from core.trainer import RUN_FORMAT, GanModules, ProgressFn, StagedRun, StageConfig, StageHooks, StageState, StopFn
+from core.trainer import RUN_FORMAT, GanModules, ProgressFn, StageConfig, StagedRun, StageHooks, StageState, StopFn
 from core.zoo import SourceModel, source_checkpoint
 
 log = logging.getLogger(__name__)
@@ -77,8 +77,8 @@ class FusionConfig:
     @classmethod
     def of(cls, cfg: RunConfig) -> FusionConfig:
         """The fusion stage of a run: each field from ``fusion_<field>`` of ``cfg`` if there is one, else ``<field>``."""
-        own = {f: getattr(cfg, f"fusion_{f}", getattr(cfg, f, None)) for f in cls.__dataclass_fields__}
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in own.items() if v is not None})
+        own: dict[str, Any] = {f: getattr(cfg, f"fusion_{f}", getattr(cfg, f, None)) for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in own.items() if v is not None})
 
     def as_json(self) -> dict[str, Any]:
         """What identifies a fusion (its checkpoints, fused.pt's meta). Options added after the paper's recipe are

@@ -53,7 +53,7 @@ from core.options import (
     check_sources,
 )
 from core.sparse import SparseConfig
-from core.trainer import GanModules, ProgressFn, StagedRun, StageConfig, StopFn, TargetBatches
+from core.trainer import GanModules, ProgressFn, StageConfig, StagedRun, StopFn, TargetBatches
 from core.zoo import SourceModel, load_source_file
 
 log = logging.getLogger(__name__)
@@ -203,7 +203,7 @@ def train(
     _check_inputs(cfg, sources, target)
     if cfg.method in FUSION_METHODS:  # Sec. 4.2: fuse the sources into G_F first, then mine G_F
         sources = [_fused_source(cfg, sources, run_dir, on_progress, should_stop, device, after_checkpoint)]
-    run = _mining_run(cfg, sources, target.to(device), run_dir)
+    run = mining_run(cfg, sources, target.to(device), run_dir)
     run.resume()
     for m in (run.mods.G, run.mods.D, run.mods.M):
         if m is not None:
@@ -220,7 +220,7 @@ def _check_inputs(cfg: RunConfig, sources: list[SourceModel], target: torch.Tens
     check_sources(cfg, [s.info for s in sources])
 
 
-def _mining_run(cfg: RunConfig, sources: list[SourceModel], images: torch.Tensor, run_dir: Path) -> StagedRun:
+def mining_run(cfg: RunConfig, sources: list[SourceModel], images: torch.Tensor, run_dir: Path) -> StagedRun:
     """The method's stages (after fusion's, for fusion methods) over freshly built modules, as a resumable run."""
     stages = plan(cfg)
     torch.manual_seed(cfg.seed)

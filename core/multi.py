@@ -182,7 +182,7 @@ class MultiMinedGenerator(nn.Module):
             yield out
 
 
-def member_images(Gs: nn.ModuleList, Ms: nn.ModuleList | None, members: list[tuple[int, int]], i: int, u: torch.Tensor) -> torch.Tensor:
+def member_images(Gs: nn.ModuleList, Ms: nn.ModuleList | None, members: list[tuple[int, ...]], i: int, u: torch.Tensor) -> torch.Tensor:
     """x = G_i(M_i(u)) for family member i (generator index, class label or -1): training and sampling both use it.
     u [K, z_dim] -> [K, C, H, W]."""
     g_idx, label = members[i]

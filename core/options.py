@@ -13,6 +13,7 @@ job keeps only those.
 from __future__ import annotations
 
 import typing
+from collections.abc import Mapping
 from dataclasses import Field, asdict, dataclass, field, fields
 from typing import Any
 
@@ -55,7 +56,7 @@ class RunConfig:
     lr_critic: float = option(1e-4, "Adam learning rate of the critic", gt=0, le=0.1)
     betas: tuple[float, float] = option((0.5, 0.999), "Adam betas (Appendix A)", api=None, cli=False)
     gp_weight: float = option(10.0, "weight of the WGAN-GP gradient penalty", api=None)
-    sparse_top_fraction: float = option(0.3, "S^3: share of filters kept per layer, theta_w (Sec. 5)", gt=0, le=1)
+    sparse_top_fraction: float = option(0.3, "S^3: share of the critic weights kept by their score, theta_w (Sec. 5)", gt=0, le=1)
     sparse_min_weights: int = option(6, "S^3: minimum filters kept per layer, theta_f (Sec. 5)", ge=1)
     freeze_critic_layers: int = option(2, "freezed: lowest critic layers kept fixed (FreezeD)", ge=0, le=8)
     checkpoint_every: int = option(50, "steps between checkpoints (a run resumes from its newest)", api=None)
@@ -121,6 +122,13 @@ def api_options(where: str) -> list[Field[Any]]:
     return [f for f in OPTIONS if f.metadata["api"] == where]
 
 
+def config_from_spec(spec: Mapping[str, Any], **settings: Any) -> RunConfig:
+    """The RunConfig of a job spec (a dict: its top-level fields and its ``options``; options left unset or None
+    take the defaults). ``settings``: what the service sets itself, such as ``checkpoint_every``."""
+    given = {k: v for k, v in (spec.get("options") or {}).items() if v is not None}
+    return RunConfig(**{f.name: spec[f.name] for f in api_options("spec") if f.name in spec}, **given, **settings)
+
+
 def resolved_options(cfg: RunConfig) -> dict[str, Any]:
     """Every ``spec.options`` option that applies to ``cfg.method``, as the run will use it: the user's values
     with this version's defaults filled in (stored with a job, so a later default cannot change it)."""
@@ -155,7 +163,7 @@ def check_sources(cfg: RunConfig, sources: list[SourceInfo]) -> None:
         raise MethodError(f"sources: {ids} differ in resolution, channels or |z|; sources must share them")
     if cfg.method in FUSION_METHODS:
         if len(sources) < 2 or any(s.conditional for s in sources):
-            raise MethodError(f"sources: {cfg.method} fuses at least two unconditional sources")
+            raise MethodError(f"sources: {cfg.method} fuses two or more unconditional sources")
     elif (len(sources) > 1 or sources[0].conditional) and cfg.method not in MINING_METHODS:
         what = "several sources" if len(sources) > 1 else f"{ids[0]} is conditional and"
         raise MethodError(f"method: {cfg.method} takes one unconditional source; {what} need a mining method "

@@ -179,7 +179,8 @@ def generator_step(mods: GanModules, st: StageState, n: int, labels: torch.Tenso
 class Batches(Protocol):
     """Where a stage's real minibatches (and the labels of its fake ones) come from."""
 
-    device: torch.device
+    @property
+    def device(self) -> torch.device: ...
 
     def real(self, n: int, rng: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor | None]: ...
 

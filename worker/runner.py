@@ -23,15 +23,17 @@ import torch
 from botocore.exceptions import BotoCoreError, ClientError
 from sqlalchemy.exc import OperationalError
 
-from core import zoo
-from core.data import TargetDataError, load_target
+from core import checkpoints, zoo
+from core.data import TargetDataError, TargetSet, load_target
 from core.images import grid_png
-from core.methods import MethodError, RunConfig, train
+from core.methods import RunResult, train
+from core.options import MethodError, RunConfig, config_from_spec
 from core.trainer import Stopped
 from store import events
 from store import jobs as jobs_dao
 from store import sources as registry
 from store.blobs import BlobNotFound, BlobStore
+from store.models import Job
 from store.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -131,18 +133,19 @@ def _restore_checkpoint(blobs: BlobStore, job_id: str, run_dir: Path) -> str | N
     fused = artifact_key(job_id, "fused.pt")
     if blobs.exists(fused):
         (run_dir / "fused.pt").write_bytes(blobs.get(fused))
-    keys = [k for k in blobs.list(artifact_key(job_id, "ckpt-")) if k.endswith(".pt")]
-    if not keys:
+    latest = checkpoints.newest(blobs.list(artifact_key(job_id, "ckpt-")))
+    if latest is None:
         return fused if blobs.exists(fused) else None
-    latest = max(keys, key=lambda k: int(Path(k).stem.split("-")[1]))
     (run_dir / Path(latest).name).write_bytes(blobs.get(latest))
     return latest
 
 
 def run_config_from_spec(spec: dict[str, Any], settings: Settings) -> RunConfig:
-    opts = dict(spec.get("options") or {})
-    return RunConfig(method=spec["method"], mining_steps=spec["mining_steps"], finetune_steps=spec["finetune_steps"],
-                     batch_size=spec["batch_size"], seed=spec["seed"], checkpoint_every=settings.checkpoint_every, **opts)
+    return config_from_spec(spec, checkpoint_every=settings.checkpoint_every)
+
+
+# Errors that a retry cannot fix: the job is marked failed with the exception's code.
+PERMANENT: tuple[type[Exception], ...] = (zoo.UnknownModelError, TargetDataError, MethodError, PermanentJobError)
 
 
 def execute_job(job_id: str, settings: Settings, blobs: BlobStore, interrupt: threading.Event | None = None) -> str:
@@ -151,61 +154,19 @@ def execute_job(job_id: str, settings: Settings, blobs: BlobStore, interrupt: th
     When ``interrupt`` is set (the embedded server shutting down), the job stops at its next step and goes
     back to ``queued`` without using up an attempt; it resumes from its last checkpoint when a worker next
     starts. Returns "interrupted" then."""
-    try:
-        job = jobs_dao.claim(settings.database_url, job_id, worker=f"{socket.gethostname()}:{os.getpid()}",
-                             stale_after_s=settings.stale_after_s, max_attempts=settings.max_attempts)
-    except jobs_dao.JobBusy as exc:  # a duplicate delivery while the first attempt runs; the sweeper covers its death
-        log.info("%s; this delivery is dropped", exc)
-        return "busy"
-    if job is None:  # already finished or canceled: nothing to do (a duplicate delivery)
-        return jobs_dao.get_status(settings.database_url, job_id) or "missing"
+    job = _claim(job_id, settings)
+    if isinstance(job, str):
+        return job
     run_dir = Path(settings.work_dir) / job_id
     run_dir.mkdir(parents=True, exist_ok=True)
     reporter = _Reporter(settings, job_id, interrupt=interrupt)
     beat = _Heartbeat(settings, job_id)
     beat.start()
     try:
-        spec = job.spec
-        sources = [registry.load(blobs, name, run_dir, job.tenant) for name in spec["sources"]]
-        source = sources[0]
-        upload = run_dir / "target.zip"
-        upload.write_bytes(blobs.get(job.upload_key))
-        target = load_target(upload, source.G.cfg.channels, source.G.cfg.img_size, max_images=settings.max_target_images,
-                             limits=settings.zip_limits(), max_pixels=settings.max_image_pixels)
-        jobs_dao.set_target_report(settings.database_url, job_id, target.report)
-        cfg = run_config_from_spec(spec, settings)
-        resumed = _restore_checkpoint(blobs, job_id, run_dir)
-        if resumed:
-            log.info("job %s resumes from %s", job_id, resumed)
-            if blobs.exists(artifact_key(job_id, "history.json")):
-                reporter.history = json.loads(blobs.get(artifact_key(job_id, "history.json")))
-
-        def upload_checkpoint(path: Path) -> None:
-            blobs.put(artifact_key(job_id, "history.json"), json.dumps(reporter.history).encode(), "application/json")
-            blobs.put(artifact_key(job_id, path.name), path.read_bytes())
-            if path.name.startswith("ckpt-"):  # keep only the newest checkpoint (fused.pt stays: it is an artifact)
-                for key in blobs.list(artifact_key(job_id, "ckpt-")):
-                    if Path(key).name != path.name:
-                        blobs.delete(key)
-
-        def upload_preview(step: int, sample: Callable[[int, int], torch.Tensor]) -> None:
-            # a fixed seed, so successive previews show the same latent codes moving
-            blobs.put(artifact_key(job_id, f"previews/step-{step:06d}.png"), grid_png(sample(16, 0), nrow=4), "image/png")
-
-        result = train(cfg, sources, target.images, run_dir, on_progress=reporter.on_progress,
-                       should_stop=reporter.should_stop, device=pick_device(settings.device),
-                       after_checkpoint=upload_checkpoint, on_preview=upload_preview,
-                       preview_every=preview_interval(settings.preview_every, cfg.total_steps))
-        samples = result.model.sample(64, seed=0)
-        blobs.put(artifact_key(job_id, "samples.png"), grid_png(samples, nrow=8), "image/png")
-        metrics = _job_metrics(samples, target.images, result.summary)
-        blobs.put(artifact_key(job_id, "metrics.json"), json.dumps(metrics, indent=2).encode(), "application/json")
-        blobs.put(artifact_key(job_id, "history.json"), json.dumps(reporter.history).encode(), "application/json")
-        _upload_plots(blobs, job_id, reporter.history, metrics)
-        blobs.put(artifact_key(job_id, "model.pt"), (run_dir / "model.pt").read_bytes())
-        jobs_dao.finish(settings.database_url, job_id, "succeeded", model_key=artifact_key(job_id, "model.pt"),
-                        metrics=metrics, train_seconds=result.summary.get("train_seconds"))
-        events.job_succeeded(settings, job.tenant)  # API processes drop their cached "latest job" of this tenant
+        sources, target = _fetch_inputs(job, settings, blobs, run_dir)
+        result = _train(job, sources, target, settings, blobs, run_dir, reporter)
+        metrics = _publish(job_id, result, target.images, reporter.history, blobs, run_dir)
+        _record_success(job, settings, result, metrics)
         shutil.rmtree(run_dir, ignore_errors=True)
         return "succeeded"
     except Stopped:
@@ -216,10 +177,8 @@ def execute_job(job_id: str, settings: Settings, blobs: BlobStore, interrupt: th
         jobs_dao.finish(settings.database_url, job_id, "canceled")
         shutil.rmtree(run_dir, ignore_errors=True)
         return "canceled"
-    except (zoo.UnknownModelError, TargetDataError, MethodError, PermanentJobError) as exc:
-        code = getattr(exc, "code", None) or {zoo.UnknownModelError: "unknown_source", TargetDataError: "bad_target",
-                                              MethodError: "bad_spec"}.get(type(exc), "failed")
-        jobs_dao.finish(settings.database_url, job_id, "failed", error=(code, str(exc)))
+    except PERMANENT as exc:
+        jobs_dao.finish(settings.database_url, job_id, "failed", error=(exc.code, str(exc)))  # type: ignore[attr-defined]
         shutil.rmtree(run_dir, ignore_errors=True)
         return "failed"
     except TRANSIENT:
@@ -234,6 +193,77 @@ def execute_job(job_id: str, settings: Settings, blobs: BlobStore, interrupt: th
         raise
     finally:
         beat.stop()
+
+
+def _claim(job_id: str, settings: Settings) -> Job | str:
+    """The job row, now owned by this attempt; or the status to return when there is nothing to run."""
+    try:
+        job = jobs_dao.claim(settings.database_url, job_id, worker=f"{socket.gethostname()}:{os.getpid()}",
+                             stale_after_s=settings.stale_after_s, max_attempts=settings.max_attempts)
+    except jobs_dao.JobBusy as exc:  # a duplicate delivery while the first attempt runs; the sweeper covers its death
+        log.info("%s; this delivery is dropped", exc)
+        return "busy"
+    if job is None:  # already finished or canceled: nothing to do (a duplicate delivery)
+        return jobs_dao.get_status(settings.database_url, job_id) or "missing"
+    return job
+
+
+def _fetch_inputs(job: Job, settings: Settings, blobs: BlobStore, run_dir: Path) -> tuple[list[zoo.SourceModel], TargetSet]:
+    """The job's source models and its target images (checked again, as the upload was), into ``run_dir``."""
+    sources = [registry.load(blobs, name, run_dir, job.tenant) for name in job.spec["sources"]]
+    g = sources[0].G.cfg
+    upload = run_dir / "target.zip"
+    upload.write_bytes(blobs.get(job.upload_key))
+    target = load_target(upload, g.channels, g.img_size, max_images=settings.max_target_images,
+                         limits=settings.zip_limits(), max_pixels=settings.max_image_pixels)
+    jobs_dao.set_target_report(settings.database_url, job.id, target.report)
+    return sources, target
+
+
+def _train(job: Job, sources: list[zoo.SourceModel], target: TargetSet, settings: Settings, blobs: BlobStore, run_dir: Path,
+           reporter: _Reporter) -> RunResult:
+    """``core.methods.train``, resumed from the last uploaded checkpoint; checkpoints and previews go to storage."""
+    cfg = run_config_from_spec(job.spec, settings)
+    resumed = _restore_checkpoint(blobs, job.id, run_dir)
+    if resumed:
+        log.info("job %s resumes from %s", job.id, resumed)
+        if blobs.exists(artifact_key(job.id, "history.json")):
+            reporter.history = json.loads(blobs.get(artifact_key(job.id, "history.json")))
+
+    def upload_checkpoint(path: Path) -> None:
+        blobs.put(artifact_key(job.id, "history.json"), json.dumps(reporter.history).encode(), "application/json")
+        blobs.put(artifact_key(job.id, path.name), path.read_bytes())
+        if checkpoints.checkpoint_step(path.name) is not None:  # keep only the newest checkpoint (fused.pt stays: it is an artifact)
+            for key in blobs.list(artifact_key(job.id, "ckpt-")):
+                if Path(key).name != path.name:
+                    blobs.delete(key)
+
+    def upload_preview(step: int, sample: Callable[[int, int], torch.Tensor]) -> None:
+        # a fixed seed, so successive previews show the same latent codes moving
+        blobs.put(artifact_key(job.id, f"previews/step-{step:06d}.png"), grid_png(sample(16, 0), nrow=4), "image/png")
+
+    return train(cfg, sources, target.images, run_dir, on_progress=reporter.on_progress, should_stop=reporter.should_stop,
+                 device=pick_device(settings.device), after_checkpoint=upload_checkpoint, on_preview=upload_preview,
+                 preview_every=preview_interval(settings.preview_every, cfg.total_steps))
+
+
+def _publish(job_id: str, result: RunResult, target: torch.Tensor, history: list[dict[str, Any]], blobs: BlobStore,
+             run_dir: Path) -> dict[str, Any]:
+    """Samples, metrics, the loss history, plots and the model file, to storage; returns the metrics."""
+    samples = result.model.sample(64, seed=0)
+    blobs.put(artifact_key(job_id, "samples.png"), grid_png(samples, nrow=8), "image/png")
+    metrics = _job_metrics(samples, target, result.summary)
+    blobs.put(artifact_key(job_id, "metrics.json"), json.dumps(metrics, indent=2).encode(), "application/json")
+    blobs.put(artifact_key(job_id, "history.json"), json.dumps(history).encode(), "application/json")
+    _upload_plots(blobs, job_id, history, metrics)
+    blobs.put(artifact_key(job_id, "model.pt"), (run_dir / "model.pt").read_bytes())
+    return metrics
+
+
+def _record_success(job: Job, settings: Settings, result: RunResult, metrics: dict[str, Any]) -> None:
+    jobs_dao.finish(settings.database_url, job.id, "succeeded", model_key=artifact_key(job.id, "model.pt"),
+                    metrics=metrics, train_seconds=result.summary.get("train_seconds"))
+    events.job_succeeded(settings, job.tenant)  # API processes drop their cached "latest job" of this tenant
 
 
 def _upload_plots(blobs: BlobStore, job_id: str, history: list[dict[str, Any]], metrics: dict[str, Any]) -> None:

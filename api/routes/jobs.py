@@ -13,13 +13,13 @@ from starlette.concurrency import run_in_threadpool
 
 from api.compute import run_torch
 from api.deps import JobDep, ServicesDep, TenantDep
-from api.errors import ApiError
-from api.schemas import Artifact, JobList, JobPublic, JobSpec, Preview, resolved_options
+from api.errors import ApiError, describe_errors
+from api.schemas import Artifact, JobList, JobPublic, JobSpec, Preview
 from api.uploads import read_upload, validate_target
 from api.views import job_public
 from core.data import load_target_bytes
 from core.images import grid_png
-from core.methods import FUSION_METHODS, MINING_METHODS, MethodError, RunConfig
+from core.options import MethodError, RunConfig, SourceInfo, check_sources, resolved_options
 from store import auth as auth_dao
 from store import jobs as jobs_dao
 from store import sources as registry
@@ -35,34 +35,17 @@ def _parse_spec(raw: str) -> JobSpec:
     try:
         return JobSpec.model_validate(data)
     except ValidationError as exc:
-        msg = "; ".join(f"{'.'.join(str(x) for x in e['loc']) or 'spec'}: {e['msg']}" for e in exc.errors())
-        raise ApiError(422, "invalid_spec", msg) from exc
+        raise ApiError(422, "invalid_spec", describe_errors(exc.errors(), whole="spec")) from exc
 
 
 def _check_sources(spec: JobSpec, srcs: list[dict]) -> RunConfig:  # type: ignore[type-arg]
-    """Which methods fit which sources, checked before anything is stored (the worker would fail later)."""
+    """Which methods fit which sources (core's rules), checked before anything is stored (the worker would fail later)."""
     try:
-        cfg = RunConfig(method=spec.method, mining_steps=spec.mining_steps, finetune_steps=spec.finetune_steps,
-                        batch_size=spec.batch_size, seed=spec.seed, **spec.run_options())
+        cfg = spec.run_config()
         cfg.validate()
+        check_sources(cfg, [SourceInfo(s["id"], s["z_dim"], s["resolution"], s["channels"], s["conditional"]) for s in srcs])
     except (MethodError, TypeError) as exc:
         raise ApiError(422, "invalid_spec", str(exc)) from exc
-    ids = [s["id"] for s in srcs]
-    if len(set(ids)) != len(ids):
-        raise ApiError(422, "invalid_spec", "sources: each source at most once")
-    shape = {(s["resolution"], s["channels"], s["z_dim"]) for s in srcs}
-    if len(shape) > 1:
-        raise ApiError(422, "invalid_spec", f"sources: {ids} differ in resolution, channels or |z|; they must match")
-    family = len(srcs) > 1 or srcs[0]["conditional"]
-    if spec.method in FUSION_METHODS:
-        if len(srcs) < 2 or any(s["conditional"] for s in srcs):
-            raise ApiError(422, "invalid_spec", f"sources: {spec.method} fuses two or more unconditional sources")
-    elif family and spec.method not in MINING_METHODS:
-        what = "several sources" if len(srcs) > 1 else f"{ids[0]} is conditional and"
-        raise ApiError(422, "invalid_spec", f"method: {spec.method} takes one unconditional source; {what} need a mining "
-                                            f"method ({', '.join(m for m in MINING_METHODS if m not in FUSION_METHODS)})")
-    if cfg.critic_source >= len(srcs):
-        raise ApiError(422, "invalid_spec", f"options.critic_source: {cfg.critic_source} is not the index of one of the {len(srcs)} sources")
     return cfg
 
 

@@ -10,7 +10,7 @@ from starlette.datastructures import UploadFile
 
 from api.compute import run_torch
 from api.deps import ServicesDep, TenantDep
-from api.errors import ApiError
+from api.errors import ApiError, describe_errors
 from api.schemas import ModelInfo
 from api.services import Services
 from api.uploads import read_upload
@@ -63,7 +63,7 @@ async def add_model(request: Request, svc: ServicesDep, tenant: TenantDep) -> Mo
     try:
         body = RegisterModel.model_validate_json(await request.body())
     except ValidationError as exc:
-        raise ApiError(422, "invalid_request", "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from exc
+        raise ApiError(422, "invalid_request", describe_errors(exc.errors())) from exc
     return await run_torch(register_model, body, svc, tenant)
 
 
@@ -76,8 +76,7 @@ async def _upload_model(request: Request, svc: ServicesDep, tenant: str) -> Mode
         try:
             cfg = UploadConfig.model_validate_json(raw)
         except ValidationError as exc:
-            raise ApiError(422, "invalid_request", "config: " + "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
-                                                                          for e in exc.errors())) from exc
+            raise ApiError(422, "invalid_request", "config: " + describe_errors(exc.errors())) from exc
         g_bytes = await read_upload(gen, svc.settings.max_upload_bytes)
         c_bytes = await read_upload(crit, svc.settings.max_upload_bytes) if isinstance(crit, UploadFile) else None
     finally:

@@ -146,7 +146,7 @@ def test_region_miners_start_in_their_regions_and_single_mining_remains(target, 
 
 
 def test_fusion_needs_several_unconditional_sources(target, tmp_path: Path) -> None:
-    with pytest.raises(MethodError, match="at least two"):
+    with pytest.raises(MethodError, match="two or more"):
         train(RunConfig(method="fusion", fusion_steps=1, mining_steps=1, finetune_steps=0), tiny_source(), target, tmp_path)
 
 
