@@ -2,22 +2,18 @@
 
 The constraint is OpenMP. Each OS thread that runs multi-threaded torch ops owns an OpenMP team, and
 libgomp counts the threads of all teams. Once that count is above the number of CPUs it stops spinning
-between parallel regions, and every op of a forward pass then wakes its team through a futex. Measured on
-the 2-core CI machine (docs/benchmarks.md, sampling): ``GET /sample?n=16`` generated in 2.8 ms inside the
-server and 1.55 ms in a plain process while a second team was alive.
+between parallel regions, and every op of a forward pass then wakes its team through a futex, which made
+sampling in the server markedly slower than in a plain process (docs/benchmarks.md, "Design figures").
 
 So there is exactly one team, and it belongs to the thread that renders samples:
 
 * :func:`sample_on_loop` runs sampling (the generator's forward passes of an already loaded model) on the
   calling thread, which is the event loop, and the route encodes the PNG there too. This is the request
   users repeat most. Rendering there saves the two thread hops of an executor round trip and the cost of
-  waking a second thread: ``/sample?n=16`` measured 1.28-1.36x the in-process call with a minimal HTTP
-  client and 1.35-1.41x with http.client before, 1.13-1.23x and 1.23-1.34x after (2026-11-26, not paired;
-  paired prototype figures in docs/benchmarks.md, sampling). So that one large request cannot stall the server, the forward passes run in
-  pieces of at most :data:`CHUNK_VALUES` output values (83 MNIST images, 5 RGB 64x64 images: ~5 ms each on
-  the 2-core CI machine) and the loop serves other requests between pieces. (A 64x64 DCGAN takes ~270 ms
-  for n=256 in one piece.) Encoding a result of one piece or less (n=16 MNIST: ~0.2 ms) stays on the loop;
-  a larger one (up to ~0.1 s for 256 RGB 64x64 images) goes to the helper thread.
+  waking a second thread. So that one large request cannot stall the server, the forward passes run in
+  pieces of at most :data:`CHUNK_VALUES` output values (a few milliseconds each) and the loop serves other
+  requests between pieces. Encoding a result of one piece or less stays on the loop; a larger one goes to
+  the helper thread.
 * :func:`run_torch` runs the rest (loading a finished job's model from storage, decoding and checking an
   uploaded target zip, checking an uploaded generator, the target grid) on one helper thread whose torch
   runs with a single intra-op thread: it never starts OpenMP worker threads, so it adds no second team, and

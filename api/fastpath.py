@@ -1,10 +1,9 @@
 """The sampling fast path: ``GET /sample`` and ``GET /jobs/{id}/sample`` answered from the caches, outside
 FastAPI's routing.
 
-This is the request users repeat most. Its own work (the generator's forward and the PNG encoding) takes
-about 2 ms for ``n=16`` on a 2-core CPU. FastAPI's routing, dependency solving and query validation added
-a further ~0.25 ms per request (profiled: `solve_dependencies` and route matching lead). That overhead
-alone was most of what kept ``/sample`` above 1.3x the in-process cost (issue 3, docs/benchmarks.md).
+This is the request users repeat most, and its own work (the generator's forward and the PNG encoding) is
+small, so FastAPI's routing, dependency solving and query validation were a large share of it (profiled:
+`solve_dependencies` and route matching lead; figures in docs/benchmarks.md, "Design figures").
 
 This ASGI middleware answers a request only when every answer it needs is already in memory:
   * the caller's tenant, from :meth:`Authenticator.cached_tenant`;

@@ -23,8 +23,9 @@ per-source vector starting at zero, so training starts from the source critic ex
 
 Beyond Eq. 15-16 (this project's additions, on by default through ``RunConfig``; docs/multi_gan_notes.md):
 ``FusionConfig.distill`` adds a paired term to Eq. 16, distill * mean|G_F(mu_i + z) - G_i(z)| on the same
-noise z (:func:`paired_term`), and ``lr_decay`` lets both learning rates fall linearly to zero.
-With them each region's FD came within 1.06x of its source's own, against 1.3x and more without.
+noise z (:func:`paired_term`), and ``lr_decay`` lets both learning rates fall linearly to zero. Without
+them the regions G_F is not initialised from stayed visibly further from their sources (the fusion-fidelity
+figures are in docs/benchmarks.md).
 
 The result is an ordinary unconditional ``Generator`` + ``Critic`` pair (a :class:`SourceModel`) that
 mining then treats like any other source; its file can be registered as a new zoo source.

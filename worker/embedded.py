@@ -3,14 +3,13 @@
 Why a child process and not a thread of the API process: every OS thread that runs torch ops owns an
 OpenMP team, and once a process holds more OpenMP threads than there are CPUs, libgomp stops spinning
 between parallel regions (api/compute.py). The API's event-loop thread already holds a team (it renders
-samples), so a job trained on a second thread of the same process ran about 35 %
-slower than the same job in ``minegan train`` (10.6-11.4 s vs 15.0-15.1 s for minegan++ 20+20 steps on
-the 2-core CI machine), and sampling slowed down while it trained. A child process has its own OpenMP
-runtime. It also keeps a crash in training (a segfault, the kernel's OOM killer) from taking the API down:
+samples), so a job trained on a second thread of the same process ran markedly slower than the same job
+in ``minegan train`` (docs/benchmarks.md, "Design figures"), and sampling slowed down while it trained.
+A child process has its own OpenMP runtime. It also keeps a crash in training (a segfault, the kernel's OOM killer) from taking the API down:
 the job is marked failed and the server keeps serving.
 
 The child is started with ``spawn`` (a fork of a process that has used OpenMP can hang in the child),
-which costs about 1.5 s of imports per job. It talks to the parent only through the database (progress,
+which costs a second or two of imports per job. It talks to the parent only through the database (progress,
 status) and three things passed at start: the settings, the zoo directory and a shutdown event.
 
 Shutdown (``stop``) sets that event: the running job stops at its next step and goes back to ``queued``,

@@ -31,9 +31,9 @@ async def _render(job_id: str, model: TransferredModel, n: int, seed: int, fmt: 
     images = await sample_on_loop(model, n, seed)  # == model.sample(n, seed), in pieces
     t1 = time.perf_counter()
     encode = zip_of_pngs if fmt == "zip" else grid_png
-    if n * model.values_per_image <= CHUNK_VALUES:  # small (n=16 MNIST: ~0.2 ms): here, no hop
+    if n * model.values_per_image <= CHUNK_VALUES:  # small: encoded here, no thread hop
         body = on_loop(encode, images)
-    else:  # up to ~0.1 s (256 RGB 64x64 images): off the loop, on the helper (PIL's zlib releases the GIL)
+    else:  # a large result: off the loop, on the helper (PIL's zlib releases the GIL)
         body = await run_torch(encode, images)
     t2 = time.perf_counter()
     headers = {"X-Job-Id": job_id, "X-Seed": str(seed),
