@@ -54,18 +54,22 @@ log = logging.getLogger(__name__)
 OLD_FUSION_FORMAT = "minegan-fusion-run/2"  # fusion's own checkpoints, before it ran on core.trainer's loop
 
 
-@dataclass(frozen=True)
-class FusionConfig:
-    """The fusion stage's settings. Defaults are the service's (``core/options.py``); :meth:`of` takes them
-    from a run's config, where the fusion options are the ``fusion_*`` fields."""
+# What identifies a fusion (its checkpoints, fused.pt's meta): the keys fusion's config has always recorded.
+_RECORDED = ("steps", "batch_size", "n_critic", "lr_generator", "lr_critic", "betas", "gp_weight", "mean_scale", "init", "critic",
+             "ema", "distill", "lr_decay", "seed", "checkpoint_every")
 
+
+@dataclass(frozen=True)
+class FusionConfig(StageConfig):
+    """The fusion stage (Eq. 15-16): a stage of ``core.trainer``'s loop in which G_F and the critic learn, plus the
+    fusion's own settings. Defaults are the service's (``core/options.py``); :meth:`of` takes them from a run's
+    config, where the fusion options are the ``fusion_*`` fields."""
+
+    name: str = "fuse"
     steps: int = DEFAULTS.fusion_steps
-    batch_size: int = DEFAULTS.batch_size
-    n_critic: int = DEFAULTS.n_critic
+    train_miner: bool = False
+    train_generator: bool = True
     lr_generator: float = DEFAULTS.fusion_lr_generator
-    lr_critic: float = DEFAULTS.lr_critic
-    betas: tuple[float, float] = DEFAULTS.betas
-    gp_weight: float = DEFAULTS.gp_weight
     mean_scale: float = DEFAULTS.fusion_mean_scale  # |mu_i|: how far apart the sources' prior regions lie (about |z| ~ sqrt(z_dim))
     init: str = "source"  # "source": G_F, D start from the first source's weights; "random"
     critic: str = DEFAULTS.fusion_critic  # "projection": D_F(x, i) = D(x) + e_i^T phi(x); "plain": D(x) (unconditional)
@@ -77,14 +81,14 @@ class FusionConfig:
 
     @classmethod
     def of(cls, cfg: RunConfig) -> FusionConfig:
-        """The fusion stage of a run: each field from ``fusion_<field>`` of ``cfg`` if there is one, else ``<field>``."""
-        own: dict[str, Any] = {f: getattr(cfg, f"fusion_{f}", getattr(cfg, f, None)) for f in cls.__dataclass_fields__}
+        """The fusion stage of a run: each setting from ``fusion_<name>`` of ``cfg`` if there is one, else ``<name>``."""
+        own: dict[str, Any] = {f: getattr(cfg, f"fusion_{f}", getattr(cfg, f, None)) for f in _RECORDED}
         return cls(**{k: v for k, v in own.items() if v is not None})
 
     def as_json(self) -> dict[str, Any]:
-        """What identifies a fusion (its checkpoints, fused.pt's meta). Options added after the paper's recipe are
-        left out when off, so a fusion recorded before they existed is the same fusion."""
-        out = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        """What identifies a fusion. Options added after the paper's recipe are left out when off, so a fusion
+        recorded before they existed is the same fusion."""
+        out = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items() if k in _RECORDED}
         for opt in ("ema", "distill", "lr_decay"):
             if not out[opt]:
                 del out[opt]
@@ -200,15 +204,12 @@ def fuse(
         mods = FusionModules(G=G, D=ProjectionCritic(D, len(sources)), z_dim=g0.cfg.z_dim, n_classes=len(sources), means=means)
     else:
         mods = FusionModules(G=G, D=D, z_dim=g0.cfg.z_dim, means=means)
-    stage = StageConfig("fuse", steps=cfg.steps, train_miner=False, train_generator=True, n_critic=cfg.n_critic,
-                        batch_size=cfg.batch_size, lr_generator=cfg.lr_generator, lr_critic=cfg.lr_critic,
-                        betas=tuple(cfg.betas), gp_weight=cfg.gp_weight)  # type: ignore[arg-type]
     # Weight averaging (not in the paper, whose fusion recipe stops at Eq. 15-16): G_ema follows G_F's weights
     # with decay ``ema`` after every generator step and is what fused.pt holds; BatchNorm statistics are copied.
     G_ema = copy.deepcopy(G).eval().requires_grad_(False) if cfg.ema else None
     names = [s.name for s in sources]
     dev = torch.device(device)
-    run = StagedRun(mods, [stage], PseudoRealBatches(sources, dev), run_dir, {"config": cfg.as_json(), "source": ",".join(names)},
+    run = StagedRun(mods, [cfg], PseudoRealBatches(sources, dev), run_dir, {"config": cfg.as_json(), "source": ",".join(names)},
                     data_rng=torch.Generator().manual_seed(cfg.seed + 1), offset=step_offset, total_steps=total_steps,
                     hooks=_fusion_hooks(cfg, mods, sources, G_ema), extra={"G_ema": G_ema} if G_ema is not None else {},
                     upgrade=_upgrade_checkpoint)

@@ -34,6 +34,17 @@ def blobs_target(n: int = 16) -> torch.Tensor:
     return x
 
 
+def stop_after(n: int):  # type: ignore[no-untyped-def]
+    """A ``should_stop`` that lets ``n`` steps run, then asks the loop to stop."""
+    calls = {"n": 0}
+
+    def stop() -> bool:
+        calls["n"] += 1
+        return calls["n"] > n
+
+    return stop
+
+
 @pytest.fixture
 def target() -> torch.Tensor:
     return blobs_target(16)

@@ -30,6 +30,7 @@ from core.methods import RunConfig, train
 from core.nets import Critic, CriticConfig, Generator, GeneratorConfig
 from core.trainer import Stopped
 from core.zoo import SourceModel
+from tests.conftest import blobs_target, stop_after
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 GOLDEN = FIXTURES / "golden_runs.json"
@@ -66,12 +67,7 @@ def tiny_sources() -> dict[str, SourceModel]:
 
 
 def tiny_target(n: int = 16) -> torch.Tensor:
-    """Bright rectangles on black: [n, 1, 28, 28] in [-1, 1]."""
-    x = -torch.ones(n, 1, 28, 28)
-    for i in range(n):
-        r, c = 4 + i % 8, 6 + i % 5
-        x[i, :, r : r + 12, c : c + 10] = 1.0
-    return x
+    return blobs_target(n)  # bright rectangles on black: [n, 1, 28, 28] in [-1, 1]
 
 
 def case_config(case: str) -> tuple[list[SourceModel], RunConfig]:
@@ -122,16 +118,6 @@ def run_case(case: str, run_dir: Path) -> dict[str, Any]:
 
 def machine() -> str:
     return f"{platform.machine()}/{torch.backends.cpu.get_cpu_capability()}/torch {torch.__version__}"
-
-
-def stop_after(n: int):  # type: ignore[no-untyped-def]
-    calls = {"n": 0}
-
-    def stop() -> bool:
-        calls["n"] += 1
-        return calls["n"] > n
-
-    return stop
 
 
 def write_checkpoints() -> None:

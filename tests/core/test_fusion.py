@@ -9,27 +9,16 @@ from core.fusion import FusionConfig, FusionModules, ProjectionCritic, balanced_
 from core.methods import MethodError, RunConfig, load_model, train
 from core.trainer import Stopped
 from core.zoo import load_source_file
-from tests.conftest import tiny_source
+from tests.conftest import stop_after, tiny_source
 
 # the paper's recipe (Eq. 15-16 alone, constant rates); the tests switch the additions on one at a time
 TINY_F = FusionConfig(steps=3, batch_size=8, n_critic=2, checkpoint_every=1, lr_generator=1e-4, distill=0.0, lr_decay=False)
 
 
-def _stop_after(n: int):  # type: ignore[no-untyped-def]
-    """A should_stop that lets ``n`` steps run, then asks the loop to stop."""
-    calls = {"n": 0}
-
-    def stop() -> bool:
-        calls["n"] += 1
-        return calls["n"] > n
-
-    return stop
-
-
 def _assert_cut_and_resumed_run_matches(srcs, cfg: FusionConfig, full, run_dir: Path) -> None:  # type: ignore[no-untyped-def]
     """Stopping ``cfg``'s fusion after two steps and resuming it gives the G_F of the uninterrupted run ``full``."""
     with pytest.raises(Stopped):
-        fuse(srcs, cfg, run_dir, should_stop=_stop_after(2))
+        fuse(srcs, cfg, run_dir, should_stop=stop_after(2))
     resumed = fuse(srcs, cfg, run_dir)
     for x, y in zip(full.G.state_dict().values(), resumed.G.state_dict().values()):
         assert torch.equal(x, y)
@@ -98,7 +87,7 @@ def test_fuse_trains_writes_a_source_file_and_resumes(tmp_path: Path) -> None:
     assert loaded.meta["fusion"]["sources"] == ["a", "b"] and not loaded.conditional
     assert sample_source_region(loaded, 1, 4).shape == (4, 1, 28, 28)
     with pytest.raises(Stopped):
-        fuse(srcs, TINY_F, tmp_path / "cut", should_stop=_stop_after(2))
+        fuse(srcs, TINY_F, tmp_path / "cut", should_stop=stop_after(2))
     assert [p.name for p in (tmp_path / "cut").glob("ckpt-*.pt")] == ["ckpt-2.pt"]
     resumed = fuse(srcs, TINY_F, tmp_path / "cut")
     for x, y in zip(fused.G.state_dict().values(), resumed.G.state_dict().values()):
