@@ -15,6 +15,7 @@ import json
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -24,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from core import checkpoints, zoo  # noqa: E402
 from core.data import load_mnist  # noqa: E402
-from core.fusion import FUSION_CRITICS, FusionConfig, fuse, fusion_means  # noqa: E402
+from core.fusion import FUSION_CRITICS, PAPER_RECIPE, fuse, fusion_means  # noqa: E402
 from core.metrics import evaluate  # noqa: E402
 from core.metrics.classifier import load_classifier  # noqa: E402
 
@@ -39,14 +40,16 @@ def main() -> int:
     ap.add_argument("--every", type=int, default=100)
     ap.add_argument("--samples", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--lr-generator", type=float, default=FusionConfig().lr_generator)
-    ap.add_argument("--lr-critic", type=float, default=FusionConfig().lr_critic)
-    ap.add_argument("--ema", type=float, default=FusionConfig().ema, help="FusionConfig.ema: weight averaging of G_F "
+    # defaults: the paper's recipe (core.fusion.PAPER_RECIPE); the service's own adds --distill 30 --lr-decay --lr-generator 5e-4
+    ap.add_argument("--lr-generator", type=float, default=PAPER_RECIPE.lr_generator)
+    ap.add_argument("--lr-critic", type=float, default=PAPER_RECIPE.lr_critic)
+    ap.add_argument("--ema", type=float, default=PAPER_RECIPE.ema, help="FusionConfig.ema: weight averaging of G_F "
                     "(0: off); with it every checkpoint is scored for the trained G_F and for its average")
-    ap.add_argument("--distill", type=float, default=FusionConfig().distill, help="FusionConfig.distill: weight of "
+    ap.add_argument("--distill", type=float, default=PAPER_RECIPE.distill, help="FusionConfig.distill: weight of "
                     "the paired term mean|G_F(mu_i + z) - G_i(z)| added to Eq. 16 (0: off)")
-    ap.add_argument("--lr-decay", action="store_true", help="FusionConfig.lr_decay: learning rates fall linearly to 0")
-    ap.add_argument("--seed", type=int, default=FusionConfig().seed, help="FusionConfig.seed (prior means, batches)")
+    ap.add_argument("--lr-decay", action=argparse.BooleanOptionalAction, default=PAPER_RECIPE.lr_decay,
+                    help="FusionConfig.lr_decay: learning rates fall linearly to 0")
+    ap.add_argument("--seed", type=int, default=PAPER_RECIPE.seed, help="FusionConfig.seed (prior means, batches)")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -58,14 +61,17 @@ def main() -> int:
     t0 = time.time()
 
     def report(path: Path) -> None:
-        obj = checkpoints.load(path)
-        if "G" not in obj:  # fused.pt at the end: the G_F the job mines (the averaged weights with --ema)
-            obj = {"step": a.steps, "G" if not a.ema else "G_ema": zoo.load_source_file(path).G.state_dict()}
-        row: dict[str, float] = {"step": obj["step"], "seconds": round(time.time() - t0)}
+        step = checkpoints.checkpoint_step(path.name)
+        if step is None:  # fused.pt at the end: the G_F the job mines (the averaged weights with --ema)
+            nets = {"G" if not a.ema else "G_ema": zoo.load_source_file(path).G.state_dict()}
+        else:  # a run checkpoint: the trained G_F, and its average under "extra"
+            obj = checkpoints.load(path)
+            nets = {"G": obj["G"], **obj["extra"]}
+        row: dict[str, float] = {"step": step or a.steps, "seconds": round(time.time() - t0)}
         for tag, key in (("", "G"), ("ema_", "G_ema")):
-            if key not in obj:
+            if key not in nets:
                 continue
-            G.load_state_dict(obj[key])
+            G.load_state_dict(nets[key])
             G.eval()
             with torch.no_grad():
                 for i, digits in enumerate(DIGITS):
@@ -74,9 +80,8 @@ def main() -> int:
                     row[f"{tag}fd_{i}"] = round(evaluate(x, reals[i], ["fd_classifier"])["fd_classifier"], 1)
         print(json.dumps(row), flush=True)
 
-    cfg = FusionConfig(steps=a.steps, mean_scale=a.mean_scale, critic=a.critic, checkpoint_every=a.every, ema=a.ema,
-                       distill=a.distill, lr_decay=a.lr_decay, seed=a.seed,
-                       lr_generator=a.lr_generator, lr_critic=a.lr_critic)
+    cfg = replace(PAPER_RECIPE, steps=a.steps, mean_scale=a.mean_scale, critic=a.critic, checkpoint_every=a.every, ema=a.ema,
+                  distill=a.distill, lr_decay=a.lr_decay, seed=a.seed, lr_generator=a.lr_generator, lr_critic=a.lr_critic)
     with tempfile.TemporaryDirectory() as tmp:
         fuse(sources, cfg, tmp, after_checkpoint=report)
     return 0

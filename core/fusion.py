@@ -95,6 +95,11 @@ class FusionConfig(StageConfig):
         return out
 
 
+# The paper's fusion (Eq. 15-16 alone, the generator's usual learning rate, constant rates), beside the
+# service's defaults above; the fusion benchmarks and tests start from it.
+PAPER_RECIPE = FusionConfig(lr_generator=DEFAULTS.lr_generator, distill=0.0, lr_decay=False)
+
+
 def fusion_means(n_sources: int, z_dim: int, scale: float, seed: int = 0) -> torch.Tensor:
     """mu_i: ``scale`` times orthonormal random directions, one per source. [n_sources, z_dim]"""
     gen = torch.Generator().manual_seed(seed)

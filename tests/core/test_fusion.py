@@ -1,18 +1,29 @@
 """Fusion (Sec. 4.2, Eq. 15-16): balanced pseudo-real batches, per-source prior means, fusion + mining."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
-from core.fusion import FusionConfig, FusionModules, ProjectionCritic, balanced_labels, fuse, fusion_means, pseudo_real, sample_source_region
+from core.fusion import (
+    PAPER_RECIPE,
+    FusionConfig,
+    FusionModules,
+    ProjectionCritic,
+    balanced_labels,
+    fuse,
+    fusion_means,
+    pseudo_real,
+    sample_source_region,
+)
 from core.methods import MethodError, RunConfig, load_model, train
 from core.trainer import Stopped
 from core.zoo import load_source_file
 from tests.conftest import stop_after, tiny_source
 
 # the paper's recipe (Eq. 15-16 alone, constant rates); the tests switch the additions on one at a time
-TINY_F = FusionConfig(steps=3, batch_size=8, n_critic=2, checkpoint_every=1, lr_generator=1e-4, distill=0.0, lr_decay=False)
+TINY_F = replace(PAPER_RECIPE, steps=3, batch_size=8, n_critic=2, checkpoint_every=1)
 
 
 def _assert_cut_and_resumed_run_matches(srcs, cfg: FusionConfig, full, run_dir: Path) -> None:  # type: ignore[no-untyped-def]
