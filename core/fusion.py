@@ -44,6 +44,7 @@ import torch
 from torch import nn
 
 from core import checkpoints
+from core.augment import diff_augment
 from core.nets import Critic
 from core.options import DEFAULTS, FUSION_CRITICS, RunConfig, check_sources
 from core.trainer import RUN_FORMAT, GanModules, ProgressFn, StageConfig, StagedRun, StageHooks, StageState, StopFn
@@ -56,7 +57,7 @@ OLD_FUSION_FORMAT = "minegan-fusion-run/2"  # fusion's own checkpoints, before i
 
 # What identifies a fusion (its checkpoints, fused.pt's meta): the keys fusion's config has always recorded.
 _RECORDED = ("steps", "batch_size", "n_critic", "lr_generator", "lr_critic", "betas", "gp_weight", "mean_scale", "init", "critic",
-             "ema", "distill", "lr_decay", "seed", "checkpoint_every")
+             "ema", "distill", "lr_decay", "seed", "checkpoint_every", "augment")
 
 
 @dataclass(frozen=True)
@@ -76,20 +77,23 @@ class FusionConfig(StageConfig):
     ema: float = 0.0  # >0: G_F is the exponential moving average of the trained weights with this decay (0: off)
     distill: float = DEFAULTS.fusion_distill  # >0: add distill * E|G_F(mu_i + z) - G_i(z)| (paired, per pixel) to Eq. 16
     lr_decay: bool = DEFAULTS.fusion_lr_decay  # True: both learning rates fall linearly to 0 over the run
+    augment: str = ""  # DiffAugment policy on the critic's inputs (core/augment.py; the run's, resolved)
     seed: int = DEFAULTS.seed
     checkpoint_every: int = DEFAULTS.checkpoint_every
 
     @classmethod
     def of(cls, cfg: RunConfig) -> FusionConfig:
-        """The fusion stage of a run: each setting from ``fusion_<name>`` of ``cfg`` if there is one, else ``<name>``."""
+        """The fusion stage of a run: each setting from ``fusion_<name>`` of ``cfg`` if there is one, else ``<name>``.
+        ``cfg`` should be resolved (``core.options.resolve``); an unresolved augment="auto" counts as none."""
         own: dict[str, Any] = {f: getattr(cfg, f"fusion_{f}", getattr(cfg, f, None)) for f in _RECORDED}
+        own["augment"] = "" if own["augment"] == "auto" else own["augment"]
         return cls(**{k: v for k, v in own.items() if v is not None})
 
     def as_json(self) -> dict[str, Any]:
         """What identifies a fusion. Options added after the paper's recipe are left out when off, so a fusion
         recorded before they existed is the same fusion."""
         out = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items() if k in _RECORDED}
-        for opt in ("ema", "distill", "lr_decay"):
+        for opt in ("ema", "distill", "lr_decay", "augment"):
             if not out[opt]:
                 del out[opt]
         return out
@@ -251,7 +255,7 @@ def _fusion_hooks(cfg: FusionConfig, mods: FusionModules, sources: list[SourceMo
         assert G_ema is not None
         _ema_update(G_ema, mods.G, cfg.ema)
 
-    return StageHooks(before_step=decay if cfg.lr_decay else None,
+    return StageHooks(before_step=decay if cfg.lr_decay else None, augment=diff_augment(cfg.augment),
                       generator_term=paired_term(mods, sources, cfg.distill) if cfg.distill else None,
                       after_step=average if G_ema is not None else None)
 

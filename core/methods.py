@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from core import checkpoints
+from core.augment import diff_augment
 from core.baselines import finetune_all_stage
 from core.finetune import finetune_stage
 from core.fusion import FusionConfig, fuse
@@ -51,9 +52,10 @@ from core.options import (
     MethodError,
     RunConfig,
     check_sources,
+    resolve,
 )
 from core.sparse import SparseConfig
-from core.trainer import GanModules, ProgressFn, StageConfig, StagedRun, StopFn, TargetBatches
+from core.trainer import GanModules, ProgressFn, StageConfig, StagedRun, StageHooks, StopFn, TargetBatches
 from core.zoo import SourceModel, load_source_file
 
 log = logging.getLogger(__name__)
@@ -69,6 +71,8 @@ def plan(cfg: RunConfig) -> list[StageConfig]:
     cfg.validate()
     opts: dict[str, Any] = dict(n_critic=cfg.n_critic, batch_size=cfg.batch_size, lr_miner=cfg.lr_miner, lr_generator=cfg.lr_generator,
                 lr_critic=cfg.lr_critic, betas=tuple(cfg.betas), gp_weight=cfg.gp_weight)
+    # a critic that starts fresh first learns the target alone for a while (critic_warmup, resolved by core.options.resolve)
+    warmup = [StageConfig("warmup", steps=cfg.critic_warmup, train_miner=False, train_generator=False, **opts)]
     m, f = cfg.mining_steps, cfg.finetune_steps
     total = m + f
     stages: dict[str, list[StageConfig]] = {
@@ -82,7 +86,7 @@ def plan(cfg: RunConfig) -> list[StageConfig]:
         "fusion": [mining_stage(m, **opts), finetune_stage(f, **opts)],  # after fuse(), on G_F
         "fusion++": [mining_stage(m, sparse=True, **opts), finetune_stage(f, sparse=True, **opts)],
     }
-    return [s for s in stages[cfg.method] if s.steps > 0]
+    return [s for s in warmup + stages[cfg.method] if s.steps > 0]
 
 
 def _as_list(source: SourceModel | list[SourceModel]) -> list[SourceModel]:
@@ -118,7 +122,8 @@ def build_modules(cfg: RunConfig, source: SourceModel | list[SourceModel]) -> Ga
     D = Critic(source.D.cfg)
     if cfg.method != "scratch":
         G.load_state_dict(source.G.state_dict())
-        D.load_state_dict(source.D.state_dict())
+        if cfg.critic_init != "fresh":
+            D.load_state_dict(source.D.state_dict())
     z = source.G.cfg.z_dim
     if source.conditional:  # embedding-conditioned G (Sec. 4.1): miners M^z and M^c, critic without labels
         M: nn.Module = JointMiner(JointMinerConfig(z_dim=z, hidden=cfg.miner_hidden or z, layers=cfg.miner_layers,
@@ -142,7 +147,8 @@ def _build_family(cfg: RunConfig, sources: list[SourceModel]) -> MultiGanModules
             names.append(s.name)
     crit = sources[cfg.critic_source].D
     D = Critic(crit.cfg)
-    D.load_state_dict(crit.state_dict())
+    if cfg.critic_init != "fresh":
+        D.load_state_dict(crit.state_dict())
     Ms = nn.ModuleList(_new_miner(cfg, g0.z_dim) for _ in members)
     return MultiGanModules(G=Gs, D=unconditional_critic(D), M=Ms, z_dim=g0.z_dim, members=members, rule=cfg.selection,
                            member_names=names)
@@ -159,7 +165,8 @@ def _build_region_family(cfg: RunConfig, fused: SourceModel) -> MultiGanModules:
     G = type(fused.G)(fused.G.cfg)  # type: ignore[arg-type]
     G.load_state_dict(fused.G.state_dict())
     D = Critic(fused.D.cfg)
-    D.load_state_dict(fused.D.state_dict())
+    if cfg.critic_init != "fresh":
+        D.load_state_dict(fused.D.state_dict())
     Ms = nn.ModuleList(_new_miner(cfg, fused.G.cfg.z_dim) for _ in names)
     with torch.no_grad():
         for M, mu in zip(Ms, means):
@@ -201,15 +208,16 @@ def train(
     run_dir.mkdir(parents=True, exist_ok=True)
     sources = _as_list(source)
     _check_inputs(cfg, sources, target)
+    concrete = resolve(cfg, [s.info for s in sources])  # "auto" settings for these sources
     if cfg.method in FUSION_METHODS:  # Sec. 4.2: fuse the sources into G_F first, then mine G_F
-        sources = [_fused_source(cfg, sources, run_dir, on_progress, should_stop, device, after_checkpoint)]
-    run = mining_run(cfg, sources, target.to(device), run_dir)
+        sources = [_fused_source(concrete, sources, run_dir, on_progress, should_stop, device, after_checkpoint)]
+    run = mining_run(cfg, sources, target.to(device), run_dir, concrete)
     run.resume()
     for m in (run.mods.G, run.mods.D, run.mods.M):
         if m is not None:
             m.to(device)
     run.run(_reporting(on_progress, on_preview, preview_every, run.mods), should_stop, cfg.checkpoint_every, after_checkpoint)
-    return _finish(cfg, run, run_dir)
+    return _finish(concrete, run, run_dir)
 
 
 def _check_inputs(cfg: RunConfig, sources: list[SourceModel], target: torch.Tensor) -> None:
@@ -220,14 +228,19 @@ def _check_inputs(cfg: RunConfig, sources: list[SourceModel], target: torch.Tens
     check_sources(cfg, [s.info for s in sources])
 
 
-def mining_run(cfg: RunConfig, sources: list[SourceModel], images: torch.Tensor, run_dir: Path) -> StagedRun:
-    """The method's stages (after fusion's, for fusion methods) over freshly built modules, as a resumable run."""
-    stages = plan(cfg)
+def mining_run(cfg: RunConfig, sources: list[SourceModel], images: torch.Tensor, run_dir: Path,
+               concrete: RunConfig | None = None) -> StagedRun:
+    """The method's stages (after fusion's, for fusion methods) over freshly built modules, as a resumable run.
+    ``concrete``: ``cfg`` resolved for the original sources (default: for ``sources``); the run is identified
+    by ``cfg`` as given, so a checkpoint records what the user asked for."""
+    concrete = concrete or resolve(cfg, [s.info for s in sources])
+    stages = plan(concrete)
     torch.manual_seed(cfg.seed)
-    mods = build_modules(cfg, sources)
+    mods = build_modules(concrete, sources)
     return StagedRun(mods, stages, TargetBatches(images), run_dir,
                      {"config": cfg.as_json(), "source": ",".join(s.name for s in sources)},
-                     data_rng=torch.Generator().manual_seed(cfg.seed + 1), offset=cfg.pre_steps, total_steps=cfg.total_steps,
+                     data_rng=torch.Generator().manual_seed(cfg.seed + 1), offset=cfg.pre_steps, total_steps=concrete.total_steps,
+                     hooks=StageHooks(augment=diff_augment(concrete.augment)),
                      sparse=SparseConfig(cfg.sparse_top_fraction, cfg.sparse_min_weights), identity_defaults=DEFAULTS.as_json())
 
 
@@ -252,9 +265,11 @@ def _finish(cfg: RunConfig, run: StagedRun, run_dir: Path) -> RunResult:
     model.cpu().eval()
     summary = {"method": cfg.method, "source": run.identity["source"], "steps": cfg.total_steps, "train_seconds": round(run.elapsed, 2),
                "steps_per_s": round(cfg.total_steps / max(run.elapsed, 1e-9), 3), **run.history}
+    if cfg.critic_init == "fresh":
+        summary["critic"] = {"init": "fresh", "augment": cfg.augment, "warmup": cfg.critic_warmup}
     if isinstance(model, MultiMinedGenerator):
         summary["selector_pi"] = dict(zip(model.member_names, model.pi))
-    save_model(model, run_dir / "model.pt", {"config": cfg.as_json(), **summary})
+    save_model(model, run_dir / "model.pt", {"config": run.identity["config"], **summary})
     (run_dir / "run.json").write_text(json.dumps(summary, indent=2))
     return RunResult(model=model, run_dir=run_dir, summary=summary)
 

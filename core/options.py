@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import typing
 from collections.abc import Mapping
-from dataclasses import Field, asdict, dataclass, field, fields
+from dataclasses import Field, asdict, dataclass, field, fields, replace
 from typing import Any
 
 METHODS = ("mine", "minegan", "minegan++", "scratch", "transfergan", "transfergan++", "freezed", "fusion", "fusion++")
@@ -23,6 +23,11 @@ MINING_METHODS = ("mine", "minegan", "minegan++", *FUSION_METHODS)
 SELECTION_RULES = ("permuted", "max")
 FUSION_CRITICS = ("projection", "plain")
 FUSION_MINING = ("regions", "single")
+CRITIC_INITS = ("auto", "source", "fresh")
+# What "auto" means for a source without a pretrained critic (a generator-only upload); chosen by
+# measurement, docs/benchmarks.md section "fresh_critic" (benchmarks/fresh_critic.py).
+AUTO_AUGMENT = "color,translation,cutout"
+AUTO_WARMUP = 50
 
 
 class MethodError(ValueError):
@@ -63,6 +68,13 @@ class RunConfig:
     selection: str = option("permuted", "several sources: improved permuted training (Eq. 9-10, default) or the original max rule "
                             "(Eq. 5-6)", choices=SELECTION_RULES)
     critic_source: int = option(0, "several sources: index of the source whose critic initialises D", ge=0, le=7)
+    critic_init: str = option("auto", "where the critic starts: the source's pretrained critic (source), random weights (fresh; "
+                              "what a generator-only upload has), or auto: source when the source ships a critic, else fresh",
+                              choices=CRITIC_INITS)
+    augment: str = option("auto", "DiffAugment policy on every critic input: a comma-separated list of color, translation, cutout; "
+                          f"'' for none; auto: {AUTO_AUGMENT} when the critic starts fresh, none otherwise", api="options")
+    critic_warmup: int = option(-1, "steps training the critic alone (n_critic updates each) before the first miner/generator "
+                                f"update; -1 (auto): {AUTO_WARMUP} when the critic starts fresh, 0 otherwise", ge=-1, le=100_000)
     fusion_steps: int = option(1600, "fusion, fusion++: steps training the fused G_F before mining it (Eq. 15-16)", ge=1, le=100_000,
                                methods=FUSION_METHODS)
     fusion_mean_scale: float = option(10.0, "fusion: |mu_i|, distance of each source's prior mean from the origin", gt=0, le=100,
@@ -80,7 +92,8 @@ class RunConfig:
 
     @property
     def total_steps(self) -> int:
-        return self.pre_steps + self.mining_steps + self.finetune_steps
+        """Every step of the run: fusion's, the critic warm-up (once resolved: see :func:`resolve`), mining, finetuning."""
+        return self.pre_steps + max(self.critic_warmup, 0) + self.mining_steps + self.finetune_steps
 
     @property
     def pre_steps(self) -> int:
@@ -102,6 +115,13 @@ class RunConfig:
                 raise MethodError(f"{f.name} must be one of {', '.join(choices)}")
         if self.fusion_distill < 0 or self.fusion_lr_generator <= 0:
             raise MethodError("fusion_distill must be >= 0 and fusion_lr_generator positive")
+        if self.augment != "auto":
+            from core.augment import parse_policy
+
+            try:
+                parse_policy(self.augment)
+            except ValueError as exc:
+                raise MethodError(f"augment: {exc}") from exc
 
     def as_json(self) -> dict[str, Any]:
         """The config as JSON values (tuples as lists): what checkpoints and model files record."""
@@ -147,6 +167,7 @@ class SourceInfo:
     img_size: int
     channels: int
     conditional: bool
+    has_critic: bool = True  # False: a generator-only upload (its critic would start fresh)
 
 
 def check_sources(cfg: RunConfig, sources: list[SourceInfo]) -> None:
@@ -170,3 +191,14 @@ def check_sources(cfg: RunConfig, sources: list[SourceInfo]) -> None:
                           f"({', '.join(m for m in MINING_METHODS if m not in FUSION_METHODS)})")
     if cfg.critic_source >= len(sources):
         raise MethodError(f"options.critic_source: {cfg.critic_source} is not the index of one of the {len(sources)} sources")
+
+
+def resolve(cfg: RunConfig, sources: list[SourceInfo]) -> RunConfig:
+    """``cfg`` with its "auto" settings made concrete for these sources. A critic that starts fresh (asked for, or
+    because the critic's source ships none) gets DiffAugment and a warm-up; one from a pretrained critic gets
+    neither, as in the paper."""
+    critic_from = sources[cfg.critic_source] if cfg.critic_source < len(sources) else sources[0]
+    fresh = cfg.critic_init == "fresh" or (cfg.critic_init == "auto" and not critic_from.has_critic)
+    return replace(cfg, critic_init="fresh" if fresh else "source",
+                   augment=(AUTO_AUGMENT if fresh else "") if cfg.augment == "auto" else cfg.augment,
+                   critic_warmup=(AUTO_WARMUP if fresh else 0) if cfg.critic_warmup < 0 else cfg.critic_warmup)

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from core import checkpoints
+from core.augment import Augment
 from core.losses import critic_loss, generator_loss, gradient_penalty
 from core.nets import generate
 from core.options import DEFAULTS, MethodError
@@ -133,12 +134,16 @@ def set_trainable(mods: GanModules, cfg: StageConfig) -> None:
 
 
 def critic_step(
-    mods: GanModules, st: StageState, cfg: StageConfig, real: torch.Tensor, labels: torch.Tensor | None
+    mods: GanModules, st: StageState, cfg: StageConfig, real: torch.Tensor, labels: torch.Tensor | None,
+    augment: Augment | None = None,
 ) -> dict[str, float]:
-    """One critic update: Eq. 3 (L_D = E[D(G(M(u)))] - E[D(x)]) plus the gradient penalty."""
+    """One critic update: Eq. 3 (L_D = E[D(G(M(u)))] - E[D(x)]) plus the gradient penalty; with ``augment`` T
+    (DiffAugment, ``core/augment.py``) the critic sees T(x) and T(G(M(u))), and the penalty is taken between them."""
     n = real.shape[0]
     with torch.no_grad():
         fake = mods.critic_fakes(n, labels, real.device)  # [N, C, H, W]
+    if augment is not None:
+        real, fake = augment(real), augment(fake)
     d_real = mods.critic(real, labels)
     d_fake = mods.critic(fake, labels)
     loss_w = critic_loss(d_fake, d_real)
@@ -155,14 +160,15 @@ GeneratorTerm = Callable[[torch.Tensor, torch.Tensor | None], tuple[torch.Tensor
 
 
 def generator_step(mods: GanModules, st: StageState, n: int, labels: torch.Tensor | None, device: torch.device,
-                   extra: GeneratorTerm | None = None) -> dict[str, float]:
+                   extra: GeneratorTerm | None = None, augment: Augment | None = None) -> dict[str, float]:
     """One miner/generator update: Eq. 4 (L_G = -E[D(G(M(u)))]); D's weights get no gradient.
-    ``extra(fake, labels) -> (term, stats)`` adds a term to L_G (fusion's paired distillation term)."""
+    ``extra(fake, labels) -> (term, stats)`` adds a term to L_G (fusion's paired distillation term); with
+    ``augment`` T the critic scores T(G(M(u))) and the gradient flows back through T."""
     assert st.opt_g is not None
     mods.D.requires_grad_(False)
     try:
         fake = mods.generator_fakes(n, labels, device)
-        loss = generator_loss(mods.critic(fake, labels))
+        loss = generator_loss(mods.critic(augment(fake) if augment is not None else fake, labels))
         stats = {"g_loss": loss.item()}
         total = loss
         if extra is not None:
@@ -214,6 +220,7 @@ class StageHooks:
     before_step: Callable[[StageState, StageConfig], None] | None = None  # e.g. a learning-rate schedule
     generator_term: GeneratorTerm | None = None  # added to L_G, e.g. fusion's paired distillation term
     after_step: Callable[[], None] | None = None  # after the generator update, e.g. weight averaging
+    augment: Augment | None = None  # DiffAugment on every critic input (core/augment.py)
 
 
 def run_stage(
@@ -244,10 +251,10 @@ def run_stage(
             hooks.before_step(st, cfg)
         for _ in range(cfg.n_critic):
             real, labels = data.real(cfg.batch_size, rng)
-            stats = critic_step(mods, st, cfg, real, labels)
+            stats = critic_step(mods, st, cfg, real, labels, hooks.augment)
         if st.opt_g is not None:
             labels = data.fake_labels(cfg.batch_size, rng)
-            stats |= generator_step(mods, st, cfg.batch_size, labels, data.device, hooks.generator_term)
+            stats |= generator_step(mods, st, cfg.batch_size, labels, data.device, hooks.generator_term, hooks.augment)
         if hooks.after_step is not None:
             hooks.after_step()
         st.step += 1

@@ -95,10 +95,15 @@ class SourceModel:
         return self.G.cfg.n_classes > 0
 
     @property
+    def has_critic(self) -> bool:
+        """False for a generator-only upload: its stored critic is random weights, not a trained critic."""
+        return self.meta.get("critic") != "fresh"
+
+    @property
     def info(self) -> SourceInfo:
-        """What the method/source rules (``core.options.check_sources``) need to know of this source."""
+        """What the method/source rules (``core.options.check_sources``, ``resolve``) need to know of this source."""
         g = self.G.cfg
-        return SourceInfo(self.name, g.z_dim, g.img_size, g.channels, self.conditional)
+        return SourceInfo(self.name, g.z_dim, g.img_size, g.channels, self.conditional, self.has_critic)
 
 
 def weights_path(name: str, weights_dir: Path | None = None) -> Path:
@@ -109,7 +114,8 @@ def describe(obj: dict[str, Any], model_id: str) -> dict[str, Any]:
     """What a user needs to pick a source, from a loaded source-model file."""
     g = obj["generator"]["config"]
     return {"id": model_id, "resolution": g["img_size"], "channels": g["channels"], "conditional": g["n_classes"] > 0,
-            "n_classes": g["n_classes"], "z_dim": g["z_dim"], "description": obj.get("meta", {}).get("description", "")}
+            "n_classes": g["n_classes"], "z_dim": g["z_dim"], "description": obj.get("meta", {}).get("description", ""),
+            "critic": obj.get("meta", {}).get("critic") != "fresh"}
 
 
 def available(weights_dir: Path | None = None) -> list[dict[str, Any]]:
