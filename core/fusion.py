@@ -45,7 +45,7 @@ from torch import nn
 
 from core import checkpoints
 from core.augment import diff_augment
-from core.nets import Critic
+from core.nets import Critic, new_like
 from core.options import DEFAULTS, FUSION_CRITICS, RunConfig, check_sources
 from core.trainer import RUN_FORMAT, GanModules, ProgressFn, StageConfig, StagedRun, StageHooks, StageState, StopFn
 from core.zoo import SourceModel, source_checkpoint
@@ -204,7 +204,7 @@ def fuse(
         raise ValueError(f"fusion critic must be one of {FUSION_CRITICS}, not {cfg.critic!r}")
     torch.manual_seed(cfg.seed)
     g0, d0 = sources[0].G, sources[0].D
-    G, D = type(g0)(g0.cfg), Critic(d0.cfg)  # type: ignore[arg-type]
+    G, D = new_like(g0), Critic(d0.cfg)
     if cfg.init == "source":
         G.load_state_dict(g0.state_dict())
         D.load_state_dict(d0.state_dict())

@@ -43,7 +43,7 @@ from core.finetune import finetune_stage
 from core.fusion import FusionConfig, fuse
 from core.mining import MinedGenerator, mining_stage
 from core.multi import MultiGanModules, MultiMinedGenerator, unconditional_critic
-from core.nets import GENERATORS, Critic, JointMiner, JointMinerConfig, Miner, MinerConfig
+from core.nets import GENERATORS, Critic, JointMiner, JointMinerConfig, Miner, MinerConfig, OnnxGenerator, new_like
 from core.options import (
     DEFAULTS,
     FUSION_METHODS,
@@ -118,7 +118,9 @@ def build_modules(cfg: RunConfig, source: SourceModel | list[SourceModel]) -> Ga
     if cfg.method in FUSION_METHODS and cfg.fusion_mining == "regions" and "fusion" in sources[0].meta:
         return _build_region_family(cfg, sources[0])
     source = sources[0]
-    G = type(source.G)(source.G.cfg)  # type: ignore[arg-type]
+    if cfg.method == "scratch" and isinstance(source.G, OnnxGenerator):
+        raise MethodError("method: scratch re-initialises the generator, which an ONNX generator cannot be; use a mining or finetuning method")
+    G = new_like(source.G)
     D = Critic(source.D.cfg)
     if cfg.method != "scratch":
         G.load_state_dict(source.G.state_dict())
@@ -136,7 +138,7 @@ def _build_family(cfg: RunConfig, sources: list[SourceModel]) -> MultiGanModules
     g0 = sources[0].G.cfg
     Gs, members, names = nn.ModuleList(), [], []
     for gi, s in enumerate(sources):
-        G = type(s.G)(s.G.cfg)  # type: ignore[arg-type]
+        G = new_like(s.G)
         G.load_state_dict(s.G.state_dict())
         Gs.append(G)
         if s.conditional:  # supplement Sec. A: the family {G(i, z)} of one one-hot conditional generator
@@ -162,7 +164,7 @@ def _build_region_family(cfg: RunConfig, fused: SourceModel) -> MultiGanModules:
     mu_i (its weights are N(0, 0.01) as every miner's), so M_i(u) + 0 ~ mu_i before training."""
     means = torch.tensor(fused.meta["fusion"]["means"], dtype=torch.float32)  # [N, z_dim]
     names = [f"region:{n}" for n in fused.meta["fusion"]["sources"]]
-    G = type(fused.G)(fused.G.cfg)  # type: ignore[arg-type]
+    G = new_like(fused.G)
     G.load_state_dict(fused.G.state_dict())
     D = Critic(fused.D.cfg)
     if cfg.critic_init != "fresh":

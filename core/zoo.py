@@ -29,6 +29,7 @@ from torch import nn
 
 from core import checkpoints
 from core.data import load_fashion, load_mnist
+from core.formats import ModelFormatError, OnnxGenerator, OnnxGeneratorConfig, read_state
 from core.nets import GENERATORS, AnyGenerator, Critic, CriticConfig, DCGANGenerator, DCGANGeneratorConfig, Generator, GeneratorConfig
 from core.options import SourceInfo
 from core.trainer import GanModules, ProgressFn, StageConfig, StopFn, TargetBatches, make_stage_state, run_stage
@@ -132,18 +133,34 @@ def available(weights_dir: Path | None = None) -> list[dict[str, Any]]:
     return out
 
 
-def register(path: str | Path, model_id: str) -> Path:
-    """Make a source-model file (e.g. a fusion run's ``fused.pt``) a source named ``model_id``."""
+def _user_model_path(model_id: str) -> Path:
     if not MODEL_ID.match(model_id):
         raise ValueError("model id: lower-case letters, digits, '.', '_' or '-', at most 63 characters")
     if weights_path(model_id).exists() or (model_id in SHIPPED):
         raise ValueError(f"{model_id} is a built-in source; choose another id")
+    dest = user_dir() / f"{model_id}.pt"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    return dest
+
+
+def register(path: str | Path, model_id: str) -> Path:
+    """Make a source-model file (e.g. a fusion run's ``fused.pt``) a source named ``model_id``."""
+    dest = _user_model_path(model_id)
     obj = checkpoints.load(path)
     if obj.get("format") != SOURCE_FORMAT:
         raise checkpoints.CheckpointError(f"{path} is not a source-model file (a fusion run writes one: fused.pt)")
-    dest = user_dir() / f"{model_id}.pt"
-    dest.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(path, dest)
+    return dest
+
+
+def add_file(path: str | Path, model_id: str, family: str, config: dict[str, Any], critic: str | Path | None = None,
+             description: str = "") -> Path:
+    """Make a user's generator file (an ONNX graph, or a state dict as safetensors or a torch file) a source named
+    ``model_id``, checked as ``POST /models`` checks it (:func:`source_from_state_dicts`)."""
+    dest = _user_model_path(model_id)
+    ckpt = source_from_state_dicts(model_id, family, config, Path(path).read_bytes(),
+                                   Path(critic).read_bytes() if critic else None, description)
+    checkpoints.save(ckpt, dest)
     return dest
 
 
@@ -215,7 +232,7 @@ def build(
 
 # --- bring your own generator -------------------------------------------------------------------------------
 
-FAMILIES = ("dcgan64", "minegan")  # the DCGAN 64x64 layout; the project's own nets (core/nets/gan.py)
+FAMILIES = ("dcgan64", "minegan", "onnx")  # the DCGAN 64x64 layout; the project's own nets (core/nets/gan.py); any ONNX graph
 
 
 def _unwrap_state(obj: dict[str, Any], what: str) -> dict[str, torch.Tensor]:
@@ -233,45 +250,64 @@ def _unwrap_state(obj: dict[str, Any], what: str) -> dict[str, torch.Tensor]:
 
 def source_from_state_dicts(model_id: str, family: str, config: dict[str, Any], generator: bytes | Path,
                             critic: bytes | Path | None = None, description: str = "") -> dict[str, Any]:
-    """A source-model checkpoint from a user's generator (and optional critic) state dict.
+    """A source-model checkpoint from a user's generator file (and optional critic state dict).
 
-    Refused (CheckpointError/ValueError, with the reason) unless the files load with ``weights_only=True``,
-    the state dicts fit the declared architecture exactly, and G turns latents into finite images of the
-    declared shape. A DCGAN generator gets a fresh critic (our WGAN-GP critic at 64 px; its own discriminator
-    is not used: MineGAN trains the critic on the target anyway)."""
+    ``family`` ``dcgan64`` / ``minegan``: a state dict (torch file, loaded with ``weights_only=True``, or
+    safetensors) that must fit the declared layout exactly. ``onnx``: an ONNX graph of any architecture
+    (``core/formats.py``; ``config``: z_dim, img_size, channels, z_dist, z_scale, output_range). Refused
+    (CheckpointError / ModelFormatError / ValueError, with the reason) unless G then turns latents into finite
+    images of the declared shape. Without a critic the source gets a fresh one (our WGAN-GP critic), marked so
+    that jobs start it fresh with DiffAugment and a warm-up (``core.options.resolve``)."""
     if family not in FAMILIES:
         raise ValueError(f"family: {family!r} is not one of {', '.join(FAMILIES)}")
-    g_state = _unwrap_state(checkpoints.load(generator), "generator")
-    try:
-        if family == "dcgan64":
-            G: nn.Module = DCGANGenerator(DCGANGeneratorConfig(**config))
-        else:
-            G = Generator(GeneratorConfig(**config))
-    except TypeError as exc:
-        raise ValueError(f"config: {exc}") from exc
+    data = generator.read_bytes() if isinstance(generator, Path) else generator
+    G = _onnx_generator(config, data) if family == "onnx" else _layout_generator(family, config, data)
     gcfg: Any = G.cfg
-    missing, unexpected = _load_strict(G, g_state)
-    if missing or unexpected:
-        raise checkpoints.CheckpointError(f"generator: the weights do not fit the {family} layout with config {config}: "
-                                          f"missing {missing[:4]}, unexpected {unexpected[:4]}")
     torch.manual_seed(0)
     D = Critic(CriticConfig(img_size=gcfg.img_size, channels=gcfg.channels, width=32,
                             n_classes=gcfg.n_classes))
     if critic is not None:
-        d_state = _unwrap_state(checkpoints.load(critic), "critic")
+        d_state = _unwrap_state(read_state(critic.read_bytes() if isinstance(critic, Path) else critic, "critic"), "critic")
         missing, unexpected = _load_strict(D, d_state)
         if missing or unexpected:
             raise checkpoints.CheckpointError(f"critic: the weights do not fit our critic layout: missing {missing[:4]}, "
                                               f"unexpected {unexpected[:4]} (leave the critic out to start a fresh one)")
     G.eval()
     with torch.no_grad():
-        probe = G(torch.randn(2, gcfg.z_dim), torch.zeros(2, dtype=torch.long)) if gcfg.n_classes else G(torch.randn(2, gcfg.z_dim))
+        try:
+            probe = G(torch.randn(2, gcfg.z_dim), torch.zeros(2, dtype=torch.long)) if gcfg.n_classes else G(torch.randn(2, gcfg.z_dim))
+        except RuntimeError as exc:
+            error = ModelFormatError if family == "onnx" else ValueError
+            raise error(f"generator: fails on latents z [2, {gcfg.z_dim}]: {str(exc)[:300]}") from exc
     want = (2, gcfg.channels, gcfg.img_size, gcfg.img_size)
     if tuple(probe.shape) != want or not torch.isfinite(probe).all():
-        raise ValueError(f"generator: produced {tuple(probe.shape)} (finite: {bool(torch.isfinite(probe).all())}), "
-                         f"declared {want}")
+        error = ModelFormatError if family == "onnx" else ValueError
+        raise error(f"generator: produced {tuple(probe.shape)} (finite: {bool(torch.isfinite(probe).all())}), declared {want}")
     meta = {"description": description or f"uploaded {family} generator", "family": family, "critic": "uploaded" if critic else "fresh"}
     return source_checkpoint(model_id, G, D, meta)  # type: ignore[arg-type]
+
+
+def _layout_generator(family: str, config: dict[str, Any], data: bytes) -> nn.Module:
+    g_state = _unwrap_state(read_state(data, "generator"), "generator")
+    try:
+        G: nn.Module = DCGANGenerator(DCGANGeneratorConfig(**config)) if family == "dcgan64" else Generator(GeneratorConfig(**config))
+    except TypeError as exc:
+        raise ValueError(f"config: {exc}") from exc
+    missing, unexpected = _load_strict(G, g_state)
+    if missing or unexpected:
+        raise checkpoints.CheckpointError(f"generator: the weights do not fit the {family} layout with config {config}: "
+                                          f"missing {missing[:4]}, unexpected {unexpected[:4]}")
+    return G
+
+
+def _onnx_generator(config: dict[str, Any], data: bytes) -> OnnxGenerator:
+    """``config``: z_dim, img_size, channels (checked against the graph), z_dist and z_scale, output_range [low, high]."""
+    cfg = dict(config)
+    low, high = cfg.pop("output_range", (-1.0, 1.0))
+    try:
+        return OnnxGenerator(OnnxGeneratorConfig(**cfg, out_min=float(low), out_max=float(high)), data)
+    except TypeError as exc:
+        raise ValueError(f"config: {exc} (ONNX: z_dim, img_size, channels, z_dist, z_scale, output_range)") from exc
 
 
 def _load_strict(module: nn.Module, state: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:

@@ -206,3 +206,128 @@ def check(case: Case, r: Any) -> None:
     assert len(body["error"]["message"]) > 10, (case.name, body)
     if case.name in FIELD_NAMED:
         assert FIELD_NAMED[case.name] in body["error"]["message"], (case.name, body)
+
+
+# --- hostile model files for POST /models ---------------------------------------------------------------------
+
+
+def onnx_generator(z_dim: int = 8, *, size: int = 28, extra_nodes: list[Any] | None = None, out_rank: int = 4,
+                   two_inputs: bool = False, nan: bool = False, outputs: bool = True, w_dims: list[int] | None = None,
+                   external: bool = False) -> bytes:
+    """A small ONNX generator z [N, z_dim] -> Tanh(Gemm) reshaped to [N, 1, size, size], or a broken variant of it."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    pixels = size * size
+    w = numpy_helper.from_array(rng.normal(0, 0.1, (z_dim, pixels)).astype(np.float32), "W")
+    if w_dims is not None or external:  # the declared shape lies about the data, or the data lies "elsewhere"
+        w = TensorProto(name="W", data_type=TensorProto.FLOAT, dims=w_dims or [z_dim, pixels])
+        if w_dims is not None:
+            w.raw_data = b"\0" * 16
+    if external:
+        w.data_location = TensorProto.EXTERNAL
+        entry = w.external_data.add()
+        entry.key, entry.value = "location", "../../../../etc/passwd"
+    b = numpy_helper.from_array(np.zeros(pixels, np.float32), "b")
+    shape = numpy_helper.from_array(np.array([-1, 1, size, size] if out_rank == 4 else [-1, pixels], np.int64), "shape")
+    nodes = [helper.make_node("Gemm", ["z", "W", "b"], ["h"]), helper.make_node("Tanh", ["h"], ["t"])]
+    last = "t"
+    if nan:
+        nodes += [helper.make_node("Abs", ["t"], ["a"]), helper.make_node("Neg", ["a"], ["na"]),
+                  helper.make_node("Sqrt", ["na"], ["nan0"]), helper.make_node("Sub", ["nan0", "one"], ["nan"])]
+        last = "nan"
+    nodes += [*(extra_nodes or []), helper.make_node("Reshape", [last, "shape"], ["images"])]
+    inits = [w, b, shape, numpy_helper.from_array(np.ones(1, np.float32), "one")]
+    ins = [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["n", z_dim])]
+    if two_inputs:
+        ins.append(helper.make_tensor_value_info("label", TensorProto.INT64, ["n"]))
+    out_shape = ["n", 1, size, size] if out_rank == 4 else ["n", pixels]
+    outs = [helper.make_tensor_value_info("images", TensorProto.FLOAT, out_shape)] if outputs else []
+    graph = helper.make_graph(nodes, "g", ins, outs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return bytes(model.SerializeToString())
+
+
+def safetensors_with(header: dict[str, Any] | bytes, body: bytes = b"", header_len: int | None = None) -> bytes:
+    raw = header if isinstance(header, bytes) else json.dumps(header).encode()
+    return (header_len if header_len is not None else len(raw)).to_bytes(8, "little") + raw + body
+
+
+class Evil:
+    """Pickling this needs the class itself: a torch file holding it must be refused unread."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (print, ("this must never run",))
+
+
+def _pickled_code() -> bytes:
+    import torch
+
+    buf = io.BytesIO()
+    torch.save({"main.0.weight": Evil()}, buf)
+    return buf.getvalue()
+
+
+@dataclass
+class ModelCase:
+    name: str
+    what: str
+    build: Callable[[], tuple[bytes, dict[str, Any]]]  # the generator file and its upload config
+    status: int
+    code: str
+    names: str = ""  # what the message must mention
+
+
+ONNX_CFG: dict[str, Any] = {"id": "evil", "family": "onnx", "config": {"z_dim": 8, "img_size": 28, "channels": 1}}
+STATE_CFG: dict[str, Any] = {"id": "evil", "family": "minegan", "config": {"z_dim": 8, "width": 4}}
+
+
+def model_corpus() -> list[ModelCase]:
+    from onnx import helper
+
+    shell = helper.make_node("RunShellCommand", ["t"], ["t2"], domain="com.evil")
+    return [
+        ModelCase("onnx truncated", "a valid ONNX generator cut in half", lambda: (onnx_generator()[: len(onnx_generator()) // 2], ONNX_CFG),
+                  422, "bad_model_file", "truncated"),
+        ModelCase("onnx external data", "a weight stored 'in' ../../../../etc/passwd", lambda: (onnx_generator(external=True), ONNX_CFG),
+                  422, "bad_model_file", "external"),
+        ModelCase("onnx huge tensor", "a weight declaring 2^40 elements with 16 bytes of data",
+                  lambda: (onnx_generator(w_dims=[1 << 20, 1 << 20]), ONNX_CFG), 422, "bad_model_file", "elements"),
+        ModelCase("onnx no output", "a graph that declares no output", lambda: (onnx_generator(outputs=False), ONNX_CFG),
+                  422, "bad_model_file", "no output"),
+        ModelCase("onnx wrong rank", "output [N, 784] instead of images [N, C, H, W]", lambda: (onnx_generator(out_rank=2), ONNX_CFG),
+                  422, "bad_model_file", "rank"),
+        ModelCase("onnx unknown operator", "a node com.evil:RunShellCommand",
+                  lambda: (onnx_generator(extra_nodes=[shell]), ONNX_CFG), 422, "bad_model_file", "RunShellCommand"),
+        ModelCase("onnx two inputs", "z and a label input", lambda: (onnx_generator(two_inputs=True), ONNX_CFG),
+                  422, "bad_model_file", "inputs"),
+        ModelCase("onnx wrong z_dim", "declared z_dim 16, the graph takes 8",
+                  lambda: (onnx_generator(), {**ONNX_CFG, "config": {**ONNX_CFG["config"], "z_dim": 16}}), 422, "bad_model_file", "z_dim"),
+        ModelCase("onnx wrong image size", "declared 32x32, the graph makes 28x28",
+                  lambda: (onnx_generator(), {**ONNX_CFG, "config": {**ONNX_CFG["config"], "img_size": 32}}), 422, "bad_model_file",
+                  "declared"),
+        ModelCase("onnx NaN images", "a graph whose images are NaN", lambda: (onnx_generator(nan=True), ONNX_CFG),
+                  422, "bad_model_file", "finite"),
+        ModelCase("safetensors header past the end", "a header length of 1 GB in a 10-byte file",
+                  lambda: (safetensors_with(b"{}", header_len=10**9), STATE_CFG), 422, "bad_model_file", "header"),
+        ModelCase("safetensors offsets outside", "a tensor whose data lies past the end of the file",
+                  lambda: (safetensors_with({"fc.weight": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}, b"\0" * 4), STATE_CFG),
+                  422, "bad_model_file", "outside"),
+        ModelCase("safetensors huge tensor", "a tensor declaring 2^40 elements",
+                  lambda: (safetensors_with({"fc.weight": {"dtype": "F32", "shape": [1 << 20, 1 << 20], "data_offsets": [0, 4]}},
+                                            b"\0" * 4), STATE_CFG), 422, "bad_model_file", "elements"),
+        ModelCase("torch file with code", "a state dict holding a pickled callable", lambda: (_pickled_code(), STATE_CFG),
+                  422, "bad_checkpoint", "refused"),
+    ]
+
+
+def send_model(client: Any, case: ModelCase, headers: dict[str, str] | None = None) -> Any:
+    data, cfg = case.build()
+    return client.post("/models", files={"generator": ("g.bin", data, "application/octet-stream")},
+                       data={"config": json.dumps(cfg)}, headers=headers or {})
+
+
+def check_model(case: ModelCase, r: Any) -> None:
+    assert r.status_code == case.status, (case.name, r.status_code, r.text[:500])
+    err = r.json()["error"]
+    assert err["code"] == case.code and case.names in err["message"], (case.name, err)

@@ -19,7 +19,7 @@ from api.uploads import read_upload, validate_target
 from api.views import job_public
 from core.data import load_target_bytes
 from core.images import grid_png
-from core.options import MethodError, RunConfig, SourceInfo, check_sources, resolved_options
+from core.options import MethodError, RunConfig, SourceInfo, check_sources, resolve, resolved_options
 from store import auth as auth_dao
 from store import jobs as jobs_dao
 from store import sources as registry
@@ -38,15 +38,17 @@ def _parse_spec(raw: str) -> JobSpec:
         raise ApiError(422, "invalid_spec", describe_errors(exc.errors(), whole="spec")) from exc
 
 
-def _check_sources(spec: JobSpec, srcs: list[dict]) -> RunConfig:  # type: ignore[type-arg]
-    """Which methods fit which sources (core's rules), checked before anything is stored (the worker would fail later)."""
+def _check_sources(spec: JobSpec, srcs: list[dict]) -> tuple[RunConfig, int]:  # type: ignore[type-arg]
+    """Which methods fit which sources (core's rules), checked before anything is stored (the worker would fail later);
+    returns the run's config and its step count with its "auto" settings resolved for these sources."""
     try:
         cfg = spec.run_config()
         cfg.validate()
-        check_sources(cfg, [SourceInfo(s["id"], s["z_dim"], s["resolution"], s["channels"], s["conditional"]) for s in srcs])
+        infos = [SourceInfo(s["id"], s["z_dim"], s["resolution"], s["channels"], s["conditional"], s.get("critic", True)) for s in srcs]
+        check_sources(cfg, infos)
     except (MethodError, TypeError) as exc:
         raise ApiError(422, "invalid_spec", str(exc)) from exc
-    return cfg
+    return cfg, resolve(cfg, infos).total_steps
 
 
 def _check_quota(svc: ServicesDep, tenant: str) -> None:
@@ -72,7 +74,7 @@ async def submit_job(
         raise ApiError(422, "unknown_source", f"sources: unknown source model(s) {unknown}; see GET /models")
     srcs = [known[s] for s in job_spec.sources]
     src = srcs[0]
-    cfg = _check_sources(job_spec, srcs)
+    cfg, total_steps = _check_sources(job_spec, srcs)
     data = await read_upload(images, svc.settings.max_upload_bytes)
     report = await run_torch(validate_target, data, src["channels"], src["resolution"], svc.settings)
     if job_spec.batch_size > report["n_images"]:
@@ -83,7 +85,7 @@ async def submit_job(
     svc.blobs.put(upload_key, data, "application/zip")
     stored = job_spec.model_dump() | {"options": resolved_options(cfg)}
     job = jobs_dao.create(svc.settings.database_url, job_id=job_id, tenant=tenant, spec=stored, upload_key=upload_key,
-                          total_steps=cfg.total_steps)
+                          total_steps=total_steps)
     svc.enqueue(job_id)  # after the row is committed, so the worker always finds it
     job.target_report = report
     return job_public(job)

@@ -16,6 +16,7 @@ from api.services import Services
 from api.uploads import read_upload
 from core import checkpoints, zoo
 from core.checkpoints import CheckpointError
+from core.formats import ModelFormatError
 from store import jobs as jobs_dao
 from store import sources as registry
 
@@ -34,18 +35,24 @@ def list_models(svc: ServicesDep, tenant: TenantDep) -> list[ModelInfo]:
 
 class UploadConfig(BaseModel):
     id: str = Field(description="new source id: lower-case letters, digits, '.', '_', '-'", max_length=63)
-    family: str = Field(description="dcgan64 (the standard DCGAN 64x64 layout) or minegan (core/nets/gan.py)")
+    family: str = Field(description="dcgan64 (the standard DCGAN 64x64 layout), minegan (core/nets/gan.py) or onnx (any "
+                        "architecture, as an ONNX graph z [N, z_dim] -> images [N, C, H, W])")
     config: dict[str, Any] = Field(default_factory=dict, description="architecture config, e.g. {\"z_dim\": 100, "
-                                   "\"channels\": 3, \"width\": 64} for dcgan64")
+                                   "\"channels\": 3, \"width\": 64} for dcgan64; for onnx {\"z_dim\", \"img_size\", \"channels\", "
+                                   "\"z_dist\": \"normal\" or \"uniform\", \"z_scale\", \"output_range\": [low, high]}")
     description: str = Field(default="", max_length=300)
 
 
 _UPLOAD_DOC = """Two ways to add a source model you can then mine:
 
 * JSON ``{"id", "job_id"}``: register a succeeded fusion job's fused generator.
-* multipart: ``generator`` (a state-dict file, loaded with ``weights_only=True``), optional ``critic``, and
-  ``config`` (JSON ``{"id", "family", "config", "description"}``, family ``dcgan64`` or ``minegan``). It is
-  refused unless the weights fit the declared layout and produce images of the declared shape.
+* multipart: ``generator`` and optional ``critic`` files, and ``config`` (JSON ``{"id", "family", "config",
+  "description"}``). Family ``dcgan64`` or ``minegan``: a state dict, as a torch file (loaded with
+  ``weights_only=True``) or safetensors, that must fit the declared layout. Family ``onnx``: an ONNX graph of any
+  architecture mapping z to images, converted to torch modules (no code from the file runs), with the declared
+  z distribution and output range. The critic, if given, is a state dict of this service's critic layout; without
+  one, jobs start a fresh critic with DiffAugment and a warm-up. A file is refused (4xx, nothing stored) unless it
+  produces finite images of the declared shape.
 
 The source belongs to your tenant."""
 
@@ -88,8 +95,8 @@ async def _upload_model(request: Request, svc: ServicesDep, tenant: str) -> Mode
             info = registry.register(svc.blobs, tenant, cfg.id, checkpoints.to_bytes(ckpt), origin="upload")
         except FileExistsError as exc:
             raise ApiError(409, "model_exists", str(exc)) from exc
-        except CheckpointError as exc:
-            raise ApiError(422, "bad_checkpoint", str(exc)) from exc
+        except (CheckpointError, ModelFormatError) as exc:
+            raise ApiError(422, exc.code, str(exc)) from exc
         except ValueError as exc:
             raise ApiError(422, "invalid_request", str(exc)) from exc
         return ModelInfo(**info)

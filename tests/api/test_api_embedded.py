@@ -131,7 +131,8 @@ def test_cancel_a_running_job(client: TestClient) -> None:
 def test_models_and_readiness(client: TestClient) -> None:
     models = {m["id"]: m for m in client.get("/models").json()}
     assert models["tiny-src"] == {"id": "tiny-src", "resolution": 28, "channels": 1, "conditional": False, "n_classes": 0,
-                                  "z_dim": 8, "description": "tiny test source", "origin": "built-in"}
+                                  "z_dim": 8, "description": "tiny test source", "origin": "built-in",
+                                  "critic": True}
     assert models["tiny-cond"]["conditional"] and models["tiny-cond"]["n_classes"] == 3 and set(models) == {"tiny-src", "tiny-b", "tiny-cond"}
     ready = client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["checks"] == {"database": "ok", "broker": "ok", "storage": "ok"}

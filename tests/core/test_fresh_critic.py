@@ -1,0 +1,90 @@
+"""A source without a critic: DiffAugment (core/augment.py), critic_init and the critic warm-up (issue 18)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from core.augment import diff_augment, parse_policy
+from core.methods import RunConfig, build_modules, plan, train
+from core.options import AUTO_AUGMENT, AUTO_WARMUP, MethodError, SourceInfo, resolve
+from core.trainer import Stopped
+from core.zoo import SourceModel
+from tests.conftest import stop_after, tiny_source
+
+TINY = dict(mining_steps=2, finetune_steps=1, batch_size=8, n_critic=2, checkpoint_every=1)
+
+
+def _generator_only(name: str = "upload") -> SourceModel:
+    src = tiny_source(name=name)
+    return SourceModel(name=src.name, G=src.G, D=src.D, meta={"critic": "fresh"})  # as zoo.source_from_state_dicts marks it
+
+
+def test_policies_are_differentiable_and_change_images_per_sample() -> None:
+    x = torch.linspace(-1, 1, 4 * 3 * 16 * 16).view(4, 3, 16, 16).requires_grad_(True)
+    for policy in ("color", "translation", "cutout", AUTO_AUGMENT):
+        torch.manual_seed(0)
+        y = diff_augment(policy)(x)  # type: ignore[misc]
+        assert y.shape == x.shape and torch.isfinite(y).all()
+        assert not torch.equal(y, x)
+        (g,) = torch.autograd.grad(y.sum(), x)
+        assert g.abs().sum() > 0  # gradients reach the images (and so G and M)
+    torch.manual_seed(1)
+    cut = diff_augment("cutout")(torch.ones(8, 1, 16, 16))  # type: ignore[misc]
+    zeros = (cut == 0).flatten(1).sum(1)
+    assert (zeros > 0).all() and (zeros <= 64).all()  # at most an 8x8 square each
+    torch.manual_seed(2)
+    img = torch.zeros(16, 1, 16, 16)
+    img[:, :, 8, 8] = 1.0
+    moved = diff_augment("translation")(img)  # type: ignore[misc]
+    assert (moved.flatten(1).sum(1) <= 1).all() and (moved[:, :, 8, 8] != 1).any()  # the dot moves (or leaves), never copies
+    assert diff_augment("") is None and parse_policy(" color , cutout ") == ["color", "cutout"]
+    with pytest.raises(ValueError, match="unknown augmentation 'flip'"):
+        parse_policy("color,flip")
+    with pytest.raises(MethodError, match="augment"):
+        RunConfig(augment="flip").validate()
+
+
+def test_auto_follows_the_source_critic() -> None:
+    info = SourceInfo("s", 8, 28, 1, False)
+    assert resolve(RunConfig(), [info]) == RunConfig(critic_init="source", augment="", critic_warmup=0)
+    no_critic = resolve(RunConfig(), [SourceInfo("s", 8, 28, 1, False, has_critic=False)])
+    assert (no_critic.critic_init, no_critic.augment, no_critic.critic_warmup) == ("fresh", AUTO_AUGMENT, AUTO_WARMUP)
+    forced = resolve(RunConfig(critic_init="fresh", augment="", critic_warmup=3), [info])
+    assert (forced.critic_init, forced.augment, forced.critic_warmup) == ("fresh", "", 3)
+    assert _generator_only().info.has_critic is False and tiny_source().info.has_critic is True
+
+
+def test_fresh_critic_ignores_the_source_critic() -> None:
+    src = tiny_source()
+    kept = build_modules(RunConfig(method="minegan"), src)
+    fresh = build_modules(RunConfig(method="minegan", critic_init="fresh"), src)
+    assert all(torch.equal(a, b) for a, b in zip(kept.D.state_dict().values(), src.D.state_dict().values()))
+    assert not all(torch.equal(a, b) for a, b in zip(fresh.D.state_dict().values(), src.D.state_dict().values()))
+
+
+def test_warm_up_trains_the_critic_alone_first(target: torch.Tensor, tmp_path: Path) -> None:
+    src = _generator_only()
+    cfg = RunConfig(method="minegan++", critic_warmup=3, **TINY)  # augment and critic_init: auto
+    assert [s.name for s in plan(resolve(cfg, [src.info]))] == ["warmup", "mine", "finetune"]
+    seen: list[tuple[str, int, int]] = []
+    res = train(cfg, src, target, tmp_path / "full", on_progress=lambda ph, s, t, st: seen.append((ph, s, t)))
+    steps = [(ph, s) for ph, s, _ in seen if ph != "select"]
+    assert steps == [("warmup", 1), ("warmup", 2), ("warmup", 3), ("mine", 4), ("mine", 5), ("finetune", 6)]
+    assert all(t == 6 for _, _, t in seen) and res.summary["steps"] == 6
+    assert res.summary["critic"] == {"init": "fresh", "augment": AUTO_AUGMENT, "warmup": 3}
+    with pytest.raises(Stopped):  # cut inside the warm-up, resumed: the same model
+        train(cfg, src, target, tmp_path / "cut", should_stop=stop_after(2))
+    resumed = train(cfg, src, target, tmp_path / "cut")
+    for a, b in zip(res.model.state_dict().values(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_warm_up_leaves_generator_and_miner_alone(target: torch.Tensor, tmp_path: Path) -> None:
+    src = tiny_source()
+    cfg = RunConfig(method="minegan", critic_init="fresh", augment="color", critic_warmup=2, **TINY)
+    only_warmup = []
+    train(cfg, src, target, tmp_path, on_progress=lambda ph, s, t, st: only_warmup.append(st) if ph == "warmup" else None)
+    assert only_warmup and all("g_loss" not in st and "d_loss" in st for st in only_warmup)
