@@ -88,3 +88,23 @@ def test_zoo_build_into_another_directory_leaves_the_shipped_weights_alone(
     assert main(["zoo", "register", str(out / "mnist-5-9.pt"), "mnist-5-9-s1"]) == 0
     from core.zoo import load_source
     assert load_source("mnist-5-9-s1").meta["steps"] == 1 and load_source("mnist-5-9").G.cfg.width != 32
+
+
+def test_zoo_add_an_onnx_generator_and_mine_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.hostile import onnx_generator
+
+    monkeypatch.setenv("MINEGAN_MODELS_DIR", str(tmp_path / "models"))
+    (tmp_path / "g.onnx").write_bytes(onnx_generator(z_dim=8))
+    cfg = '{"z_dim": 8, "img_size": 28, "channels": 1, "z_dist": "uniform", "output_range": [-1, 1]}'
+    assert main(["zoo", "add", str(tmp_path / "g.onnx"), "--id", "my-onnx", "--family", "onnx", "--config", cfg]) == 0
+    assert "no critic" in capsys.readouterr().err
+    assert main(["zoo", "list"]) == 0 and "my-onnx" in capsys.readouterr().out
+    target = tmp_path / "t.zip"
+    target.write_bytes(target_zip_bytes())
+    assert main(["train", "--source", "my-onnx", "--target", str(target), "--method", "minegan", "--critic-warmup", "1",
+                 "--out", str(tmp_path / "r"), *TINY]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["critic"]["init"] == "fresh" and summary["steps"] == 4  # auto: a fresh critic; 1 warm-up + 3 steps
+    (tmp_path / "bad.onnx").write_bytes(onnx_generator(out_rank=2))
+    assert main(["zoo", "add", str(tmp_path / "bad.onnx"), "--id", "bad", "--family", "onnx", "--config", cfg]) == 2
+    assert "rank 2" in capsys.readouterr().err and not (tmp_path / "models" / "bad.pt").exists()
