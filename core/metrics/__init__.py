@@ -5,6 +5,7 @@
 | ``fid``            | Frechet distance on Inception-v3 pool features                 | lower  |
 | ``fd_classifier``  | Frechet distance on the project's MNIST classifier features    | lower  |
 | ``kmmd``           | Gaussian-kernel MMD^2 on Inception features                    | lower  |
+| ``kid``            | Kernel Inception Distance: unbiased cubic-kernel MMD^2          | lower  |
 | ``mv``             | mean variance of generated Inception features (diversity)      | higher |
 | ``classifier_error`` | share of samples not classified as a target digit            | lower  |
 
@@ -25,7 +26,7 @@ import torch
 
 from core.metrics import classifier as _clf
 from core.metrics import inception as _inc
-from core.metrics.frechet import frechet_distance, gaussian_stats, kmmd, mean_variance
+from core.metrics.frechet import frechet_distance, gaussian_stats, kid, kmmd, mean_variance
 
 
 def cache_dir() -> Path:
@@ -84,6 +85,10 @@ def _kmmd(ctx: EvalContext) -> float:
     return kmmd(ctx.inception("real"), ctx.inception("gen"))
 
 
+def _kid(ctx: EvalContext) -> float:
+    return kid(ctx.inception("gen"), ctx.inception("real"))
+
+
 def _mv(ctx: EvalContext) -> float:
     return mean_variance(ctx.inception("gen"))
 
@@ -98,6 +103,7 @@ METRICS: dict[str, Callable[[EvalContext], float]] = {
     "fid": _fid,
     "fd_classifier": _fd_classifier,
     "kmmd": _kmmd,
+    "kid": _kid,
     "mv": _mv,
     "classifier_error": _classifier_error,
 }
@@ -111,4 +117,4 @@ def evaluate(generated: torch.Tensor, real: torch.Tensor, names: list[str], targ
     return {n: METRICS[n](ctx) for n in names}
 
 
-__all__ = ["METRICS", "EvalContext", "evaluate", "frechet_distance", "gaussian_stats", "kmmd", "mean_variance"]
+__all__ = ["METRICS", "EvalContext", "evaluate", "frechet_distance", "gaussian_stats", "kid", "kmmd", "mean_variance"]

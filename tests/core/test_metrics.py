@@ -41,3 +41,16 @@ def test_inception_fid_of_a_set_with_itself_is_near_zero() -> None:
 def test_unknown_metric_is_an_error() -> None:
     with pytest.raises(ValueError, match="unknown metrics"):
         evaluate(torch.zeros(2, 1, 28, 28), torch.zeros(2, 1, 28, 28), ["nope"])
+
+
+def test_kid_is_about_zero_for_one_distribution_and_grows_with_a_shift() -> None:
+    import numpy as np
+
+    from core.metrics import kid
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(300, 16)), rng.normal(size=(300, 16))
+    same = kid(a, b, subsets=20, subset_size=100)
+    shifted = kid(a, b + 0.5, subsets=20, subset_size=100)
+    further = kid(a, b + 1.0, subsets=20, subset_size=100)
+    assert abs(same) < 0.05 < shifted < further
