@@ -77,6 +77,9 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--n-critic", type=int, default=5)
     ap.add_argument("--samples", type=int, default=500)
+    ap.add_argument("--onnx", default="", help="also export the source to ONNX, upload it, compare its images with the state-dict "
+                    "upload's on the same latents, and run this method (auto) on it")
+    ap.add_argument("--options", default="{}", help="more job options for every row, as JSON (part of each row's key)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads of the job process (OMP_NUM_THREADS)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "faces"))
     a = ap.parse_args()
@@ -115,19 +118,23 @@ def main() -> int:
         assert r.status_code == 201, r.text
         for variant in a.variants.split(","):
             for method in a.methods.split(","):
-                key = f"{method}-{variant}-{a.mining_steps}-{a.finetune_steps}-b{a.batch_size}"
+                extra = "".join(f"-{k}={v}" for k, v in sorted(json.loads(a.options).items()))
+                key = f"{method}-{variant}-{a.mining_steps}-{a.finetune_steps}-b{a.batch_size}{extra}"
                 res = out / f"{key}.json"
                 if not res.exists():
                     res.write_text(json.dumps(_run_job(c, a, method, variant, target_zip, target, img / f"faces-{method}-{variant}.png")))
                 rows[f"{method} ({variant})"] = json.loads(res.read_text())
                 print(key, rows[f"{method} ({variant})"], flush=True)
+        if a.onnx:
+            rows[f"{a.onnx} (auto), ONNX upload"] = _onnx_row(c, a, source, target_zip, target, out, img)
     _write_docs(rows, command, a)
     return 0
 
 
-def _run_job(c: Any, a: argparse.Namespace, method: str, variant: str, target_zip: bytes, target: torch.Tensor, grid: Path) -> dict[str, Any]:
-    spec = {"sources": ["dcgan-faces"], "method": method, "mining_steps": a.mining_steps, "finetune_steps": a.finetune_steps,
-            "batch_size": a.batch_size, "options": {"n_critic": a.n_critic, **VARIANTS[variant]}}
+def _run_job(c: Any, a: argparse.Namespace, method: str, variant: str, target_zip: bytes, target: torch.Tensor, grid: Path,
+             source_id: str = "dcgan-faces") -> dict[str, Any]:
+    spec = {"sources": [source_id], "method": method, "mining_steps": a.mining_steps, "finetune_steps": a.finetune_steps,
+            "batch_size": a.batch_size, "options": {"n_critic": a.n_critic, **VARIANTS[variant], **json.loads(a.options)}}
     t0 = time.time()
     job = c.post("/jobs", files={"images": ("faces.zip", target_zip, "application/zip")}, data={"spec": json.dumps(spec)}).json()
     while (j := c.get(f"/jobs/{job['id']}").json())["status"] not in ("succeeded", "failed", "canceled"):
@@ -143,6 +150,34 @@ def _run_job(c: Any, a: argparse.Namespace, method: str, variant: str, target_zi
         after = torch.stack([torch.from_numpy(np.asarray(Image.open(zf.open(n)).convert("RGB"), dtype=np.float32) / 127.5 - 1)
                              .permute(2, 0, 1) for n in sorted(zf.namelist())])
     return {**evaluate(after, target, ["kid", "fid", "kmmd"]), "wall_s": round(wall), "steps": j["total_steps"]}
+
+
+def _onnx_row(c: Any, a: argparse.Namespace, source: zoo.SourceModel, target_zip: bytes, target: torch.Tensor, out: Path,
+              img: Path) -> dict[str, Any]:
+    """The faces DCGAN exported with torch.onnx.export and uploaded as family onnx: the same images as the state-dict
+    upload on the same latents (max |difference| reported), then the ``--onnx`` method run on it through the service."""
+    from store import sources as registry
+
+    res = out / f"onnx-{a.onnx}-{a.mining_steps}-{a.finetune_steps}-b{a.batch_size}.json"
+    if res.exists():
+        return json.loads(res.read_text())  # type: ignore[no-any-return]
+    buf = io.BytesIO()
+    torch.onnx.export(source.G.eval(), (torch.randn(2, 100),), buf, input_names=["z"], output_names=["images"],
+                      dynamic_axes={"z": {0: "n"}, "images": {0: "n"}}, opset_version=17, dynamo=False)
+    cfg = {"id": "dcgan-faces-onnx", "family": "onnx", "description": "gan-face-generate DCGAN, exported to ONNX",
+           "config": {"z_dim": 100, "img_size": 64, "channels": 3, "z_dist": "normal", "output_range": [-1, 1]}}
+    r = c.post("/models", files={"generator": ("faces.onnx", buf.getvalue(), "application/octet-stream")}, data={"config": json.dumps(cfg)})
+    assert r.status_code == 201, r.text
+    z = torch.randn(64, 100, generator=torch.Generator().manual_seed(5))
+    with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
+        blobs = c.app.state.services.blobs
+        onnx_g = registry.load(blobs, "dcgan-faces-onnx", Path(tmp), "default").G.eval()
+        state_g = registry.load(blobs, "dcgan-faces", Path(tmp), "default").G.eval()
+        diff = float((onnx_g(z) - state_g(z)).abs().max())
+    m = _run_job(c, a, a.onnx, "auto", target_zip, target, img / f"faces-{a.onnx}-onnx.png", source_id="dcgan-faces-onnx")
+    m["max_abs_diff_vs_state_dict"] = diff
+    res.write_text(json.dumps(m))
+    return m
 
 
 def _write_docs(rows: dict[str, dict[str, Any]], command: str, a: argparse.Namespace) -> None:
@@ -167,10 +202,18 @@ def _write_docs(rows: dict[str, dict[str, Any]], command: str, a: argparse.Names
         "KID is unbiased, so it can be compared across set sizes; FID on a few hundred samples against 100 targets is "
         "biased upward and noisy: compare rows, not papers.",
     ]
+    grids = [f"`{n}`:\n\n![{n}](img/faces-{n.split(' ')[0]}-{'onnx' if 'ONNX' in n else n.split('(')[1][:-1]}.png)\n"
+             for n in rows if n != "source"]
+    onnx = next((m for n, m in rows.items() if "ONNX" in n), None)
+    if onnx is not None:
+        head += ["", f"ONNX: the source exported with `torch.onnx.export` (opset 17) and uploaded as family `onnx` draws the same "
+                 f"images as the state-dict upload on the same 64 latents (max |difference| {onnx['max_abs_diff_vs_state_dict']:.2e}). "
+                 "Its mined row differs from the state-dict row with the same seed because building the two generators consumes "
+                 "different amounts of the random stream (the ONNX graph is converted module by module), so the runs draw "
+                 "different minibatches and latents."]
     from benchmarks._doc import update_section
 
     update_section("faces", "\n".join(head))
-    grids = [f"`{n}`:\n\n![{n}](img/faces-{n.split(' ')[0]}-{n.split('(')[1][:-1]}.png)\n" for n in rows if n != "source"]
     doc = ["# Bring your own GAN: a pretrained DCGAN mined toward real faces", "", *head[2:], "",
            "Target faces (LFW subset, as the service sees them):", "", "![target](img/faces-target.png)", "",
            "Source samples before mining:", "", "![source](img/faces-source.png)", "", "Samples per row (`GET /jobs/{id}/sample?n=64`):",

@@ -1,8 +1,9 @@
-"""A source without its critic -> docs/benchmarks.md, section "fresh_critic" (issue 18).
+"""A source without its critic -> docs/benchmarks.md, section "fresh_critic_METHOD" (issue 18).
 
 The main MNIST setting (``mnist-no-9`` -> 100 real test-split 9s, seed 0; benchmarks/mnist_transfer.py) run as
 if the source were a generator-only upload: ``critic_init="fresh"``, with and without DiffAugment
-(``augment``) and a critic warm-up (``critic_warmup``), beside the same method with the source's critic.
+(``augment``) and a critic warm-up (``critic_warmup``), beside the same method with the source's critic (the
+main table's row) with and without DiffAugment.
 Columns: classifier error on 9s and FD on the classifier's features (1000 samples), Inception FID (200 samples,
 as the main table), wall time. The rows chose the defaults that "auto" takes for a source without a critic
 (``core/options.py``: AUTO_AUGMENT, AUTO_WARMUP).
@@ -36,6 +37,7 @@ from core.options import AUTO_AUGMENT, AUTO_WARMUP  # noqa: E402
 # name -> options; "auto" rows use the service's defaults for a source without a critic
 VARIANTS: dict[str, dict[str, object]] = {
     "source critic": {"critic_init": "source"},
+    "source critic + DiffAugment": {"critic_init": "source", "augment": AUTO_AUGMENT},
     "fresh": {"critic_init": "fresh", "augment": "", "critic_warmup": 0},
     "fresh + warm-up": {"critic_init": "fresh", "augment": "", "critic_warmup": AUTO_WARMUP},
     "fresh + DiffAugment": {"critic_init": "fresh", "augment": AUTO_AUGMENT, "critic_warmup": 0},

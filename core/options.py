@@ -56,6 +56,8 @@ class RunConfig:
     miner_layers: int = option(2, "fully connected layers of the miner (Appendix A: 2)", ge=1, le=8)
     miner_hidden: int = option(0, "miner width; 0: |z| (Appendix A)", ge=0, le=4096)
     miner_init_std: float = option(0.01, "std of the miner's initial weights (Appendix A: N(0, 0.01))", api=None)
+    miner_residual: bool = option(False, "the miner starts as the identity, M(u) = u + MLP(u), i.e. at the source's own prior; "
+                                  "off: Appendix A's M(u) = MLP(u), whose N(0, 0.01) weights start it collapsed near z = 0")
     lr_miner: float = option(4e-4, "Adam learning rate of the miner (Appendix A)", gt=0, le=0.1)
     lr_generator: float = option(1e-4, "Adam learning rate of the generator", gt=0, le=0.1)
     lr_critic: float = option(1e-4, "Adam learning rate of the critic", gt=0, le=0.1)

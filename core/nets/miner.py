@@ -26,6 +26,7 @@ class MinerConfig:
     layers: int = DEFAULTS.miner_layers  # fully connected layers (MNIST: 2)
     init_std: float = DEFAULTS.miner_init_std  # N(0, 0.01) initialisation (Appendix A)
     out_dim: int = 0  # 0: same as z_dim; M^c sets it to the embedding size
+    residual: bool = False  # True: M(u) = u + MLP(u), so the miner starts as the identity (the source's own prior)
 
 
 def _mlp(n_in: int, hidden: int, n_out: int, layers: int, init_std: float) -> nn.Sequential:
@@ -52,7 +53,8 @@ class Miner(nn.Module):
         self.net = _mlp(cfg.z_dim, cfg.hidden, cfg.out_dim or cfg.z_dim, cfg.layers, cfg.init_std)
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
-        return self.net(u)  # [N, z_dim] -> [N, z_dim]
+        z = self.net(u)  # [N, z_dim] -> [N, z_dim]
+        return u + z if self.cfg.residual else z
 
 
 class ClassEmbeddingMiner(nn.Module):

@@ -47,3 +47,13 @@ def test_class_embedding_miner_outputs_embeddings() -> None:
     assert Mc(torch.randn(4, 16)).shape == (4, 12)
     with pytest.raises(ValueError):
         ClassEmbeddingMiner(MinerConfig(z_dim=16))
+
+
+def test_a_residual_miner_starts_at_the_identity_and_the_paper_miner_near_zero() -> None:
+    from core.nets import Miner, MinerConfig
+
+    torch.manual_seed(0)
+    u = torch.randn(64, 16)
+    paper, residual = Miner(MinerConfig(z_dim=16, hidden=16)), Miner(MinerConfig(z_dim=16, hidden=16, residual=True))
+    assert paper(u).abs().max() < 0.05  # Appendix A's N(0, 0.01) init: every u maps near z = 0
+    assert (residual(u) - u).abs().max() < 0.05 and residual(u).std() > 0.9  # starts at the source's own prior
