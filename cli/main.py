@@ -213,7 +213,8 @@ def cmd_serve(a: argparse.Namespace) -> int:
     settings = get_settings()
     mode = "embedded (SQLite, local storage, built-in worker)" if settings.embedded else "service (Celery + S3)"
     auth = "API keys required" if settings.auth_required else "NO authentication (every caller is tenant 'default')"
-    print(f"minegan serve: {mode}; {auth}; database {settings.database_url}; http://{a.host}:{a.port}/docs", file=sys.stderr)
+    where = f"database {settings.database_url}" + (f", files in {Path(settings.storage_dir).resolve()}" if settings.embedded else "")
+    print(f"minegan serve: {mode}; {auth}; {where}; http://{a.host}:{a.port}/docs", file=sys.stderr)
     # "auto" picks httptools + uvloop (dependencies) when importable; no per-request access log on the hot path
     uvicorn.run(create_app(settings), host=a.host, port=a.port, log_level="warning", access_log=False, http="auto", loop="auto")
     return 0

@@ -13,12 +13,18 @@ from sqlalchemy.orm import Session, sessionmaker
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@lru_cache(maxsize=4)
-def engine_for(url: str) -> Engine:
+def ensure_sqlite_dir(url: str) -> None:
+    """SQLite creates the database file but not its folder (``var/`` in a fresh directory): create it."""
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+
+@lru_cache(maxsize=4)
+def engine_for(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        ensure_sqlite_dir(url)
         eng = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
         @event.listens_for(eng, "connect")
@@ -53,6 +59,7 @@ def upgrade(url: str) -> None:
     from alembic import command
     from alembic.config import Config
 
+    ensure_sqlite_dir(url)
     cfg = Config(str(ROOT / "alembic.ini"))
     cfg.set_main_option("script_location", str(ROOT / "migrations"))
     cfg.set_main_option("sqlalchemy.url", url)

@@ -1,0 +1,56 @@
+"""`minegan serve` as a newcomer starts it: in an empty folder, with no MINEGAN_* paths set. It creates its data
+folder (./var), says where the data lives, answers /readyz and runs a job to the end."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.helpers import target_zip_bytes
+
+
+def test_serve_in_an_empty_folder_runs_a_job(tmp_path: Path) -> None:
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MINEGAN_") or k == "MINEGAN_CACHE"}
+    env["OMP_NUM_THREADS"] = "1"
+    log = open(tmp_path / "serve.log", "wb")
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "minegan"), "serve", "--port", str(port)], cwd=folder, env=env,
+                            stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(240):
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+            time.sleep(0.25)
+        assert httpx.get(f"{url}/readyz").json()["status"] == "ok"
+        spec = {"sources": ["mnist-no-9"], "method": "mine", "mining_steps": 2, "finetune_steps": 0, "batch_size": 8,
+                "options": {"n_critic": 1}}
+        r = httpx.post(f"{url}/jobs", files={"images": ("t.zip", target_zip_bytes(), "application/zip")}, data={"spec": json.dumps(spec)})
+        assert r.status_code == 202, r.text
+        deadline = time.time() + 120
+        while (job := httpx.get(f"{url}/jobs/{r.json()['id']}").json())["status"] not in ("succeeded", "failed", "canceled"):
+            assert time.time() < deadline, job
+            time.sleep(0.3)
+        assert job["status"] == "succeeded", job
+        assert httpx.get(f"{url}/sample?n=4").status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(20)
+    said = (tmp_path / "serve.log").read_text()
+    assert f"files in {folder / 'var' / 'blobs'}" in said and (folder / "var" / "minegan.db").exists()
