@@ -64,14 +64,14 @@ def _faces_zip() -> bytes:
     return buf.getvalue()
 
 
-VARIANTS = {"auto": {}, "plain": {"critic_init": "fresh", "augment": "", "critic_warmup": 0}}
+VARIANTS = {"auto": {}, "plain": {"critic_init": "fresh", "augment": "", "critic_warmup": 0, "miner_init": "paper"}}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--methods", default="mine,minegan,minegan++,transfergan,freezed")
     ap.add_argument("--variants", default="auto,plain", help="auto: the service's defaults for a generator-only source; "
-                    "plain: a fresh critic without DiffAugment or warm-up")
+                    "plain: a fresh critic without DiffAugment or warm-up, Appendix A's miner (before issue 18)")
     ap.add_argument("--mining-steps", type=int, default=80)
     ap.add_argument("--finetune-steps", type=int, default=40)
     ap.add_argument("--batch-size", type=int, default=16)
@@ -197,7 +197,8 @@ def _write_docs(rows: dict[str, dict[str, Any]], command: str, a: argparse.Names
         "scikit-image's LFW subset (`skimage.data.lfw_subset()[:100]`, 25x25 grayscale, converted by the service to 64x64 "
         f"RGB). Every job: {a.mining_steps} mining + {a.finetune_steps} finetuning steps (methods without a miner train for "
         f"the sum), batch {a.batch_size}, {a.n_critic} critic updates per step; `auto` adds the critic warm-up's steps "
-        f"(counted in `steps`) and DiffAugment; `plain` is a fresh critic alone. {a.samples} samples (seed 123) per row.", "",
+        f"(counted in `steps`), DiffAugment and a miner that starts at the identity; `plain` is a fresh critic alone with "
+        f"Appendix A's miner (the service before issue 18). {a.samples} samples (seed 123) per row.", "",
         *table, "",
         "KID is unbiased, so it can be compared across set sizes; FID on a few hundred samples against 100 targets is "
         "biased upward and noisy: compare rows, not papers.",

@@ -2,11 +2,11 @@
 
 The main MNIST setting (``mnist-no-9`` -> 100 real test-split 9s, seed 0; benchmarks/mnist_transfer.py) run as
 if the source were a generator-only upload: ``critic_init="fresh"``, with and without DiffAugment
-(``augment``) and a critic warm-up (``critic_warmup``), beside the same method with the source's critic (the
-main table's row) with and without DiffAugment.
+(``augment``), a critic warm-up (``critic_warmup``) and a miner that starts at the identity (``miner_init``),
+beside the same method with the source's critic (the main table's row) with and without DiffAugment.
 Columns: classifier error on 9s and FD on the classifier's features (1000 samples), Inception FID (200 samples,
 as the main table), wall time. The rows chose the defaults that "auto" takes for a source without a critic
-(``core/options.py``: AUTO_AUGMENT, AUTO_WARMUP).
+(``core/options.py``: AUTO_AUGMENT, AUTO_WARMUP, and miner_init's auto).
 
 Usage:  python benchmarks/fresh_critic.py [--method minegan++ --variants all --threads 1]
 Per-run results are kept in benchmarks/out/fresh_critic/ so an interrupted benchmark continues where it stopped.
@@ -38,10 +38,11 @@ from core.options import AUTO_AUGMENT, AUTO_WARMUP  # noqa: E402
 VARIANTS: dict[str, dict[str, object]] = {
     "source critic": {"critic_init": "source"},
     "source critic + DiffAugment": {"critic_init": "source", "augment": AUTO_AUGMENT},
-    "fresh": {"critic_init": "fresh", "augment": "", "critic_warmup": 0},
-    "fresh + warm-up": {"critic_init": "fresh", "augment": "", "critic_warmup": AUTO_WARMUP},
-    "fresh + DiffAugment": {"critic_init": "fresh", "augment": AUTO_AUGMENT, "critic_warmup": 0},
-    "fresh + DiffAugment + warm-up (auto)": {"critic_init": "fresh"},
+    "fresh": {"critic_init": "fresh", "augment": "", "critic_warmup": 0, "miner_init": "paper"},
+    "fresh + warm-up": {"critic_init": "fresh", "augment": "", "critic_warmup": AUTO_WARMUP, "miner_init": "paper"},
+    "fresh + DiffAugment": {"critic_init": "fresh", "augment": AUTO_AUGMENT, "critic_warmup": 0, "miner_init": "paper"},
+    "fresh + DiffAugment + warm-up": {"critic_init": "fresh", "miner_init": "paper"},
+    "fresh + DiffAugment + warm-up + identity miner (auto)": {"critic_init": "fresh"},
 }
 
 

@@ -101,7 +101,7 @@ def is_family(sources: list[SourceModel]) -> bool:
 
 def _new_miner(cfg: RunConfig, z: int) -> Miner:
     return Miner(MinerConfig(z_dim=z, hidden=cfg.miner_hidden or z, layers=cfg.miner_layers, init_std=cfg.miner_init_std,
-                             residual=cfg.miner_residual))
+                             residual=cfg.miner_init == "identity"))
 
 
 def build_modules(cfg: RunConfig, source: SourceModel | list[SourceModel]) -> GanModules:

@@ -24,6 +24,7 @@ SELECTION_RULES = ("permuted", "max")
 FUSION_CRITICS = ("projection", "plain")
 FUSION_MINING = ("regions", "single")
 CRITIC_INITS = ("auto", "source", "fresh")
+MINER_INITS = ("auto", "paper", "identity")
 # What "auto" means for a source without a pretrained critic (a generator-only upload); chosen by
 # measurement, docs/benchmarks.md section "fresh_critic" (benchmarks/fresh_critic.py).
 AUTO_AUGMENT = "color,translation,cutout"
@@ -56,8 +57,9 @@ class RunConfig:
     miner_layers: int = option(2, "fully connected layers of the miner (Appendix A: 2)", ge=1, le=8)
     miner_hidden: int = option(0, "miner width; 0: |z| (Appendix A)", ge=0, le=4096)
     miner_init_std: float = option(0.01, "std of the miner's initial weights (Appendix A: N(0, 0.01))", api=None)
-    miner_residual: bool = option(False, "the miner starts as the identity, M(u) = u + MLP(u), i.e. at the source's own prior; "
-                                  "off: Appendix A's M(u) = MLP(u), whose N(0, 0.01) weights start it collapsed near z = 0")
+    miner_init: str = option("auto", "where the miner starts: paper (Appendix A's M(u) = MLP(u), whose N(0, 0.01) weights start it "
+                             "collapsed near z = 0), identity (M(u) = u + MLP(u): at the source's own prior), or auto: identity "
+                             "when the critic starts fresh, paper otherwise", choices=MINER_INITS)
     lr_miner: float = option(4e-4, "Adam learning rate of the miner (Appendix A)", gt=0, le=0.1)
     lr_generator: float = option(1e-4, "Adam learning rate of the generator", gt=0, le=0.1)
     lr_critic: float = option(1e-4, "Adam learning rate of the critic", gt=0, le=0.1)
@@ -197,10 +199,12 @@ def check_sources(cfg: RunConfig, sources: list[SourceInfo]) -> None:
 
 def resolve(cfg: RunConfig, sources: list[SourceInfo]) -> RunConfig:
     """``cfg`` with its "auto" settings made concrete for these sources. A critic that starts fresh (asked for, or
-    because the critic's source ships none) gets DiffAugment and a warm-up; one from a pretrained critic gets
-    neither, as in the paper."""
+    because the critic's source ships none) gets DiffAugment, a warm-up and a miner that starts at the source's
+    prior; one from a pretrained critic gets none of them, as in the paper (docs/benchmarks.md, "fresh_critic" and
+    "faces", measured what each changes)."""
     critic_from = sources[cfg.critic_source] if cfg.critic_source < len(sources) else sources[0]
     fresh = cfg.critic_init == "fresh" or (cfg.critic_init == "auto" and not critic_from.has_critic)
     return replace(cfg, critic_init="fresh" if fresh else "source",
+                   miner_init=("identity" if fresh else "paper") if cfg.miner_init == "auto" else cfg.miner_init,
                    augment=(AUTO_AUGMENT if fresh else "") if cfg.augment == "auto" else cfg.augment,
                    critic_warmup=(AUTO_WARMUP if fresh else 0) if cfg.critic_warmup < 0 else cfg.critic_warmup)

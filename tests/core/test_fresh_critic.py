@@ -49,9 +49,10 @@ def test_policies_are_differentiable_and_change_images_per_sample() -> None:
 
 def test_auto_follows_the_source_critic() -> None:
     info = SourceInfo("s", 8, 28, 1, False)
-    assert resolve(RunConfig(), [info]) == RunConfig(critic_init="source", augment="", critic_warmup=0)
+    assert resolve(RunConfig(), [info]) == RunConfig(critic_init="source", augment="", critic_warmup=0, miner_init="paper")
     no_critic = resolve(RunConfig(), [SourceInfo("s", 8, 28, 1, False, has_critic=False)])
-    assert (no_critic.critic_init, no_critic.augment, no_critic.critic_warmup) == ("fresh", AUTO_AUGMENT, AUTO_WARMUP)
+    assert (no_critic.critic_init, no_critic.augment, no_critic.critic_warmup, no_critic.miner_init) == (
+        "fresh", AUTO_AUGMENT, AUTO_WARMUP, "identity")
     forced = resolve(RunConfig(critic_init="fresh", augment="", critic_warmup=3), [info])
     assert (forced.critic_init, forced.augment, forced.critic_warmup) == ("fresh", "", 3)
     assert _generator_only().info.has_critic is False and tiny_source().info.has_critic is True
