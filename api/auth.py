@@ -34,9 +34,11 @@ class Authenticator:
         return conn.headers.get("x-api-key")
 
     def _known(self, conn: HTTPConnection) -> tuple[str | None, str, str]:
+        return self._known_key(self.key_of(conn))
+
+    def _known_key(self, key: str | None) -> tuple[str | None, str, str]:
         """(tenant if known without the database else None, key, sha256 of the key); 401 for a missing key
         when keys are required."""
-        key = self.key_of(conn)
         if not key:
             if self.settings.auth_required:
                 raise ApiError(401, "unauthorized", "an API key is required: send 'Authorization: Bearer <key>' "
@@ -55,7 +57,15 @@ class Authenticator:
 
     def tenant(self, conn: HTTPConnection) -> str:
         """The caller's tenant, verifying the key against the database when it is not cached (blocking)."""
-        known, key, digest = self._known(conn)
+        return self.tenant_of_key(self.key_of(conn))
+
+    def cached_tenant_of_key(self, key: str | None) -> str | None:
+        """:meth:`cached_tenant` for a key that came another way (gRPC's ``authorization`` metadata)."""
+        return self._known_key(key)[0]
+
+    def tenant_of_key(self, key: str | None) -> str:
+        """:meth:`tenant` for a key that came another way (blocking)."""
+        known, key, digest = self._known_key(key)
         if known is not None:
             return known
         now = time.monotonic()

@@ -43,22 +43,30 @@ def describe_errors(errors: Iterable[Mapping[str, Any]], whole: str = "") -> str
     return "; ".join(parts)
 
 
+def error_response(request: Request, status: int, code: str, message: str) -> JSONResponse:
+    """``{"error": {"code", "message"}}``; under ``/v2/`` the Open Inference Protocol's own ``{"error": message}``,
+    which its clients (tritonclient, KServe) read."""
+    if request.url.path.startswith("/v2/") or request.url.path == "/v2":
+        return JSONResponse({"error": message}, status_code=status)
+    return JSONResponse(error_body(code, message), status_code=status)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
-    async def _api(_: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(error_body(exc.code, exc.message), status_code=exc.status)
+    async def _api(request: Request, exc: ApiError) -> JSONResponse:
+        return error_response(request, exc.status, exc.code, exc.message)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse(error_body("invalid_request", describe_errors(exc.errors())), status_code=422)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(request, 422, "invalid_request", describe_errors(exc.errors()))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(exc.status_code, "http_error")
-        return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code)
+        return error_response(request, exc.status_code, code, str(exc.detail))
 
-    async def _engine(_: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse(error_body(exc.code, str(exc)), status_code=exc.status)  # type: ignore[attr-defined]
+    async def _engine(request: Request, exc: Exception) -> JSONResponse:
+        return error_response(request, exc.status, exc.code, str(exc))  # type: ignore[attr-defined]
 
     for cls in ENGINE_ERRORS:
         app.add_exception_handler(cls, _engine)

@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from api import errors
 from api.fastpath import SampleFastPath
 from api.limits import BodyLimitMiddleware
-from api.routes import blobs, health, jobs, models, sample, ui
+from api.routes import blobs, health, jobs, models, sample, ui, v2
 from api.services import LatestJobs, ModelCache, Services
 from api.sweeper import sweep_forever
 from store import events
@@ -38,6 +38,9 @@ def _celery_services(settings: Settings) -> tuple:  # type: ignore[type-arg]
             conn.ensure_connection(max_retries=1, timeout=2)
 
     return enqueue, check_broker
+
+
+VERSION = "0.1.0"
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -75,7 +78,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                       latest=latest)
         # in embedded mode the queue lives in this process and cannot lose a message: only stale running jobs matter
         sweeper = asyncio.create_task(sweep_forever(settings, enqueue, requeue_queued=not settings.embedded))
+        grpc = None
+        if settings.grpc_port:  # on this event loop, beside HTTP: the same model cache and sampling thread
+            from api import grpc_server
+
+            grpc = await grpc_server.start(app.state.services, settings.grpc_host, settings.grpc_port, VERSION)
         yield
+        if grpc is not None:
+            await grpc.stop(2)
         sweeper.cancel()
         if subscriber is not None:
             subscriber.stop()
@@ -83,12 +93,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if worker is not None:
             worker.stop()
 
-    app = FastAPI(title="MineGAN-as-a-service", version="0.1.0", lifespan=lifespan,
+    app = FastAPI(title="MineGAN-as-a-service", version=VERSION, lifespan=lifespan,
                   description="Few-shot GAN transfer by mining (MineGAN / MineGAN++). POST a zip of target images "
                               "to /jobs, poll /jobs/{id}, then GET /sample?n=16.")
     errors.install(app)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_request_bytes)
     app.add_middleware(SampleFastPath)  # outermost: a cached sample request skips the rest (api/fastpath.py)
-    for r in (jobs.router, sample.router, models.router, health.router, blobs.router, ui.router):
+    for r in (jobs.router, sample.router, models.router, health.router, blobs.router, ui.router, v2.router):
         app.include_router(r)
     return app

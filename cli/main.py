@@ -211,10 +211,13 @@ def cmd_serve(a: argparse.Namespace) -> int:
     from store.settings import get_settings
 
     settings = get_settings()
+    if a.grpc_port is not None:
+        settings = settings.model_copy(update={"grpc_port": a.grpc_port, "grpc_host": a.host})
     mode = "embedded (SQLite, local storage, built-in worker)" if settings.embedded else "service (Celery + S3)"
     auth = "API keys required" if settings.auth_required else "NO authentication (every caller is tenant 'default')"
     where = f"database {settings.database_url}" + (f", files in {Path(settings.storage_dir).resolve()}" if settings.embedded else "")
-    print(f"minegan serve: {mode}; {auth}; {where}; http://{a.host}:{a.port}/docs", file=sys.stderr)
+    grpc = f"; gRPC (Open Inference Protocol) on {settings.grpc_host}:{settings.grpc_port}" if settings.grpc_port else ""
+    print(f"minegan serve: {mode}; {auth}; {where}; http://{a.host}:{a.port}/docs{grpc}", file=sys.stderr)
     # "auto" picks httptools + uvloop (dependencies) when importable; no per-request access log on the hot path
     uvicorn.run(create_app(settings), host=a.host, port=a.port, log_level="warning", access_log=False, http="auto", loop="auto")
     return 0
@@ -338,6 +341,8 @@ def parser() -> argparse.ArgumentParser:
     v = sub.add_parser("serve", help="run the HTTP API (embedded worker unless MINEGAN_BROKER_URL is set)")
     v.add_argument("--host", default="127.0.0.1")
     v.add_argument("--port", type=int, default=8000)
+    v.add_argument("--grpc-port", type=int, default=None, help="also serve gRPC (Open Inference Protocol v2, health, reflection) "
+                   "on this port, on --host (default: $MINEGAN_GRPC_PORT, 0 = off)")
     v.set_defaults(fn=cmd_serve)
 
     k = sub.add_parser("keys", help="API keys and tenants (service database)").add_subparsers(dest="keys_cmd", required=True)

@@ -22,6 +22,8 @@ class Settings(BaseSettings):
     result_backend: str | None = None
     storage: Literal["local", "s3"] = "local"
     storage_dir: str = "var/blobs"
+    grpc_port: int = Field(default=0, ge=0, le=65535)  # >0: also serve gRPC (Open Inference Protocol) on this port
+    grpc_host: str = "127.0.0.1"
     s3_endpoint_url: str | None = None
     s3_bucket: str = "minegan"
     s3_access_key: str | None = None

@@ -52,15 +52,20 @@ def wait_for(client: Any, job_id: str, timeout: float = 120.0, until: tuple[str,
     raise AssertionError(f"job {job_id} did not reach {until} in {timeout}s: {body}")
 
 
+def free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = int(s.getsockname()[1])
+    s.close()
+    return port
+
+
 @contextlib.contextmanager
 def embedded_server(tmp: Path, **env_extra: str) -> Iterator[tuple[str, dict[str, str]]]:
     """``minegan serve`` (embedded: SQLite, local blobs, built-in worker) as a subprocess on a free loopback
     port, with a tiny source ``tiny-src`` in its models dir; yields (url, env)."""
     write_tiny_zoo(tmp / "models", "tiny-src")
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
+    port = free_port()
     env = {**os.environ, "MINEGAN_DATABASE_URL": f"sqlite:///{tmp}/db.sqlite", "MINEGAN_STORAGE_DIR": str(tmp / "blobs"),
            "MINEGAN_WORK_DIR": str(tmp / "work"), "MINEGAN_MODELS_DIR": str(tmp / "models"), "MINEGAN_PROGRESS_INTERVAL_S": "0",
            "OMP_NUM_THREADS": "1", **env_extra}

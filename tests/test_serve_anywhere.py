@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,16 +12,13 @@ from pathlib import Path
 
 import httpx
 
-from tests.helpers import target_zip_bytes
+from tests.helpers import free_port, target_zip_bytes
 
 
 def test_serve_in_an_empty_folder_runs_a_job(tmp_path: Path) -> None:
     folder = tmp_path / "empty"
     folder.mkdir()
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MINEGAN_") or k == "MINEGAN_CACHE"}
     env["OMP_NUM_THREADS"] = "1"
     log = open(tmp_path / "serve.log", "wb")

@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from api.deps import ServicesDep
+from api.services import Services
 from store.db import engine_for
 
 router = APIRouter(tags=["health"])
@@ -21,6 +22,13 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 def readyz(svc: ServicesDep) -> JSONResponse:
+    checks = readiness(svc)
+    ok = all(v == "ok" for v in checks.values())
+    return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503)
+
+
+def readiness(svc: Services) -> dict[str, Any]:
+    """Each dependency's state, "ok" or the error (blocking: the database, the broker and the object store are asked)."""
     checks: dict[str, Any] = {}
     for name, fn in (("database", lambda: _db(svc.settings.database_url)), ("broker", svc.check_broker),
                      ("storage", svc.blobs.check)):
@@ -29,8 +37,7 @@ def readyz(svc: ServicesDep) -> JSONResponse:
             checks[name] = "ok"
         except Exception as exc:  # noqa: BLE001 - any failure means not ready; report it
             checks[name] = f"error: {exc}"
-    ok = all(v == "ok" for v in checks.values())
-    return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503)
+    return checks
 
 
 def _db(url: str) -> None:

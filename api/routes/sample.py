@@ -44,7 +44,7 @@ async def _render(job_id: str, model: TransferredModel, n: int, seed: int, fmt: 
     return Response(body, media_type="image/png", headers=headers)
 
 
-def _finished(svc: Services, job: Job | None, job_id: str, tenant: str) -> str:
+def finished_model(svc: Services, job: Job | None, job_id: str, tenant: str) -> str:
     """The model key of a succeeded job owned by ``tenant`` (remembered in ``svc.finished``), else a 404/409."""
     if job is None or job.tenant != tenant:
         raise ApiError(404, "job_not_found", f"no job {job_id}")
@@ -56,7 +56,7 @@ def _finished(svc: Services, job: Job | None, job_id: str, tenant: str) -> str:
 
 def _lookup(svc: Services, job_id: str, tenant: str) -> str:
     """The model key from the database (the caller has already missed ``svc.finished``)."""
-    return _finished(svc, jobs_dao.get(svc.settings.database_url, job_id), job_id, tenant)
+    return finished_model(svc, jobs_dao.get(svc.settings.database_url, job_id), job_id, tenant)
 
 
 async def _respond(svc: Services, job_id: str, model_key: str, n: int, seed: int, fmt: str) -> Response:
@@ -82,6 +82,12 @@ async def sample_latest(svc: ServicesDep, tenant: TenantDep, n: N = 16, seed: Se
                         job: Annotated[str | None, Query(max_length=64)] = None) -> Response:
     if job:
         return await sample_job(svc, tenant, job, n, seed, format)
+    job_id, key = await latest_model(svc, tenant)
+    return await _respond(svc, job_id, key, n, seed, format)
+
+
+async def latest_model(svc: Services, tenant: str) -> tuple[str, str]:
+    """(job id, model key) of the tenant's newest finished job; 404 if there is none."""
     # "most recent" changes whenever a worker finishes one of the tenant's jobs: the answer is cached
     # only while the workers' job-succeeded notifications reach this process (api/services.LatestJobs),
     # else it is one indexed two-column query
@@ -93,4 +99,4 @@ async def sample_latest(svc: ServicesDep, tenant: TenantDep, n: N = 16, seed: Se
             raise ApiError(404, "job_not_found", "no finished job yet; submit one with POST /jobs")
         svc.latest.put(tenant, latest[0], latest[1], token)
         svc.finished.put(latest[0], tenant, latest[1])
-    return await _respond(svc, latest[0], latest[1], n, seed, format)
+    return latest

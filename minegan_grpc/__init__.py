@@ -1,0 +1,1 @@
+"""Generated gRPC code (scripts/gen_proto.sh) for the .proto files in proto/minegan_grpc/: do not edit."""
