@@ -17,6 +17,7 @@ from api import errors
 from api.fastpath import SampleFastPath
 from api.limits import BodyLimitMiddleware
 from api.routes import blobs, health, jobs, models, sample, ui, v2
+from api.routes import events as event_routes
 from api.services import LatestJobs, ModelCache, Services
 from api.sweeper import sweep_forever
 from store import events
@@ -99,6 +100,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_request_bytes)
     app.add_middleware(SampleFastPath)  # outermost: a cached sample request skips the rest (api/fastpath.py)
-    for r in (jobs.router, sample.router, models.router, health.router, blobs.router, ui.router, v2.router):
+    for r in (jobs.router, event_routes.router, sample.router, models.router, health.router, blobs.router, ui.router, v2.router):
         app.include_router(r)
     return app

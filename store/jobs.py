@@ -8,11 +8,42 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
 
 from store.db import engine_for, session_scope
-from store.models import Job, utcnow
+from store.models import Job, JobEvent, utcnow
 
 FINAL = ("succeeded", "failed", "canceled")
+
+
+def _event(s: Session, job_id: str, kind: str, data: dict[str, Any]) -> None:
+    """Record an event in the session of the change it reports: it is committed with it, or not at all."""
+    s.add(JobEvent(job_id=job_id, kind=kind, data=data, created_at=utcnow()))
+
+
+def _status(s: Session, job: Job) -> None:
+    """A ``status`` event for the job's new status; for a final one, ``completed`` too (the stream's last event)."""
+    _event(s, job.id, "status", {"status": job.status})
+    if job.status in FINAL:
+        done: dict[str, Any] = {"status": job.status}
+        if job.error_code:
+            done["error"] = {"code": job.error_code, "message": job.error_message}
+        if job.metrics:
+            done["metrics"] = job.metrics
+        _event(s, job.id, "completed", done)
+
+
+def add_event(url: str, job_id: str, kind: str, data: dict[str, Any]) -> None:
+    with session_scope(url) as s:
+        _event(s, job_id, kind, data)
+
+
+def events_after(url: str, job_id: str, after: int, limit: int = 500) -> list[tuple[int, str, dict[str, Any]]]:
+    """(id, kind, data) of the job's events with an id above ``after``, oldest first."""
+    with session_scope(url) as s:
+        rows = s.execute(select(JobEvent.id, JobEvent.kind, JobEvent.data).where(JobEvent.job_id == job_id, JobEvent.id > after)
+                         .order_by(JobEvent.id).limit(limit))
+        return [(int(r[0]), str(r[1]), dict(r[2])) for r in rows]
 
 
 def create(url: str, *, job_id: str, tenant: str, spec: dict[str, Any], upload_key: str, total_steps: int) -> Job:
@@ -20,6 +51,7 @@ def create(url: str, *, job_id: str, tenant: str, spec: dict[str, Any], upload_k
               step=0, total_steps=total_steps, cancel_requested=False, attempts=0, created_at=utcnow())
     with session_scope(url) as s:
         s.add(job)
+        _event(s, job_id, "status", {"status": "queued"})
     return job
 
 
@@ -103,6 +135,7 @@ def claim(url: str, job_id: str, worker: str, stale_after_s: float = 300.0, max_
             return None
         if job.cancel_requested:
             job.status, job.finished_at = "canceled", utcnow()
+            _status(s, job)
             return None
         if job.status == "running" and job.worker != worker and _holder_alive(job.worker, job.heartbeat_at, stale_after_s):
             raise JobBusy(f"job {job_id} is running on {job.worker}")
@@ -111,7 +144,10 @@ def claim(url: str, job_id: str, worker: str, stale_after_s: float = 300.0, max_
             job.error_code = "worker_lost"
             job.error_message = (f"the job's worker died {job.attempts} times while running it (out of memory?); "
                                  "try a smaller batch_size, or tell the operator")
+            _status(s, job)
             return None
+        if job.status != "running":
+            _event(s, job.id, "status", {"status": "running"})
         job.status = "running"
         job.attempts += 1
         job.worker = worker
@@ -124,8 +160,10 @@ def release(url: str, job_id: str) -> None:
     """Put a running job back to ``queued`` after its worker stopped it on purpose (a shutdown). The attempt is
     not counted: only workers that die count against ``max_attempts``."""
     with session_scope(url) as s:
-        s.execute(update(Job).where(Job.id == job_id, Job.status == "running")
-                  .values(status="queued", worker=None, attempts=Job.attempts - 1, heartbeat_at=utcnow()))
+        done = s.execute(update(Job).where(Job.id == job_id, Job.status == "running")
+                         .values(status="queued", worker=None, attempts=Job.attempts - 1, heartbeat_at=utcnow()))
+        if done.rowcount:  # type: ignore[attr-defined]
+            _event(s, job_id, "status", {"status": "queued"})
 
 
 def heartbeat(url: str, job_id: str) -> None:
@@ -154,9 +192,11 @@ def sweep(url: str, stale_after_s: float, max_attempts: int, requeue_queued_afte
                 job.error_code = "worker_lost"
                 job.error_message = (f"the worker running this job stopped responding ({job.attempts} attempts); "
                                      "submit it again, and tell the operator if it keeps happening")
+                _status(s, job)
                 failed.append(job.id)
             else:
                 job.status, job.heartbeat_at = "queued", now
+                _status(s, job)
                 requeue.append(job.id)
         queued = s.scalars(select(Job).where(Job.status == "queued").with_for_update(skip_locked=True))
         for job in queued:
@@ -177,6 +217,7 @@ def report_progress(url: str, job_id: str, phase: str, step: int, total: int, st
             return
         job.phase, job.step, job.total_steps, job.heartbeat_at = phase, step, total, utcnow()
         job.stats = {**(job.stats or {}), **stats}
+        _event(s, job_id, "progress", {"phase": phase, "step": step, "total_steps": total, "stats": stats})
 
 
 def set_target_report(url: str, job_id: str, report: dict[str, Any]) -> None:
@@ -199,6 +240,7 @@ def request_cancel(url: str, job_id: str, tenant: str) -> Job | None:
             job.cancel_requested = True
             if job.status == "queued":
                 job.status, job.finished_at = "canceled", utcnow()
+                _status(s, job)
         return job
 
 
@@ -208,6 +250,7 @@ def finish(url: str, job_id: str, status: str, *, model_key: str | None = None, 
         job = s.get(Job, job_id, with_for_update=True)
         if job is None:
             return
+        was_final = job.status in FINAL
         job.status, job.finished_at = status, utcnow()
         if status == "succeeded":
             job.step = job.total_steps
@@ -220,3 +263,5 @@ def finish(url: str, job_id: str, status: str, *, model_key: str | None = None, 
             job.train_seconds = train_seconds
         if error:
             job.error_code, job.error_message = error
+        if not was_final:  # a job completes once: a late second finish (after the sweeper gave up on it) adds no event
+            _status(s, job)

@@ -240,7 +240,9 @@ def _train(job: Job, sources: list[zoo.SourceModel], target: TargetSet, settings
 
     def upload_preview(step: int, sample: Callable[[int, int], torch.Tensor]) -> None:
         # a fixed seed, so successive previews show the same latent codes moving
-        blobs.put(artifact_key(job.id, f"previews/step-{step:06d}.png"), grid_png(sample(16, 0), nrow=4), "image/png")
+        key = artifact_key(job.id, f"previews/step-{step:06d}.png")
+        blobs.put(key, grid_png(sample(16, 0), nrow=4), "image/png")
+        jobs_dao.add_event(settings.database_url, job.id, "preview", {"step": step, "key": key})
 
     return train(cfg, sources, target.images, run_dir, on_progress=reporter.on_progress, should_stop=reporter.should_stop,
                  device=pick_device(settings.device), after_checkpoint=upload_checkpoint, on_preview=upload_preview,

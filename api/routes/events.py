@@ -1,0 +1,65 @@
+"""/jobs/{id}/events: a job's events as Server-Sent Events, replayable.
+
+Every change of a job is recorded with it, in the same transaction (``store/jobs.py``): ``status`` (queued,
+running, succeeded, failed, canceled), ``progress`` (phase, step, total_steps, losses), ``preview`` (a sample grid
+stored during training, with a short-lived URL) and ``completed`` (the final status, the error or the metrics),
+which ends the stream. Each event's SSE ``id`` is its sequence number: a client that reconnects with
+``Last-Event-ID`` (browsers' EventSource do) gets exactly the events it has not seen, so it misses nothing and
+sees nothing twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import JobDep, ServicesDep
+from store import jobs as jobs_dao
+
+router = APIRouter(tags=["jobs"])
+POLL_S = 0.5
+KEEPALIVE_S = 15.0
+
+
+@router.get("/jobs/{job_id}/events", summary="A job's events as a Server-Sent Events stream (replays from Last-Event-ID)",
+            response_class=StreamingResponse,
+            responses={200: {"content": {"text/event-stream": {}}, "description": "events: status, progress, preview, completed"}})
+async def job_events(svc: ServicesDep, job: JobDep, request: Request,
+                     last_event_id: Annotated[int | None, Header(alias="Last-Event-ID", ge=0)] = None,
+                     after: Annotated[int | None, Query(ge=0, description="replay events after this id (as Last-Event-ID)")] = None,
+                     ) -> StreamingResponse:
+    start = max(last_event_id or 0, after or 0)
+    return StreamingResponse(_stream(svc, job.id, start, request), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def _stream(svc: ServicesDep, job_id: str, last: int, request: Request) -> AsyncIterator[str]:
+    url = svc.settings.database_url
+    quiet_since = time.monotonic()
+    yield "retry: 2000\n\n"
+    while not await request.is_disconnected():
+        events = await run_in_threadpool(jobs_dao.events_after, url, job_id, last)
+        for event_id, kind, data in events:
+            if kind == "preview" and "key" in data:
+                data = {**data, "url": svc.blobs.url(data["key"], svc.settings.presign_expiry_s)}
+            yield f"id: {event_id}\nevent: {kind}\ndata: {json.dumps(data)}\n\n"
+            last = event_id
+            if kind == "completed":
+                return
+        if events:
+            quiet_since = time.monotonic()
+            continue
+        status = await run_in_threadpool(jobs_dao.get_status, url, job_id)
+        if status in jobs_dao.FINAL:  # its completed event was sent before this stream (id <= Last-Event-ID)
+            return
+        if time.monotonic() - quiet_since > KEEPALIVE_S:
+            quiet_since = time.monotonic()
+            yield ": keep-alive\n\n"
+        await asyncio.sleep(POLL_S)

@@ -1,0 +1,76 @@
+"""GET /jobs/{id}/events: a job's Server-Sent Events. A client that disconnects mid-job and reconnects with
+Last-Event-ID ends with exactly the sequence a client that stayed connected sees: status, progress, preview, completed."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api.main import create_app
+from store.settings import Settings
+from tests.helpers import TINY_SPEC, target_zip_bytes, wait_for, write_tiny_zoo
+
+
+@pytest.fixture
+def client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
+    write_tiny_zoo(tmp_path / "zoo")
+    monkeypatch.setattr("core.zoo.WEIGHTS_DIR", tmp_path / "zoo")
+    settings = Settings(database_url=f"sqlite:///{tmp_path}/db.sqlite", storage_dir=str(tmp_path / "blobs"),
+                        work_dir=str(tmp_path / "work"), progress_interval_s=0, checkpoint_every=5, preview_every=5)
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+def _read(client: TestClient, job_id: str, last: int | None = None, stop_after: int | None = None) -> list[tuple[int, str, dict]]:
+    """Events as (id, kind, data); with ``stop_after``, hang up after that many (a client that goes away)."""
+    headers = {"Last-Event-ID": str(last)} if last is not None else {}
+    out: list[tuple[int, str, dict]] = []
+    with client.stream("GET", f"/jobs/{job_id}/events", headers=headers) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        fields: dict[str, str] = {}
+        for line in r.iter_lines():
+            if line == "":
+                if "id" in fields:
+                    out.append((int(fields["id"]), fields["event"], json.loads(fields["data"])))
+                    if stop_after is not None and len(out) >= stop_after:
+                        break
+                fields = {}
+            elif not line.startswith(":"):
+                k, _, v = line.partition(": ")
+                fields[k] = v
+    return out
+
+
+def test_a_reconnecting_client_sees_every_event_once(client: TestClient) -> None:
+    spec = {**TINY_SPEC, "mining_steps": 10, "finetune_steps": 10}
+    job = client.post("/jobs", files={"images": ("t.zip", target_zip_bytes(), "application/zip")},
+                      data={"spec": json.dumps(spec)}).json()
+    first = _read(client, job["id"], stop_after=4)  # hangs up mid-job
+    assert len(first) == 4 and first[0][1:] == ("status", {"status": "queued"})
+    rest = _read(client, job["id"], last=first[-1][0])  # reconnects: Last-Event-ID
+    whole = _read(client, job["id"])  # the job is over: a full replay from the start
+    def same(events: list[tuple[int, str, dict]]) -> list[tuple[int, str, dict]]:  # preview URLs are signed at send time
+        return [(i, k, {f: v for f, v in d.items() if f != "url"}) for i, k, d in events]
+
+    assert same(first + rest) == same(whole)
+    ids = [e[0] for e in whole]
+    assert ids == sorted(set(ids))  # in order, none twice
+    kinds = [k for _, k, _ in whole]
+    assert kinds[-1] == "completed" and kinds.count("completed") == 1 and whole[-1][2]["status"] == "succeeded"
+    assert {"status", "progress", "preview"} <= set(kinds)
+    statuses = [d["status"] for _, k, d in whole if k == "status"]
+    assert statuses == ["queued", "running", "succeeded"]
+    steps = [d["step"] for _, k, d in whole if k == "progress" and d["phase"] != "select"]
+    assert steps == list(range(1, 21))  # every step of the job, in order
+    preview = next(d for _, k, d in whole if k == "preview")
+    assert client.get(preview["url"]).status_code == 200  # a link the client can fetch
+    assert _read(client, job["id"], last=ids[-1]) == []  # nothing after the end: the stream closes at once
+    assert wait_for(client, job["id"])["status"] == "succeeded"
+
+
+def test_events_of_another_tenants_job_are_not_found(client: TestClient) -> None:
+    assert client.get("/jobs/nope/events").status_code == 404
