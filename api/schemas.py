@@ -104,7 +104,7 @@ class ModelInfo(BaseModel):
     description: str
     origin: str = Field(default="built-in", description="built-in zoo, or the job a registered source came from")
     critic: bool = Field(default=True, description="ships a pretrained critic; false for a generator-only upload, whose jobs "
-                         "start a fresh critic with DiffAugment and a warm-up unless the options say otherwise")
+                         "start a fresh critic with a warm-up unless the options say otherwise")
 
 
 class Preview(BaseModel):

@@ -191,7 +191,7 @@ def cmd_zoo_add(a: argparse.Namespace) -> int:
         dest = zoo.add_file(a.file, a.id, a.family, config, a.critic, a.description)
     except (ValueError, CheckpointError) as exc:
         raise MethodError(str(exc)) from exc
-    critic = "its critic" if a.critic else "no critic (jobs start a fresh one with DiffAugment and a warm-up)"
+    critic = "its critic" if a.critic else "no critic (jobs start a fresh one, with a warm-up)"
     print(f"added {a.id} -> {dest} with {critic}; use it with --source {a.id}", file=sys.stderr)
     return 0
 

@@ -77,16 +77,14 @@ class FusionConfig(StageConfig):
     ema: float = 0.0  # >0: G_F is the exponential moving average of the trained weights with this decay (0: off)
     distill: float = DEFAULTS.fusion_distill  # >0: add distill * E|G_F(mu_i + z) - G_i(z)| (paired, per pixel) to Eq. 16
     lr_decay: bool = DEFAULTS.fusion_lr_decay  # True: both learning rates fall linearly to 0 over the run
-    augment: str = ""  # DiffAugment policy on the critic's inputs (core/augment.py; the run's, resolved)
+    augment: str = DEFAULTS.augment  # DiffAugment policy on the critic's inputs (core/augment.py)
     seed: int = DEFAULTS.seed
     checkpoint_every: int = DEFAULTS.checkpoint_every
 
     @classmethod
     def of(cls, cfg: RunConfig) -> FusionConfig:
-        """The fusion stage of a run: each setting from ``fusion_<name>`` of ``cfg`` if there is one, else ``<name>``.
-        ``cfg`` should be resolved (``core.options.resolve``); an unresolved augment="auto" counts as none."""
+        """The fusion stage of a run: each setting from ``fusion_<name>`` of ``cfg`` if there is one, else ``<name>``."""
         own: dict[str, Any] = {f: getattr(cfg, f"fusion_{f}", getattr(cfg, f, None)) for f in _RECORDED}
-        own["augment"] = "" if own["augment"] == "auto" else own["augment"]
         return cls(**{k: v for k, v in own.items() if v is not None})
 
     def as_json(self) -> dict[str, Any]:

@@ -24,10 +24,10 @@ SELECTION_RULES = ("permuted", "max")
 FUSION_CRITICS = ("projection", "plain")
 FUSION_MINING = ("regions", "single")
 CRITIC_INITS = ("auto", "source", "fresh")
-MINER_INITS = ("auto", "paper", "identity")
-# What "auto" means for a source without a pretrained critic (a generator-only upload); chosen by
-# measurement, docs/benchmarks.md section "fresh_critic" (benchmarks/fresh_critic.py).
-AUTO_AUGMENT = "color,translation,cutout"
+MINER_INITS = ("paper", "identity")
+# The warm-up "auto" gives a critic that starts fresh (a generator-only upload), chosen by measurement:
+# docs/benchmarks.md, section "fresh_critic_minegan++" (benchmarks/fresh_critic.py), where it took mnist-no-9 -> 9
+# with a fresh critic from 18.6 % to 8.2 % classifier error; DiffAugment and the identity miner did not help there.
 AUTO_WARMUP = 50
 
 
@@ -57,9 +57,8 @@ class RunConfig:
     miner_layers: int = option(2, "fully connected layers of the miner (Appendix A: 2)", ge=1, le=8)
     miner_hidden: int = option(0, "miner width; 0: |z| (Appendix A)", ge=0, le=4096)
     miner_init_std: float = option(0.01, "std of the miner's initial weights (Appendix A: N(0, 0.01))", api=None)
-    miner_init: str = option("auto", "where the miner starts: paper (Appendix A's M(u) = MLP(u), whose N(0, 0.01) weights start it "
-                             "collapsed near z = 0), identity (M(u) = u + MLP(u): at the source's own prior), or auto: identity "
-                             "when the critic starts fresh, paper otherwise", choices=MINER_INITS)
+    miner_init: str = option("paper", "where the miner starts: paper (Appendix A's M(u) = MLP(u), whose N(0, 0.01) weights start it "
+                             "collapsed near z = 0) or identity (M(u) = u + MLP(u): at the source's own prior)", choices=MINER_INITS)
     lr_miner: float = option(4e-4, "Adam learning rate of the miner (Appendix A)", gt=0, le=0.1)
     lr_generator: float = option(1e-4, "Adam learning rate of the generator", gt=0, le=0.1)
     lr_critic: float = option(1e-4, "Adam learning rate of the critic", gt=0, le=0.1)
@@ -75,8 +74,8 @@ class RunConfig:
     critic_init: str = option("auto", "where the critic starts: the source's pretrained critic (source), random weights (fresh; "
                               "what a generator-only upload has), or auto: source when the source ships a critic, else fresh",
                               choices=CRITIC_INITS)
-    augment: str = option("auto", "DiffAugment policy on every critic input: a comma-separated list of color, translation, cutout; "
-                          f"'' for none; auto: {AUTO_AUGMENT} when the critic starts fresh, none otherwise", api="options")
+    augment: str = option("", "DiffAugment policy on every critic input: a comma-separated list of color, translation, cutout "
+                          "(e.g. color,translation,cutout); '' for none")
     critic_warmup: int = option(-1, "steps training the critic alone (n_critic updates each) before the first miner/generator "
                                 f"update; -1 (auto): {AUTO_WARMUP} when the critic starts fresh, 0 otherwise", ge=-1, le=100_000)
     fusion_steps: int = option(1600, "fusion, fusion++: steps training the fused G_F before mining it (Eq. 15-16)", ge=1, le=100_000,
@@ -119,13 +118,12 @@ class RunConfig:
                 raise MethodError(f"{f.name} must be one of {', '.join(choices)}")
         if self.fusion_distill < 0 or self.fusion_lr_generator <= 0:
             raise MethodError("fusion_distill must be >= 0 and fusion_lr_generator positive")
-        if self.augment != "auto":
-            from core.augment import parse_policy
+        from core.augment import parse_policy
 
-            try:
-                parse_policy(self.augment)
-            except ValueError as exc:
-                raise MethodError(f"augment: {exc}") from exc
+        try:
+            parse_policy(self.augment)
+        except ValueError as exc:
+            raise MethodError(f"augment: {exc}") from exc
 
     def as_json(self) -> dict[str, Any]:
         """The config as JSON values (tuples as lists): what checkpoints and model files record."""
@@ -198,13 +196,10 @@ def check_sources(cfg: RunConfig, sources: list[SourceInfo]) -> None:
 
 
 def resolve(cfg: RunConfig, sources: list[SourceInfo]) -> RunConfig:
-    """``cfg`` with its "auto" settings made concrete for these sources. A critic that starts fresh (asked for, or
-    because the critic's source ships none) gets DiffAugment, a warm-up and a miner that starts at the source's
-    prior; one from a pretrained critic gets none of them, as in the paper (docs/benchmarks.md, "fresh_critic" and
-    "faces", measured what each changes)."""
+    """``cfg`` with its "auto" settings made concrete for these sources: the critic starts fresh when asked to, or
+    when the critic's source ships none (a generator-only upload), and a fresh critic gets a warm-up; one from a
+    pretrained critic gets none, as in the paper."""
     critic_from = sources[cfg.critic_source] if cfg.critic_source < len(sources) else sources[0]
     fresh = cfg.critic_init == "fresh" or (cfg.critic_init == "auto" and not critic_from.has_critic)
     return replace(cfg, critic_init="fresh" if fresh else "source",
-                   miner_init=("identity" if fresh else "paper") if cfg.miner_init == "auto" else cfg.miner_init,
-                   augment=(AUTO_AUGMENT if fresh else "") if cfg.augment == "auto" else cfg.augment,
                    critic_warmup=(AUTO_WARMUP if fresh else 0) if cfg.critic_warmup < 0 else cfg.critic_warmup)

@@ -257,7 +257,7 @@ def source_from_state_dicts(model_id: str, family: str, config: dict[str, Any], 
     (``core/formats.py``; ``config``: z_dim, img_size, channels, z_dist, z_scale, output_range). Refused
     (CheckpointError / ModelFormatError / ValueError, with the reason) unless G then turns latents into finite
     images of the declared shape. Without a critic the source gets a fresh one (our WGAN-GP critic), marked so
-    that jobs start it fresh with DiffAugment and a warm-up (``core.options.resolve``)."""
+    that jobs start it fresh, with a warm-up (``core.options.resolve``)."""
     if family not in FAMILIES:
         raise ValueError(f"family: {family!r} is not one of {', '.join(FAMILIES)}")
     data = generator.read_bytes() if isinstance(generator, Path) else generator

@@ -51,7 +51,7 @@ _UPLOAD_DOC = """Two ways to add a source model you can then mine:
   ``weights_only=True``) or safetensors, that must fit the declared layout. Family ``onnx``: an ONNX graph of any
   architecture mapping z to images, converted to torch modules (no code from the file runs), with the declared
   z distribution and output range. The critic, if given, is a state dict of this service's critic layout; without
-  one, jobs start a fresh critic with DiffAugment and a warm-up. A file is refused (4xx, nothing stored) unless it
+  one, jobs start a fresh critic with a warm-up. A file is refused (4xx, nothing stored) unless it
   produces finite images of the declared shape.
 
 The source belongs to your tenant."""

@@ -9,10 +9,12 @@ import torch
 
 from core.augment import diff_augment, parse_policy
 from core.methods import RunConfig, build_modules, plan, train
-from core.options import AUTO_AUGMENT, AUTO_WARMUP, MethodError, SourceInfo, resolve
+from core.options import AUTO_WARMUP, MethodError, SourceInfo, resolve
 from core.trainer import Stopped
 from core.zoo import SourceModel
 from tests.conftest import stop_after, tiny_source
+
+POLICY = "color,translation,cutout"
 
 TINY = dict(mining_steps=2, finetune_steps=1, batch_size=8, n_critic=2, checkpoint_every=1)
 
@@ -24,7 +26,7 @@ def _generator_only(name: str = "upload") -> SourceModel:
 
 def test_policies_are_differentiable_and_change_images_per_sample() -> None:
     x = torch.linspace(-1, 1, 4 * 3 * 16 * 16).view(4, 3, 16, 16).requires_grad_(True)
-    for policy in ("color", "translation", "cutout", AUTO_AUGMENT):
+    for policy in ("color", "translation", "cutout", POLICY):
         torch.manual_seed(0)
         y = diff_augment(policy)(x)  # type: ignore[misc]
         assert y.shape == x.shape and torch.isfinite(y).all()
@@ -49,12 +51,11 @@ def test_policies_are_differentiable_and_change_images_per_sample() -> None:
 
 def test_auto_follows_the_source_critic() -> None:
     info = SourceInfo("s", 8, 28, 1, False)
-    assert resolve(RunConfig(), [info]) == RunConfig(critic_init="source", augment="", critic_warmup=0, miner_init="paper")
+    assert resolve(RunConfig(), [info]) == RunConfig(critic_init="source", critic_warmup=0)
     no_critic = resolve(RunConfig(), [SourceInfo("s", 8, 28, 1, False, has_critic=False)])
-    assert (no_critic.critic_init, no_critic.augment, no_critic.critic_warmup, no_critic.miner_init) == (
-        "fresh", AUTO_AUGMENT, AUTO_WARMUP, "identity")
-    forced = resolve(RunConfig(critic_init="fresh", augment="", critic_warmup=3), [info])
-    assert (forced.critic_init, forced.augment, forced.critic_warmup) == ("fresh", "", 3)
+    assert (no_critic.critic_init, no_critic.critic_warmup) == ("fresh", AUTO_WARMUP)
+    forced = resolve(RunConfig(critic_init="fresh", augment=POLICY, critic_warmup=3), [info])
+    assert (forced.critic_init, forced.augment, forced.critic_warmup) == ("fresh", POLICY, 3)
     assert _generator_only().info.has_critic is False and tiny_source().info.has_critic is True
 
 
@@ -68,14 +69,14 @@ def test_fresh_critic_ignores_the_source_critic() -> None:
 
 def test_warm_up_trains_the_critic_alone_first(target: torch.Tensor, tmp_path: Path) -> None:
     src = _generator_only()
-    cfg = RunConfig(method="minegan++", critic_warmup=3, **TINY)  # augment and critic_init: auto
+    cfg = RunConfig(method="minegan++", critic_warmup=3, augment=POLICY, **TINY)  # critic_init: auto
     assert [s.name for s in plan(resolve(cfg, [src.info]))] == ["warmup", "mine", "finetune"]
     seen: list[tuple[str, int, int]] = []
     res = train(cfg, src, target, tmp_path / "full", on_progress=lambda ph, s, t, st: seen.append((ph, s, t)))
     steps = [(ph, s) for ph, s, _ in seen if ph != "select"]
     assert steps == [("warmup", 1), ("warmup", 2), ("warmup", 3), ("mine", 4), ("mine", 5), ("finetune", 6)]
     assert all(t == 6 for _, _, t in seen) and res.summary["steps"] == 6
-    assert res.summary["critic"] == {"init": "fresh", "augment": AUTO_AUGMENT, "warmup": 3}
+    assert res.summary["critic"] == {"init": "fresh", "augment": POLICY, "warmup": 3}
     with pytest.raises(Stopped):  # cut inside the warm-up, resumed: the same model
         train(cfg, src, target, tmp_path / "cut", should_stop=stop_after(2))
     resumed = train(cfg, src, target, tmp_path / "cut")
