@@ -79,6 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                       latest=latest)
         # in embedded mode the queue lives in this process and cannot lose a message: only stale running jobs matter
         sweeper = asyncio.create_task(sweep_forever(settings, enqueue, requeue_queued=not settings.embedded))
+        sender = asyncio.create_task(event_routes.deliver_forever(settings))  # webhook deliveries (store/webhooks.py)
         grpc = None
         if settings.grpc_port:  # on this event loop, beside HTTP: the same model cache and sampling thread
             from api import grpc_server
@@ -88,6 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if grpc is not None:
             await grpc.stop(2)
         sweeper.cancel()
+        sender.cancel()
         if subscriber is not None:
             subscriber.stop()
         events.remove_local_listener(latest.invalidate)

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 from core.options import DEFAULTS, METHODS, OPTION_TYPES, RunConfig, api_options, config_from_spec
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
+WebhookEvent = Literal["status", "progress", "preview", "completed"]
 
 
 def _field(f: Any, default: Any) -> Any:
@@ -42,6 +43,10 @@ class JobSpec(BaseModel):
     batch_size: int = _field(_SPEC["batch_size"], DEFAULTS.batch_size)
     seed: int = _field(_SPEC["seed"], DEFAULTS.seed)
     options: MethodOptions = Field(default_factory=MethodOptions)  # type: ignore[valid-type]
+    webhook: str | None = Field(default=None, max_length=2000, description="an https URL that receives signed POSTs of this "
+                                "job's events (X-Minegan-Signature: HMAC-SHA256 of the body with your secret, GET /webhooks/secret)")
+    webhook_events: list[WebhookEvent] = Field(default_factory=lambda: ["completed"], max_length=4,  # type: ignore[arg-type]
+                                               description="which events the webhook receives")
 
     @field_validator("method")
     @classmethod

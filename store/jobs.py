@@ -11,14 +11,22 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from store.db import engine_for, session_scope
-from store.models import Job, JobEvent, utcnow
+from store.models import Job, JobEvent, WebhookDelivery, utcnow
 
 FINAL = ("succeeded", "failed", "canceled")
 
 
 def _event(s: Session, job_id: str, kind: str, data: dict[str, Any]) -> None:
-    """Record an event in the session of the change it reports: it is committed with it, or not at all."""
-    s.add(JobEvent(job_id=job_id, kind=kind, data=data, created_at=utcnow()))
+    """Record an event in the session of the change it reports: it is committed with it, or not at all; so is its
+    webhook delivery, when the job asked for this kind of event."""
+    event = JobEvent(job_id=job_id, kind=kind, data=data, created_at=utcnow())
+    s.add(event)
+    job = s.get(Job, job_id)
+    hook = (job.spec or {}).get("webhook") if job is not None else None
+    if hook and kind in (job.spec.get("webhook_events") or ["completed"]):  # type: ignore[union-attr]
+        s.flush()  # the event's id: the delivery's idempotency id
+        s.add(WebhookDelivery(event_id=event.id, job_id=job_id, tenant=job.tenant, url=hook, status="pending",  # type: ignore[union-attr]
+                              attempts=0, next_attempt_at=utcnow(), created_at=utcnow()))
 
 
 def _status(s: Session, job: Job) -> None:
@@ -51,6 +59,7 @@ def create(url: str, *, job_id: str, tenant: str, spec: dict[str, Any], upload_k
               step=0, total_steps=total_steps, cancel_requested=False, attempts=0, created_at=utcnow())
     with session_scope(url) as s:
         s.add(job)
+        s.flush()
         _event(s, job_id, "status", {"status": "queued"})
     return job
 

@@ -24,6 +24,8 @@ class Settings(BaseSettings):
     storage_dir: str = "var/blobs"
     grpc_port: int = Field(default=0, ge=0, le=65535)  # >0: also serve gRPC (Open Inference Protocol) on this port
     grpc_host: str = "127.0.0.1"
+    webhook_allow: str = ""  # comma-separated hosts (or host:port) webhooks may reach over http or at internal addresses
+    webhook_retry_s: float = Field(default=3600.0, ge=1.0)  # how long a failing delivery is retried
     s3_endpoint_url: str | None = None
     s3_bucket: str = "minegan"
     s3_access_key: str | None = None
@@ -80,6 +82,9 @@ class Settings(BaseSettings):
     @property
     def embedded(self) -> bool:
         return self.broker_url is None
+
+    def webhook_allow_list(self) -> list[str]:
+        return [h.strip() for h in self.webhook_allow.split(",") if h.strip()]
 
 
 @lru_cache(maxsize=1)

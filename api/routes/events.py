@@ -12,16 +12,22 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated
 
+import httpx
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import JobDep, ServicesDep
+from api.deps import JobDep, ServicesDep, TenantDep
 from store import jobs as jobs_dao
+from store import webhooks
+from store.settings import Settings
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["jobs"])
 POLL_S = 0.5
@@ -63,3 +69,24 @@ async def _stream(svc: ServicesDep, job_id: str, last: int, request: Request) ->
             quiet_since = time.monotonic()
             yield ": keep-alive\n\n"
         await asyncio.sleep(POLL_S)
+
+
+@router.get("/webhooks/secret", tags=["webhooks"], summary="Your webhook signing secret",
+            description="Each webhook delivery carries `X-Minegan-Signature: sha256=<hex>`, the HMAC-SHA256 of the raw body "
+                        "with this secret; compare it in constant time before trusting a delivery. `X-Minegan-Event-Id` "
+                        "(and `id` in the body) is the idempotency id: a retried delivery repeats it.")
+def webhook_secret(svc: ServicesDep, tenant: TenantDep) -> dict[str, str]:
+    return {"secret": webhooks.tenant_secret(svc.settings.database_url, tenant), "header": "X-Minegan-Signature",
+            "algorithm": "HMAC-SHA256 of the request body, hex, prefixed sha256="}
+
+
+async def deliver_forever(settings: Settings) -> None:
+    """The API process's webhook sender: due deliveries every half second (store/webhooks.py)."""
+    with httpx.Client(timeout=5.0) as client:
+        while True:
+            try:
+                await run_in_threadpool(webhooks.deliver_due, settings.database_url, settings.webhook_allow_list(),
+                                        settings.webhook_retry_s, client)
+            except Exception:  # noqa: BLE001 - a database hiccup must not stop deliveries for good
+                log.warning("webhook deliveries: a round failed; trying again", exc_info=True)
+            await asyncio.sleep(POLL_S)

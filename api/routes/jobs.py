@@ -23,6 +23,7 @@ from core.options import MethodError, RunConfig, SourceInfo, check_sources, reso
 from store import auth as auth_dao
 from store import jobs as jobs_dao
 from store import sources as registry
+from store import webhooks
 
 router = APIRouter(tags=["jobs"])
 
@@ -75,6 +76,11 @@ async def submit_job(
     srcs = [known[s] for s in job_spec.sources]
     src = srcs[0]
     cfg, total_steps = _check_sources(job_spec, srcs)
+    if job_spec.webhook:
+        try:
+            await run_in_threadpool(webhooks.check_url, job_spec.webhook, svc.settings.webhook_allow_list())  # resolves the host
+        except webhooks.WebhookUrlError as exc:
+            raise ApiError(422, "invalid_spec", str(exc)) from exc
     data = await read_upload(images, svc.settings.max_upload_bytes)
     report = await run_torch(validate_target, data, src["channels"], src["resolution"], svc.settings)
     if job_spec.batch_size > report["n_images"]:

@@ -1,0 +1,100 @@
+"""Signed webhooks from an outbox: a local receiver that answers 500 to the first try of every event still gets each
+event exactly once with a valid HMAC-SHA256 signature, completed among them; internal or plain-http URLs are refused."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api.main import create_app
+from store.settings import Settings
+from tests.helpers import TINY_SPEC, free_port, target_zip_bytes, wait_for, write_tiny_zoo
+
+
+class Receiver:
+    """A webhook endpoint on loopback: 500 to the first try of each event id, 200 after; keeps what it got."""
+
+    def __init__(self) -> None:
+        self.tries: list[tuple[dict[str, str], bytes, int]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                event_id = self.headers["X-Minegan-Event-Id"]
+                status = 200 if any(h["X-Minegan-Event-Id"] == event_id for h, _, _ in outer.tries) else 500
+                outer.tries.append(({k: v for k, v in self.headers.items()}, body, status))
+                self.send_response(status)
+                self.end_headers()
+
+            def log_message(self, *_: object) -> None:
+                pass
+
+        self.port = free_port()
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def accepted(self) -> list[tuple[dict[str, str], bytes]]:
+        return [(h, b) for h, b, s in self.tries if s == 200]
+
+
+@pytest.fixture
+def client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
+    write_tiny_zoo(tmp_path / "zoo")
+    monkeypatch.setattr("core.zoo.WEIGHTS_DIR", tmp_path / "zoo")
+    settings = Settings(database_url=f"sqlite:///{tmp_path}/db.sqlite", storage_dir=str(tmp_path / "blobs"),
+                        work_dir=str(tmp_path / "work"), progress_interval_s=0, webhook_allow="127.0.0.1")
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+def _submit(client: TestClient, **extra: object):  # type: ignore[no-untyped-def]
+    return client.post("/jobs", files={"images": ("t.zip", target_zip_bytes(), "application/zip")},
+                       data={"spec": json.dumps({**TINY_SPEC, **extra})})
+
+
+def test_each_event_arrives_once_signed_even_after_a_500(client: TestClient) -> None:
+    rx = Receiver()
+    secret = client.get("/webhooks/secret").json()["secret"]
+    job = _submit(client, webhook=f"http://127.0.0.1:{rx.port}/hook", webhook_events=["status", "completed"]).json()
+    assert wait_for(client, job["id"])["status"] == "succeeded"
+    deadline = time.time() + 30
+    while not any(json.loads(b)["type"] == "completed" for _, b in rx.accepted()):
+        assert time.time() < deadline, rx.tries
+        time.sleep(0.2)
+    time.sleep(1.0)  # nothing more may come
+    accepted = rx.accepted()
+    for h, body in accepted:
+        want = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+        assert hmac.compare_digest(h["X-Minegan-Signature"], want)
+        assert json.loads(body)["id"] == int(h["X-Minegan-Event-Id"]) and json.loads(body)["job_id"] == job["id"]
+    events = [json.loads(b) for _, b in accepted]
+    assert [e["type"] for e in events].count("completed") == 1 and events[-1]["data"]["status"] == "succeeded"
+    assert [e["data"]["status"] for e in events if e["type"] == "status"] == ["queued", "running", "succeeded"]
+    ids = [e["id"] for e in events]
+    assert len(ids) == len(set(ids))  # each event accepted once
+    per_event = {i: [s for h, _, s in rx.tries if int(h["X-Minegan-Event-Id"]) == i] for i in ids}
+    assert all(v == [500, 200] for v in per_event.values()), per_event  # every first try failed and was retried once
+    rx.server.shutdown()
+
+
+@pytest.mark.parametrize("url,why", [
+    ("https://10.1.2.3/hook", "internal address"),
+    ("https://169.254.169.254/latest/meta-data", "internal address"),
+    ("https://localhost/hook", "internal address"),
+    ("http://example.com/hook", "only https"),
+    ("ftp://example.com/hook", "not an http"),
+])
+def test_webhook_urls_that_could_reach_inside_are_refused(client: TestClient, url: str, why: str) -> None:
+    r = _submit(client, webhook=url)
+    assert r.status_code == 422 and why in r.json()["error"]["message"], r.text
+    assert client.get("/jobs").json()["total"] == 0  # nothing stored
