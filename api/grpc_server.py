@@ -1,5 +1,6 @@
 """The gRPC side of the service: ``inference.GRPCInferenceService`` (the Open Inference Protocol, KServe v2) over
-finished jobs, the standard health service and reflection.
+finished jobs, ``minegan.v1.Jobs`` (submit with the zip streamed in chunks, get, cancel, watch), the standard
+health service and reflection.
 
 It runs on the HTTP server's event loop (``grpc.aio``), started by the app's lifespan when a gRPC port is set
 (``minegan serve --grpc-port N`` or ``MINEGAN_GRPC_PORT``), so ModelInfer samples on the same thread and from the
@@ -10,8 +11,9 @@ REST message, with the status mapped to its gRPC code.
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -22,9 +24,14 @@ from starlette.concurrency import run_in_threadpool
 
 from api import oip
 from api.errors import ApiError
+from api.schemas import JobPublic
 from api.services import Services
+from api.views import job_public
 from minegan_grpc import inference_pb2 as pb
 from minegan_grpc import inference_pb2_grpc as pb_grpc
+from minegan_grpc import jobs_pb2, jobs_pb2_grpc
+from store import jobs as jobs_dao
+from store.models import Job
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +54,11 @@ def key_of(context: grpc.aio.ServicerContext) -> str | None:
     return None
 
 
-class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, svc: Services, version: str) -> None:
-        self.svc, self.version = svc, version
+class _Servicer:
+    """Authentication and error mapping shared by the services."""
+
+    def __init__(self, svc: Services) -> None:
+        self.svc = svc
 
     async def _tenant(self, context: grpc.aio.ServicerContext) -> str:
         key = key_of(context)
@@ -62,6 +71,12 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         except ApiError as exc:
             await context.abort(CODES.get(exc.status, grpc.StatusCode.INTERNAL), exc.message)
             raise  # abort raises; this line is for type checkers
+
+
+class InferenceService(_Servicer, pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, svc: Services, version: str) -> None:
+        super().__init__(svc)
+        self.version = version
 
     async def ServerLive(self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
@@ -110,6 +125,75 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         return await self._call(context, run)
 
 
+class JobsService(_Servicer, jobs_pb2_grpc.JobsServicer):
+    """``minegan.v1.Jobs``: the REST job routes' checks and data access, over gRPC."""
+
+    async def Submit(self, request_iterator: AsyncIterator[jobs_pb2.SubmitRequest], context: grpc.aio.ServicerContext) -> jobs_pb2.Job:
+        from api.routes.jobs import check_submission, store_submission
+
+        async def run() -> jobs_pb2.Job:
+            tenant = await self._tenant(context)
+            first = await anext(aiter(request_iterator), None)
+            if first is None or first.WhichOneof("part") != "spec_json":
+                raise ApiError(422, "invalid_request", "spec: the first message must carry spec_json (the JobSpec as JSON)")
+            sub = await check_submission(self.svc, tenant, first.spec_json)
+            limit, chunks, size = self.svc.settings.max_upload_bytes, [], 0
+            async for part in request_iterator:
+                if part.WhichOneof("part") != "zip_chunk":
+                    raise ApiError(422, "invalid_request", "images: after the spec, every message carries zip_chunk")
+                size += len(part.zip_chunk)
+                if size > limit:  # checked while receiving, as POST /jobs does
+                    raise ApiError(413, "upload_too_large", f"images: the upload is larger than {limit} bytes; send fewer or smaller images")
+                chunks.append(part.zip_chunk)
+            if not size:
+                raise ApiError(422, "empty_upload", "images: the upload is empty; stream the zip of PNG/JPEG images after the spec")
+            return _job(await store_submission(self.svc, tenant, sub, b"".join(chunks)))
+
+        return await self._call(context, run)
+
+    async def Get(self, request: jobs_pb2.GetJobRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.Job:
+        async def run() -> jobs_pb2.Job:
+            return _job(job_public(await self._owned(context, request.id)))
+
+        return await self._call(context, run)
+
+    async def Cancel(self, request: jobs_pb2.CancelJobRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.Job:
+        async def run() -> jobs_pb2.Job:
+            tenant = await self._tenant(context)
+            job = await run_in_threadpool(jobs_dao.request_cancel, self.svc.settings.database_url, request.id, tenant)
+            if job is None:
+                raise ApiError(404, "job_not_found", f"no job {request.id}")
+            return _job(job_public(job))
+
+        return await self._call(context, run)
+
+    async def Watch(self, request: jobs_pb2.WatchRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[jobs_pb2.JobEvent]:
+        from api.routes.events import follow
+
+        await self._call(context, lambda: self._owned(context, request.id))
+
+        async def gone() -> bool:
+            return context.done()
+
+        async for event in follow(self.svc, request.id, request.after_event_id, gone):
+            if event is not None:
+                yield jobs_pb2.JobEvent(id=event[0], kind=event[1], data_json=json.dumps(event[2]))
+
+    async def _owned(self, context: grpc.aio.ServicerContext, job_id: str) -> Job:
+        tenant = await self._tenant(context)
+        job = await run_in_threadpool(jobs_dao.get, self.svc.settings.database_url, job_id, tenant)
+        if job is None:
+            raise ApiError(404, "job_not_found", f"no job {job_id}")
+        return job
+
+
+def _job(public: JobPublic) -> jobs_pb2.Job:
+    err = public.error
+    return jobs_pb2.Job(id=public.id, status=public.status, phase=public.phase or "", step=public.step, total_steps=public.total_steps,
+                        method=public.method, error_code=err.code if err else "", error_message=err.message if err else "",
+                        json=public.model_dump_json())
+
+
 def _inputs(request: pb.ModelInferRequest) -> list[oip.Tensor]:
     raw = list(request.raw_input_contents)
     if raw and len(raw) != len(request.inputs):
@@ -132,15 +216,17 @@ async def start(svc: Services, host: str, port: int, version: str) -> grpc.aio.S
     """Serve the inference, health and reflection services on ``host:port``; returns the started server."""
     server = grpc.aio.server()
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(svc, version), server)
+    jobs_pb2_grpc.add_JobsServicer_to_server(JobsService(svc), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    names = (pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name, health.SERVICE_NAME, reflection.SERVICE_NAME)
+    names = (pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name, jobs_pb2.DESCRIPTOR.services_by_name["Jobs"].full_name,
+             health.SERVICE_NAME, reflection.SERVICE_NAME)
     reflection.enable_server_reflection(names, server)
     bound = server.add_insecure_port(f"{host}:{port}")
     if not bound:
         raise RuntimeError(f"gRPC: cannot listen on {host}:{port}")
     await server.start()
-    for name in ("", names[0]):
+    for name in ("", names[0], names[1]):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.warning("gRPC (Open Inference Protocol, health, reflection) on %s:%d", host, bound)
+    log.warning("gRPC (Open Inference Protocol, minegan.v1.Jobs, health, reflection) on %s:%d", host, bound)
     return server

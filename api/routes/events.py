@@ -14,8 +14,8 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
-from typing import Annotated
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Annotated, Any
 
 import httpx
 from fastapi import APIRouter, Header, Query, Request
@@ -23,6 +23,7 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import JobDep, ServicesDep, TenantDep
+from api.services import Services
 from store import jobs as jobs_dao
 from store import webhooks
 from store.settings import Settings
@@ -47,15 +48,28 @@ async def job_events(svc: ServicesDep, job: JobDep, request: Request,
 
 
 async def _stream(svc: ServicesDep, job_id: str, last: int, request: Request) -> AsyncIterator[str]:
+    yield "retry: 2000\n\n"
+    async for event in follow(svc, job_id, last, request.is_disconnected):
+        if event is None:
+            yield ": keep-alive\n\n"
+            continue
+        event_id, kind, data = event
+        yield f"id: {event_id}\nevent: {kind}\ndata: {json.dumps(data)}\n\n"
+
+
+async def follow(svc: Services, job_id: str, last: int, gone: Callable[[], Awaitable[bool]]
+                 ) -> AsyncIterator[tuple[int, str, dict[str, Any]] | None]:
+    """The job's events after id ``last`` as (id, kind, data), as they happen, until its ``completed`` event (or at once,
+    for a job that completed before ``last``); None now and then while nothing happens (a keep-alive). Preview events
+    get a short-lived URL of their image. Shared by the SSE stream and gRPC ``minegan.v1.Jobs/Watch``."""
     url = svc.settings.database_url
     quiet_since = time.monotonic()
-    yield "retry: 2000\n\n"
-    while not await request.is_disconnected():
+    while not await gone():
         events = await run_in_threadpool(jobs_dao.events_after, url, job_id, last)
         for event_id, kind, data in events:
             if kind == "preview" and "key" in data:
                 data = {**data, "url": svc.blobs.url(data["key"], svc.settings.presign_expiry_s)}
-            yield f"id: {event_id}\nevent: {kind}\ndata: {json.dumps(data)}\n\n"
+            yield event_id, kind, data
             last = event_id
             if kind == "completed":
                 return
@@ -63,11 +77,11 @@ async def _stream(svc: ServicesDep, job_id: str, last: int, request: Request) ->
             quiet_since = time.monotonic()
             continue
         status = await run_in_threadpool(jobs_dao.get_status, url, job_id)
-        if status in jobs_dao.FINAL:  # its completed event was sent before this stream (id <= Last-Event-ID)
+        if status in jobs_dao.FINAL:  # its completed event was sent before this stream (id <= last)
             return
         if time.monotonic() - quiet_since > KEEPALIVE_S:
             quiet_since = time.monotonic()
-            yield ": keep-alive\n\n"
+            yield None
         await asyncio.sleep(POLL_S)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Query, UploadFile
@@ -15,6 +16,7 @@ from api.compute import run_torch
 from api.deps import JobDep, ServicesDep, TenantDep
 from api.errors import ApiError, describe_errors
 from api.schemas import Artifact, JobList, JobPublic, JobSpec, Preview
+from api.services import Services
 from api.uploads import read_upload, validate_target
 from api.views import job_public
 from core.data import load_target_bytes
@@ -24,6 +26,7 @@ from store import auth as auth_dao
 from store import jobs as jobs_dao
 from store import sources as registry
 from store import webhooks
+from store.models import Job
 
 router = APIRouter(tags=["jobs"])
 
@@ -52,12 +55,64 @@ def _check_sources(spec: JobSpec, srcs: list[dict]) -> tuple[RunConfig, int]:  #
     return cfg, resolve(cfg, infos).total_steps
 
 
-def _check_quota(svc: ServicesDep, tenant: str) -> None:
+def _check_quota(svc: Services, tenant: str) -> None:
     limit = auth_dao.job_limit(svc.settings.database_url, tenant, svc.settings.max_concurrent_jobs)
     active = auth_dao.active_jobs(svc.settings.database_url, tenant)
     if active >= limit:
         raise ApiError(429, "too_many_jobs", f"you have {active} queued or running jobs, the limit is {limit}; wait for one "
                                              "to finish or cancel one (POST /jobs/{id}/cancel)")
+
+
+@dataclass
+class Submission:
+    """A job spec checked against the caller's quota and sources, before its upload is read."""
+
+    spec: JobSpec
+    sources: list[dict]  # type: ignore[type-arg]
+    cfg: RunConfig
+    total_steps: int
+
+
+async def check_submission(svc: Services, tenant: str, raw_spec: str) -> Submission:
+    """Every check that needs no upload: quota, spec, sources, method rules, webhook URL. Blocking work (the database,
+    the source registry, DNS) runs off the event loop. Shared by ``POST /jobs`` and gRPC ``minegan.v1.Jobs/Submit``."""
+    await run_in_threadpool(_check_quota, svc, tenant)
+    job_spec = _parse_spec(raw_spec)
+    known = await run_in_threadpool(registry.known, svc.blobs, tenant)
+    unknown = [s for s in job_spec.sources if s not in known]
+    if unknown:
+        raise ApiError(422, "unknown_source", f"sources: unknown source model(s) {unknown}; see GET /models")
+    srcs = [known[s] for s in job_spec.sources]
+    cfg, total_steps = _check_sources(job_spec, srcs)
+    if job_spec.webhook:
+        try:
+            await run_in_threadpool(webhooks.check_url, job_spec.webhook, svc.settings.webhook_allow_list())  # resolves the host
+        except webhooks.WebhookUrlError as exc:
+            raise ApiError(422, "invalid_spec", str(exc)) from exc
+    return Submission(job_spec, srcs, cfg, total_steps)
+
+
+async def store_submission(svc: Services, tenant: str, sub: Submission, data: bytes) -> JobPublic:
+    """Check the target zip, store it, record the job and enqueue it (after the commit, so a worker always finds it)."""
+    src = sub.sources[0]
+    report = await run_torch(validate_target, data, src["channels"], src["resolution"], svc.settings)
+    if sub.spec.batch_size > report["n_images"]:
+        raise ApiError(422, "invalid_spec", f"batch_size: {sub.spec.batch_size} is larger than the "
+                                            f"{report['n_images']} target images")
+    job_id = str(uuid.uuid4())
+    upload_key = f"uploads/{job_id}.zip"
+    stored = sub.spec.model_dump() | {"options": resolved_options(sub.cfg)}
+
+    def store() -> Job:
+        svc.blobs.put(upload_key, data, "application/zip")
+        job = jobs_dao.create(svc.settings.database_url, job_id=job_id, tenant=tenant, spec=stored, upload_key=upload_key,
+                              total_steps=sub.total_steps)
+        svc.enqueue(job_id)
+        return job
+
+    job = await run_in_threadpool(store)
+    job.target_report = report
+    return job_public(job)
 
 
 @router.post("/jobs", status_code=202, response_model=JobPublic, summary="Submit a transfer job")
@@ -67,34 +122,9 @@ async def submit_job(
     images: Annotated[UploadFile, File(description="zip of target images (PNG/JPEG)")],
     spec: Annotated[str, Form(description="JobSpec as JSON")],
 ) -> JobPublic:
-    _check_quota(svc, tenant)
-    job_spec = _parse_spec(spec)
-    known = registry.known(svc.blobs, tenant)
-    unknown = [s for s in job_spec.sources if s not in known]
-    if unknown:
-        raise ApiError(422, "unknown_source", f"sources: unknown source model(s) {unknown}; see GET /models")
-    srcs = [known[s] for s in job_spec.sources]
-    src = srcs[0]
-    cfg, total_steps = _check_sources(job_spec, srcs)
-    if job_spec.webhook:
-        try:
-            await run_in_threadpool(webhooks.check_url, job_spec.webhook, svc.settings.webhook_allow_list())  # resolves the host
-        except webhooks.WebhookUrlError as exc:
-            raise ApiError(422, "invalid_spec", str(exc)) from exc
+    sub = await check_submission(svc, tenant, spec)
     data = await read_upload(images, svc.settings.max_upload_bytes)
-    report = await run_torch(validate_target, data, src["channels"], src["resolution"], svc.settings)
-    if job_spec.batch_size > report["n_images"]:
-        raise ApiError(422, "invalid_spec", f"batch_size: {job_spec.batch_size} is larger than the "
-                                            f"{report['n_images']} target images")
-    job_id = str(uuid.uuid4())
-    upload_key = f"uploads/{job_id}.zip"
-    svc.blobs.put(upload_key, data, "application/zip")
-    stored = job_spec.model_dump() | {"options": resolved_options(cfg)}
-    job = jobs_dao.create(svc.settings.database_url, job_id=job_id, tenant=tenant, spec=stored, upload_key=upload_key,
-                          total_steps=total_steps)
-    svc.enqueue(job_id)  # after the row is committed, so the worker always finds it
-    job.target_report = report
-    return job_public(job)
+    return await store_submission(svc, tenant, sub, data)
 
 
 @router.get("/jobs", response_model=JobList, summary="List your jobs, newest first")
