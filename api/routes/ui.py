@@ -1,6 +1,7 @@
 """The web gallery: a jobs page at ``/`` (live status, a submit form) and a page per job at
 ``/ui/jobs/{id}`` (target thumbnails, preview grids over training, final samples with "sample again",
-plots, artifact downloads).
+plots, artifact downloads). The job page follows the job's Server-Sent Events (``/jobs/{id}/events``) instead
+of polling; the jobs list still polls ``/jobs`` (there is no stream of all of a tenant's jobs).
 
 Plain HTML + a little JavaScript over the JSON API: the pages carry no data themselves, so the tenant
 rules of the API apply unchanged. With API keys required, the key is kept in the browser's localStorage
@@ -46,6 +47,36 @@ async function api(path, opts = {{}}) {{
 async function imgFromApi(el, path) {{  // images behind the API key: fetch, then show as a blob URL
   const r = await api(path); const url = URL.createObjectURL(await r.blob());
   if (el.dataset.blob) URL.revokeObjectURL(el.dataset.blob); el.dataset.blob = url; el.src = url;
+}}
+// A job's Server-Sent Events (GET /jobs/{{id}}/events) read with fetch, so the API key can go in a header (EventSource
+// cannot send one); after a dropped connection it reconnects with Last-Event-ID and misses nothing.
+async function watchEvents(path, onEvent) {{
+  let last = 0;
+  for (;;) {{
+    try {{
+      const r = await api(path, {{headers: last ? {{'Last-Event-ID': String(last)}} : {{}}}});
+      const reader = r.body.getReader(), dec = new TextDecoder();
+      let buf = '';
+      for (;;) {{
+        const {{value, done}} = await reader.read();
+        if (done) return;  // the server ends the stream after the job's last event
+        buf += dec.decode(value, {{stream: true}});
+        let i;
+        while ((i = buf.indexOf('\\n\\n')) >= 0) {{
+          const ev = {{}};
+          for (const line of buf.slice(0, i).split('\\n')) {{
+            const k = line.indexOf(': ');
+            if (!line.startsWith(':') && k > 0) ev[line.slice(0, k)] = line.slice(k + 2);
+          }}
+          buf = buf.slice(i + 2);
+          if (ev.id) {{ last = +ev.id; await onEvent(ev.event, JSON.parse(ev.data)); if (ev.event === 'completed') return; }}
+        }}
+      }}
+    }} catch (e) {{
+      if (e.status && e.status < 500) throw e;
+      await new Promise(res => setTimeout(res, 2000));
+    }}
+  }}
 }}
 const esc = s => String(s).replace(/[&<>"']/g, c => ({{'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;',"'":'&#39;'}}[c]));
 </script>
@@ -148,9 +179,19 @@ async function refresh() {{
       await imgFromApi(document.getElementById('samples'), `/jobs/${{ID}}/sample?n=16&seed=0`);
     }}
   }}
-  if (!final) setTimeout(refresh, 1500);
 }}
-refresh();
+// live updates from the job's event stream instead of polling: progress in place, anything else re-reads the job
+async function onEvent(kind, data) {{
+  if (kind === 'progress') {{
+    document.getElementById('bar').value = data.total_steps ? data.step / data.total_steps : 0;
+    document.getElementById('steps').textContent = `step ${{data.step}} / ${{data.total_steps}}`;
+    document.getElementById('stats').textContent = Object.entries(data.stats || {{}}).map(([k, v]) => `${{k}} ${{(+v).toPrecision(3)}}`).join('  ');
+  }} else {{
+    await refresh();
+  }}
+}}
+refresh().then(() => watchEvents(`/jobs/${{ID}}/events`, onEvent)).then(refresh)
+  .catch(e => document.getElementById('status').innerHTML = `<span class="status-failed">${{esc(e.message)}}</span>`);
 </script></body></html>"""
 
 
