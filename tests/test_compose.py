@@ -38,5 +38,17 @@ def test_the_check_rejects_a_broken_file(tmp_path: Path) -> None:
 
 def test_compose_runs_the_services_the_issue_asks_for() -> None:
     text = (ROOT / "docker-compose.yml").read_text()
-    for service in ("api:", "worker:", "redis:", "postgres:", "minio:", "migrate:"):
+    for service in ("api:", "grpc:", "worker:", "redis:", "postgres:", "minio:", "migrate:"):
         assert f"\n  {service}" in text
+
+
+def test_the_grpc_service_declares_its_port_and_health_check() -> None:
+    import json
+
+    r = subprocess.run([str(_compose_binary()), "-f", str(ROOT / "docker-compose.yml"), "config", "--format", "json"], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    grpc = json.loads(r.stdout)["services"]["grpc"]
+    assert "--grpc-port" in grpc["command"] and "50051" in grpc["command"]
+    assert [p["target"] for p in grpc["ports"]] == [50051]
+    assert "grpc_health" in " ".join(grpc["healthcheck"]["test"])
