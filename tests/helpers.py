@@ -8,9 +8,11 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import zipfile
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -86,3 +88,46 @@ def embedded_server(tmp: Path, **env_extra: str) -> Iterator[tuple[str, dict[str
     finally:
         proc.terminate()
         proc.wait(20)
+
+
+class Receiver:
+    """A webhook endpoint on loopback: 500 to the first try of each event id, 200 after; keeps what it got."""
+
+    def __init__(self) -> None:
+        self.tries: list[tuple[dict[str, str], bytes, int]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                event_id = self.headers["X-Minegan-Event-Id"]
+                status = 200 if any(h["X-Minegan-Event-Id"] == event_id for h, _, _ in outer.tries) else 500
+                outer.tries.append(({k: v for k, v in self.headers.items()}, body, status))
+                self.send_response(status)
+                self.end_headers()
+
+            def log_message(self, *_: object) -> None:
+                pass
+
+        self.port = free_port()
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def accepted(self) -> list[tuple[dict[str, str], bytes]]:
+        return [(h, b) for h, b, s in self.tries if s == 200]
+
+    def completed_once(self, secret: str, job_id: str) -> dict[str, Any]:
+        """Check every accepted delivery's signature; the job's completed event must have been accepted exactly once."""
+        import hashlib
+        import hmac
+        import json
+
+        done = []
+        for h, body in self.accepted():
+            want = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+            assert hmac.compare_digest(h["X-Minegan-Signature"], want), h
+            event = json.loads(body)
+            if event["job_id"] == job_id and event["type"] == "completed":
+                done.append(event)
+        assert len(done) == 1, done
+        return done[0]  # type: ignore[no-any-return]

@@ -6,10 +6,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -17,34 +15,7 @@ from fastapi.testclient import TestClient
 
 from api.main import create_app
 from store.settings import Settings
-from tests.helpers import TINY_SPEC, free_port, target_zip_bytes, wait_for, write_tiny_zoo
-
-
-class Receiver:
-    """A webhook endpoint on loopback: 500 to the first try of each event id, 200 after; keeps what it got."""
-
-    def __init__(self) -> None:
-        self.tries: list[tuple[dict[str, str], bytes, int]] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                event_id = self.headers["X-Minegan-Event-Id"]
-                status = 200 if any(h["X-Minegan-Event-Id"] == event_id for h, _, _ in outer.tries) else 500
-                outer.tries.append(({k: v for k, v in self.headers.items()}, body, status))
-                self.send_response(status)
-                self.end_headers()
-
-            def log_message(self, *_: object) -> None:
-                pass
-
-        self.port = free_port()
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def accepted(self) -> list[tuple[dict[str, str], bytes]]:
-        return [(h, b) for h, b, s in self.tries if s == 200]
+from tests.helpers import TINY_SPEC, Receiver, target_zip_bytes, wait_for, write_tiny_zoo
 
 
 @pytest.fixture

@@ -141,6 +141,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         # fast crash detection: heartbeat every 0.5 s, stale after 4 s, sweep every second
         "MINEGAN_HEARTBEAT_INTERVAL_S": "0.5", "MINEGAN_STALE_AFTER_S": "4", "MINEGAN_SWEEP_INTERVAL_S": "1",
         "MINEGAN_PRESIGN_EXPIRY_S": "60", "MINEGAN_MAX_CONCURRENT_JOBS": "20", "MINEGAN_AUTH_CACHE_S": "1",
+        "MINEGAN_WEBHOOK_ALLOW": "127.0.0.1",  # the tests' webhook receiver listens on loopback
         "TMPDIR": str(tmp / "api-tmp"),
     }
     (tmp / "api-tmp").mkdir()

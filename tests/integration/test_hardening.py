@@ -18,6 +18,7 @@ import httpx
 import sqlalchemy
 
 from tests import hostile
+from tests.helpers import Receiver
 from tests.integration.conftest import ROOT, Stack
 
 LIMITS = hostile.Limits(max_upload_bytes=2 << 20, max_request_bytes=4 << 20, max_target_images=150, max_zip_entries=300)
@@ -48,9 +49,10 @@ def _wait(c: httpx.Client, job_id: str, until=("succeeded", "failed", "canceled"
     raise AssertionError(f"job stuck: {body}")
 
 
-def _running_job(c: httpx.Client, tmp, min_step: int, mining_steps: int = 40, finetune_steps: int = 40) -> str:  # type: ignore[no-untyped-def]
+def _running_job(c: httpx.Client, tmp, min_step: int, mining_steps: int = 40, finetune_steps: int = 40,  # type: ignore[no-untyped-def]
+                 **extra: object) -> str:
     """Submit a job and return its id once it runs past ``min_step`` (a job to interrupt)."""
-    job_id = _submit(c, _nines(tmp), {**SPEC, "mining_steps": mining_steps, "finetune_steps": finetune_steps})
+    job_id = _submit(c, _nines(tmp), {**SPEC, "mining_steps": mining_steps, "finetune_steps": finetune_steps, **extra})
     _wait(c, job_id, until=("running",), cond=lambda j: j["step"] >= min_step)
     return job_id
 
@@ -104,14 +106,23 @@ def test_other_tenants_get_404_everywhere(stack: Stack, tmp_path) -> None:  # ty
 
 
 def test_sigkilled_worker_process_resumes_and_finishes_once(stack: Stack, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    rx = Receiver()  # answers 500 to the first try of every event
     with stack.client() as c:
-        job_id = _running_job(c, tmp_path, 12)
+        secret = c.get("/webhooks/secret").json()["secret"]
+        job_id = _running_job(c, tmp_path, 12, webhook=f"http://127.0.0.1:{rx.port}/hook", webhook_events=["status", "completed"])
         children = stack.worker_children()
         assert children, "no pool process found"
         for pid in children:
             os.kill(pid, signal.SIGKILL)  # the pool process running the job dies mid-step
         done = _wait(c, job_id)
         assert done["status"] == "succeeded", (done, (stack.tmp / "worker.log").read_text()[-3000:])
+        deadline = time.time() + 30
+        while not any(b'"completed"' in body for _, body in rx.accepted()):
+            assert time.time() < deadline, rx.tries
+            time.sleep(0.2)
+        time.sleep(1.5)  # no second delivery may follow
+    assert rx.completed_once(secret, job_id)["data"]["status"] == "succeeded"  # once, signed, though the worker died mid-job
+    rx.server.shutdown()
     row = _row(stack, job_id)
     assert row["attempts"] == 2 and stack.worker.poll() is None
     log = (stack.tmp / "worker.log").read_text()
