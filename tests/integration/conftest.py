@@ -46,6 +46,7 @@ class Stack:
     worker: subprocess.Popen
     api: subprocess.Popen
     tmp: Path
+    grpc: str = ""  # host:port of the API's gRPC server
     keys: dict[str, str] = field(default_factory=dict)  # tenant -> API key
 
     def client(self, tenant: str = "alice") -> httpx.Client:
@@ -121,7 +122,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         c.execute(sqlalchemy.text(f"CREATE DATABASE {dbname}"))
     database_url = base_url.rsplit("/", 1)[0] + f"/{dbname}"
     bucket = f"minegan-it-{uuid.uuid4().hex[:8]}"
-    port = _free_port()
+    port, grpc_port = _free_port(), _free_port()
     env = {
         **os.environ,
         "MINEGAN_DATABASE_URL": database_url,
@@ -142,6 +143,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "MINEGAN_HEARTBEAT_INTERVAL_S": "0.5", "MINEGAN_STALE_AFTER_S": "4", "MINEGAN_SWEEP_INTERVAL_S": "1",
         "MINEGAN_PRESIGN_EXPIRY_S": "60", "MINEGAN_MAX_CONCURRENT_JOBS": "20", "MINEGAN_AUTH_CACHE_S": "1",
         "MINEGAN_WEBHOOK_ALLOW": "127.0.0.1",  # the tests' webhook receiver listens on loopback
+        "MINEGAN_GRPC_PORT": str(grpc_port),
         "TMPDIR": str(tmp / "api-tmp"),
     }
     (tmp / "api-tmp").mkdir()
@@ -149,7 +151,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     api = subprocess.Popen([str(BIN / "minegan"), "serve", "--port", str(port)], cwd=ROOT, env=env, stdout=api_log,
                            stderr=subprocess.STDOUT, start_new_session=True)
     st = Stack(url=f"http://127.0.0.1:{port}", env=env, database_url=database_url, bucket=bucket, worker=None,  # type: ignore[arg-type]
-               api=api, tmp=tmp)
+               api=api, tmp=tmp, grpc=f"127.0.0.1:{grpc_port}")
     deadline = time.time() + 60
     while True:
         try:

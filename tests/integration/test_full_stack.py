@@ -9,6 +9,7 @@ import os
 import time
 
 import httpx
+import pytest
 import sqlalchemy
 from PIL import Image
 
@@ -76,6 +77,34 @@ def test_upload_to_samples_through_celery_postgres_and_s3(stack: Stack, tmp_path
         assert second["status"] == "succeeded", second
         assert c.get("/sample?n=4").headers["x-job-id"] == second["id"]
         assert os.path.exists(stack.tmp / "api.log")
+        _oip_matches_rest(stack, c, job_id)
+
+
+def _oip_matches_rest(stack: Stack, c: httpx.Client, job_id: str) -> None:
+    """Triton's clients (gRPC and /v2) on the real stack: the zip's pixels, for the owner only."""
+    import zipfile
+
+    import numpy as np
+    import tritonclient.grpc as tg
+    import tritonclient.http as th
+    from tritonclient.utils import InferenceServerException
+
+    with zipfile.ZipFile(io.BytesIO(c.get(f"/jobs/{job_id}/sample", params={"n": 6, "seed": 9, "format": "zip"}).content)) as zf:
+        want = np.stack([np.asarray(Image.open(zf.open(n))) for n in sorted(zf.namelist())])[..., None]
+    g = tg.InferenceServerClient(stack.grpc)
+    assert g.is_server_ready()
+    n, seed = tg.InferInput("n", [1], "INT32"), tg.InferInput("seed", [1], "INT64")
+    n.set_data_from_numpy(np.array([6], np.int32))
+    seed.set_data_from_numpy(np.array([9], np.int64))
+    alice, bob = ({"authorization": f"Bearer {stack.keys[t]}"} for t in ("alice", "bob"))
+    assert np.array_equal(g.infer(job_id, [n, seed], headers=alice).as_numpy("images"), want)
+    with pytest.raises(InferenceServerException, match="NOT_FOUND"):
+        g.infer(job_id, [n, seed], headers=bob)
+    h = th.InferenceServerClient(stack.url.removeprefix("http://"))
+    hn, hs = th.InferInput("n", [1], "INT32"), th.InferInput("seed", [1], "INT64")
+    hn.set_data_from_numpy(np.array([6], np.int32))
+    hs.set_data_from_numpy(np.array([9], np.int64))
+    assert np.array_equal(h.infer(job_id, [hn, hs], headers={"Authorization": alice["authorization"]}).as_numpy("images"), want)
 
 
 def test_several_sources_and_a_fused_model_through_the_worker(stack: Stack, tmp_path) -> None:  # type: ignore[no-untyped-def]
