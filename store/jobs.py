@@ -8,10 +8,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import func, select, update
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from store.db import engine_for, session_scope
-from store.models import Job, JobEvent, WebhookDelivery, utcnow
+from store.models import Job, JobEvent, Tenant, WebhookDelivery, utcnow
 
 FINAL = ("succeeded", "failed", "canceled")
 
@@ -54,14 +55,42 @@ def events_after(url: str, job_id: str, after: int, limit: int = 500) -> list[tu
         return [(int(r[0]), str(r[1]), dict(r[2])) for r in rows]
 
 
-def create(url: str, *, job_id: str, tenant: str, spec: dict[str, Any], upload_key: str, total_steps: int) -> Job:
+class QuotaExceeded(Exception):
+    def __init__(self, active: int, limit: int) -> None:
+        super().__init__(f"{active} active jobs, limit {limit}")
+        self.active, self.limit = active, limit
+
+
+def create(url: str, *, job_id: str, tenant: str, spec: dict[str, Any], upload_key: str, total_steps: int,
+           default_limit: int | None = None) -> Job:
+    """Insert a queued job. With ``default_limit``, only while the tenant has fewer queued + running jobs than its limit
+    (the tenant's own, else ``default_limit``): the count and the insert are one transaction that holds the tenant's
+    lock (PostgreSQL: its ``tenants`` row, FOR UPDATE; SQLite: the database's write lock, BEGIN IMMEDIATE), so
+    concurrent submissions cannot all pass the check. Raises :class:`QuotaExceeded`."""
     job = Job(id=job_id, tenant=tenant, status="queued", method=spec["method"], spec=spec, upload_key=upload_key,
               step=0, total_steps=total_steps, cancel_requested=False, attempts=0, created_at=utcnow())
     with session_scope(url) as s:
+        if default_limit is not None:
+            _lock_tenant(s, url, tenant)
+            t = s.get(Tenant, tenant)
+            limit = t.max_concurrent_jobs if t is not None and t.max_concurrent_jobs is not None else default_limit
+            active = int(s.scalar(select(func.count()).select_from(Job).where(Job.tenant == tenant, Job.status.in_(("queued", "running"))))
+                         or 0)
+            if active >= limit:
+                raise QuotaExceeded(active, limit)
         s.add(job)
         s.flush()
         _event(s, job_id, "status", {"status": "queued"})
     return job
+
+
+def _lock_tenant(s: Session, url: str, tenant: str) -> None:
+    """Serialise the quota check of one tenant across processes (see :func:`create`)."""
+    if engine_for(url).dialect.name == "sqlite":
+        s.connection().exec_driver_sql("BEGIN IMMEDIATE")  # the write lock now, before the count
+        return
+    s.execute(insert(Tenant).values(id=tenant, created_at=utcnow()).on_conflict_do_nothing(index_elements=["id"]))
+    s.execute(select(Tenant.id).where(Tenant.id == tenant).with_for_update())
 
 
 def get(url: str, job_id: str, tenant: str | None = None) -> Job | None:

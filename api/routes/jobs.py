@@ -59,8 +59,12 @@ def _check_quota(svc: Services, tenant: str) -> None:
     limit = auth_dao.job_limit(svc.settings.database_url, tenant, svc.settings.max_concurrent_jobs)
     active = auth_dao.active_jobs(svc.settings.database_url, tenant)
     if active >= limit:
-        raise ApiError(429, "too_many_jobs", f"you have {active} queued or running jobs, the limit is {limit}; wait for one "
-                                             "to finish or cancel one (POST /jobs/{id}/cancel)")
+        raise _quota_error(active, limit)
+
+
+def _quota_error(active: int, limit: int) -> ApiError:
+    return ApiError(429, "too_many_jobs", f"you have {active} queued or running jobs, the limit is {limit}; wait for one "
+                                          "to finish or cancel one (POST /jobs/{id}/cancel)")
 
 
 @dataclass
@@ -105,8 +109,12 @@ async def store_submission(svc: Services, tenant: str, sub: Submission, data: by
 
     def store() -> Job:
         svc.blobs.put(upload_key, data, "application/zip")
-        job = jobs_dao.create(svc.settings.database_url, job_id=job_id, tenant=tenant, spec=stored, upload_key=upload_key,
-                              total_steps=sub.total_steps)
+        try:  # the quota again, atomically with the insert: concurrent submissions all passed the early check
+            job = jobs_dao.create(svc.settings.database_url, job_id=job_id, tenant=tenant, spec=stored, upload_key=upload_key,
+                                  total_steps=sub.total_steps, default_limit=svc.settings.max_concurrent_jobs)
+        except jobs_dao.QuotaExceeded as exc:
+            svc.blobs.delete(upload_key)  # a refused job keeps nothing
+            raise _quota_error(exc.active, exc.limit) from exc
         svc.enqueue(job_id)
         return job
 

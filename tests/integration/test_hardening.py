@@ -249,3 +249,16 @@ def test_quota_revocation_and_unsafe_model_upload(stack: Stack, tmp_path) -> Non
         time.sleep(1.1)  # MINEGAN_AUTH_CACHE_S=1 on this stack
         r = c.get("/jobs")
         assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
+
+
+def test_the_quota_holds_under_concurrent_submissions_on_postgresql(stack: Stack, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from store import auth as keys_dao
+    from tests.test_quota import concurrent_submissions
+
+    key = keys_dao.create_key(stack.database_url, "dora", "quota", 2)[0]  # a tenant no other test uses
+    headers = {"Authorization": f"Bearer {key}"}
+    assert concurrent_submissions(stack.url, headers, spec=SPEC, data=_nines(tmp_path)) == {202: 2, 429: 18}
+    jobs = httpx.get(f"{stack.url}/jobs?limit=100", headers=headers).json()
+    assert jobs["total"] == 2
+    for j in jobs["items"]:
+        httpx.post(f"{stack.url}/jobs/{j['id']}/cancel", headers=headers)
