@@ -30,6 +30,7 @@ def _progress_bar(total: int):  # type: ignore[no-untyped-def]
         bar.set_description(phase)
         shown = {k: f"{v:.3g}" for k, v in stats.items() if k in ("d_loss", "g_loss", "wdist", "s3_trainable_fraction") or k.startswith("pi/")}
         bar.set_postfix(shown, refresh=False)
+        bar.total = total_steps  # the run's own count: it includes a critic warm-up that "auto" adds
         bar.n = step
         bar.refresh()
 
