@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from core.checkpoints import CheckpointError
 from core.data import TargetDataError
@@ -43,12 +44,22 @@ def describe_errors(errors: Iterable[Mapping[str, Any]], whole: str = "") -> str
     return "; ".join(parts)
 
 
-def error_response(request: Request, status: int, code: str, message: str) -> JSONResponse:
+def error_response(request: Request, status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
     """``{"error": {"code", "message"}}``; under ``/v2/`` the Open Inference Protocol's own ``{"error": message}``,
     which its clients (tritonclient, KServe) read."""
     if request.url.path.startswith("/v2/") or request.url.path == "/v2":
-        return JSONResponse({"error": message}, status_code=status)
-    return JSONResponse(error_body(code, message), status_code=status)
+        return JSONResponse({"error": message}, status_code=status, headers=headers)
+    return JSONResponse(error_body(code, message), status_code=status, headers=headers)
+
+
+def _allowed(request: Request) -> list[str]:
+    """Every method some route of this path answers (asked of the routes themselves, so included routers count)."""
+    methods = []
+    for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"):
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] == Match.FULL for route in request.app.routes):
+            methods.append(method)
+    return methods
 
 
 def install(app: FastAPI) -> None:
@@ -63,7 +74,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(exc.status_code, "http_error")
-        return error_response(request, exc.status_code, code, str(exc.detail))
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # Starlette names only the first route of the path; Allow lists every method it has
+            headers["Allow"] = ", ".join(_allowed(request))
+        return error_response(request, exc.status_code, code, str(exc.detail), headers)
 
     async def _engine(request: Request, exc: Exception) -> JSONResponse:
         return error_response(request, exc.status, exc.code, str(exc))  # type: ignore[attr-defined]

@@ -289,3 +289,10 @@ def test_jobs_run_in_a_child_process_and_a_killed_one_is_retried(client: TestCli
     assert done["status"] == "succeeded" and done["step"] == 40, done
     row = jobs_dao.get(url, job["id"])
     assert row is not None and row.attempts == 2 and int(row.worker.rpartition(":")[2]) != pid, row
+
+
+@pytest.mark.parametrize("method,path,allow", [("DELETE", "/jobs", "GET, POST"), ("PUT", "/models", "GET, POST"),
+                                               ("POST", "/sample", "GET"), ("GET", "/v2/models/x/infer", "POST")])
+def test_an_undeclared_method_gets_405_with_every_allowed_method(client: TestClient, method: str, path: str, allow: str) -> None:
+    r = client.request(method, path)
+    assert r.status_code == 405 and r.headers["allow"] == allow
