@@ -12,8 +12,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
 
-from api import errors
+from api import errors, metrics
 from api.fastpath import SampleFastPath
 from api.limits import BodyLimitMiddleware
 from api.routes import blobs, health, jobs, models, sample, ui, v2
@@ -101,7 +102,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                               "to /jobs, poll /jobs/{id}, then GET /sample?n=16.")
     errors.install(app)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_request_bytes)
-    app.add_middleware(SampleFastPath)  # outermost: a cached sample request skips the rest (api/fastpath.py)
+    app.add_middleware(SampleFastPath)  # a cached sample request skips the rest (api/fastpath.py)
+    app.add_middleware(metrics.MetricsMiddleware)  # outermost: every request is timed, the fast path's too
+    jobs_registry = CollectorRegistry()  # collected at scrape time only (the database is migrated at startup)
+    jobs_registry.register(metrics.JobsCollector(settings.database_url))
+    app.add_route("/metrics", metrics.endpoint(jobs_registry), include_in_schema=False)
     for r in (jobs.router, event_routes.router, sample.router, models.router, health.router, blobs.router, ui.router, v2.router):
         app.include_router(r)
     return app

@@ -11,6 +11,7 @@ loop's thread (``api/compute.py``), so serving both protocols adds no second Ope
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,7 @@ import torch
 
 from api.compute import run_torch, sample_on_loop
 from api.errors import ApiError
+from api.metrics import SAMPLES
 from api.services import Services
 from core.images import png_bytes, to_uint8
 from core.methods import TransferredModel
@@ -163,6 +165,7 @@ async def infer(svc: Services, tenant: str, name: str, inputs: list[Tensor], wan
     job_id, key = await model_key(svc, tenant, name)
     model = await load(svc, key)
     assert n is not None and seed is not None
+    t0 = time.perf_counter()
     if "class" in by_name:
         labels = classes(model)
         cls = _scalar(by_name, "class", None, -(2**31), 2**31 - 1)
@@ -174,6 +177,7 @@ async def infer(svc: Services, tenant: str, name: str, inputs: list[Tensor], wan
     else:
         images = await sample_on_loop(model, n, seed)  # == model.sample(n, seed), as GET /jobs/{id}/sample
     pixels = to_uint8(images)  # [n, H, W, C]
+    SAMPLES.labels("oip").observe(time.perf_counter() - t0)
     out = []
     for o in wanted or list(OUTPUTS):
         if o == "images":

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from api.auth import Authenticator
+from api.metrics import CACHE
 from core.methods import TransferredModel, load_model
 from store.blobs import BlobStore
 from store.settings import Settings
@@ -27,9 +28,12 @@ class ModelCache:
         self.loads = 0  # how many times a model was fetched from storage (tests assert on it)
 
     def peek(self, key: str) -> TransferredModel | None:
-        """The model if it is already in memory (never loads)."""
+        """The model if it is already in memory (never loads); counts a cache hit."""
         with self._lock:
-            return self._items.get(key)
+            model = self._items.get(key)
+        if model is not None:
+            CACHE.labels("hit").inc()
+        return model
 
     def get(self, key: str) -> TransferredModel:
         with self._lock:
@@ -37,6 +41,7 @@ class ModelCache:
                 self._items.move_to_end(key)
                 return self._items[key]
         model, _ = load_model(self.blobs.get(key))
+        CACHE.labels("miss").inc()
         with self._lock:
             self.loads += 1
             self._items[key] = model

@@ -52,3 +52,15 @@ def test_the_grpc_service_declares_its_port_and_health_check() -> None:
     assert "--grpc-port" in grpc["command"] and "50051" in grpc["command"]
     assert [p["target"] for p in grpc["ports"]] == [50051]
     assert "grpc_health" in " ".join(grpc["healthcheck"]["test"])
+
+
+def test_prometheus_scrapes_the_api_processes() -> None:
+    import json
+
+    r = subprocess.run([str(_compose_binary()), "-f", str(ROOT / "docker-compose.yml"), "config", "--format", "json"], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    prom = json.loads(r.stdout)["services"]["prometheus"]
+    assert any(v["target"] == "/etc/prometheus/prometheus.yml" for v in prom["volumes"])
+    scrape = (ROOT / "docker" / "prometheus.yml").read_text()
+    assert "metrics_path: /metrics" in scrape and '"api:8000"' in scrape and '"grpc:8001"' in scrape

@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from api.compute import CHUNK_VALUES, on_loop, run_torch, sample_on_loop
 from api.deps import ServicesDep, TenantDep
 from api.errors import ApiError
+from api.metrics import SAMPLES
 from api.services import Services
 from core.images import grid_png, zip_of_pngs
 from core.methods import TransferredModel
@@ -36,6 +37,7 @@ async def _render(job_id: str, model: TransferredModel, n: int, seed: int, fmt: 
     else:  # a large result: off the loop, on the helper (PIL's zlib releases the GIL)
         body = await run_torch(encode, images)
     t2 = time.perf_counter()
+    SAMPLES.labels("rest").observe(t2 - t0)
     headers = {"X-Job-Id": job_id, "X-Seed": str(seed),
                "Server-Timing": f"generate;dur={1000 * (t1 - t0):.2f}, encode;dur={1000 * (t2 - t1):.2f}"}
     if fmt == "zip":
