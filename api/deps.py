@@ -10,6 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from api.errors import ApiError
 from api.services import Services
 from store import jobs as jobs_dao
+from store import logs
 from store.models import Job
 
 # The two dependencies every route takes are ``async``: FastAPI runs a plain ``def`` dependency in the
@@ -28,9 +29,10 @@ ServicesDep = Annotated[Services, Depends(services)]
 async def current_tenant(request: Request, svc: ServicesDep) -> str:
     """The caller's tenant from its API key (``api/auth.py``); 401 when a key is required and missing/invalid."""
     tenant = svc.auth.cached_tenant(request)
-    if tenant is not None:
-        return tenant
-    return await run_in_threadpool(svc.auth.tenant, request)
+    if tenant is None:
+        tenant = await run_in_threadpool(svc.auth.tenant, request)
+    logs.tenant.set(tenant)  # this request's log records carry it (store/logs.py)
+    return tenant
 
 
 TenantDep = Annotated[str, Depends(current_tenant)]
@@ -40,6 +42,7 @@ def owned_job(svc: ServicesDep, tenant: TenantDep, job_id: Annotated[str, Path(m
     job = jobs_dao.get(svc.settings.database_url, job_id, tenant)
     if job is None:
         raise ApiError(404, "job_not_found", f"no job {job_id}")
+    logs.job_id.set(job.id)
     return job
 
 

@@ -209,6 +209,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
     import uvicorn
 
     from api.main import create_app
+    from store import logs
     from store.settings import get_settings
 
     settings = get_settings()
@@ -218,9 +219,12 @@ def cmd_serve(a: argparse.Namespace) -> int:
     auth = "API keys required" if settings.auth_required else "NO authentication (every caller is tenant 'default')"
     where = f"database {settings.database_url}" + (f", files in {Path(settings.storage_dir).resolve()}" if settings.embedded else "")
     grpc = f"; gRPC (Open Inference Protocol) on {settings.grpc_host}:{settings.grpc_port}" if settings.grpc_port else ""
-    print(f"minegan serve: {mode}; {auth}; {where}; http://{a.host}:{a.port}/docs{grpc}", file=sys.stderr)
-    # "auto" picks httptools + uvloop (dependencies) when importable; no per-request access log on the hot path
-    uvicorn.run(create_app(settings), host=a.host, port=a.port, log_level="warning", access_log=False, http="auto", loop="auto")
+    logs.setup(settings.log_format, logging.INFO if a.verbose else logging.WARNING)  # JSON lines by default (store/logs.py)
+    logging.getLogger("minegan.serve").warning("minegan serve: %s; %s; %s; http://%s:%d/docs%s", mode, auth, where, a.host, a.port, grpc)
+    # "auto" picks httptools + uvloop (dependencies) when importable; no per-request access log on the hot path;
+    # log_config=None: uvicorn's own records go through the handler above
+    uvicorn.run(create_app(settings), host=a.host, port=a.port, log_level="warning", access_log=False, http="auto", loop="auto",
+                log_config=None)
     return 0
 
 

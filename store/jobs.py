@@ -11,6 +11,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
+from store import logs
 from store.db import engine_for, session_scope
 from store.models import Job, JobEvent, Tenant, WebhookDelivery, utcnow
 
@@ -40,6 +41,13 @@ def _status(s: Session, job: Job) -> None:
         if job.metrics:
             done["metrics"] = job.metrics
         _event(s, job.id, "completed", done)
+
+
+def submitted_by(url: str, job_id: str) -> str | None:
+    """The id of the request that submitted the job (its first event records it), for the worker's logs."""
+    with session_scope(url) as s:
+        data = s.scalar(select(JobEvent.data).where(JobEvent.job_id == job_id).order_by(JobEvent.id).limit(1))
+        return (data or {}).get("request_id")
 
 
 def add_event(url: str, job_id: str, kind: str, data: dict[str, Any]) -> None:
@@ -80,7 +88,8 @@ def create(url: str, *, job_id: str, tenant: str, spec: dict[str, Any], upload_k
                 raise QuotaExceeded(active, limit)
         s.add(job)
         s.flush()
-        _event(s, job_id, "status", {"status": "queued"})
+        rid = logs.request_id.get()
+        _event(s, job_id, "status", {"status": "queued", **({"request_id": rid} if rid else {})})
     return job
 
 

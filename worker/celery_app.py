@@ -5,8 +5,9 @@ Start a worker with:  celery -A worker.celery_app worker -Q gpu -c 1 --prefetch-
 
 from __future__ import annotations
 
-from celery import Celery
+from celery import Celery, signals
 
+from store import logs
 from store.settings import get_settings
 
 
@@ -29,3 +30,9 @@ def make_celery() -> Celery:
 
 
 app = make_celery()
+
+
+@signals.setup_logging.connect
+def _logging(**_: object) -> None:
+    """The worker's logs as the API's: JSON lines with the job id, tenant and submitting request id (store/logs.py)."""
+    logs.setup(get_settings().log_format)

@@ -40,8 +40,9 @@ def _child(job_id: str, settings: Settings, zoo_dir: str, interrupt: Any) -> Non
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: interrupt.set())
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s:%(name)s:job %(process)d: %(message)s")
+    from store import logs
+
+    logs.setup(settings.log_format)
 
     parent = multiprocessing.parent_process()
     if parent is not None:  # the server died without stopping us: stop at the next step, resume later
@@ -60,8 +61,7 @@ def _child(job_id: str, settings: Settings, zoo_dir: str, interrupt: Any) -> Non
 
     zoo.WEIGHTS_DIR = Path(zoo_dir)  # the server's zoo directory, whatever it was set to
     try:
-        status = execute_job(job_id, settings, make_blob_store(settings), interrupt)
-        log.info("job %s %s", job_id, status)
+        execute_job(job_id, settings, make_blob_store(settings), interrupt)  # it logs how the job ended
     except Exception:  # noqa: BLE001 - the job is marked failed; the server keeps serving
         log.exception("job %s crashed", job_id)
         from store import jobs as jobs_dao

@@ -29,7 +29,7 @@ from core.images import grid_png
 from core.methods import RunResult, train
 from core.options import MethodError, RunConfig, config_from_spec
 from core.trainer import Stopped
-from store import events
+from store import events, logs
 from store import jobs as jobs_dao
 from store import sources as registry
 from store.blobs import BlobNotFound, BlobStore
@@ -154,9 +154,18 @@ def execute_job(job_id: str, settings: Settings, blobs: BlobStore, interrupt: th
     When ``interrupt`` is set (the embedded server shutting down), the job stops at its next step and goes
     back to ``queued`` without using up an attempt; it resumes from its last checkpoint when a worker next
     starts. Returns "interrupted" then."""
-    job = _claim(job_id, settings)
-    if isinstance(job, str):
-        return job
+    with logs.bound(job_id=job_id):
+        job = _claim(job_id, settings)
+        if isinstance(job, str):
+            return job
+        with logs.bound(tenant=job.tenant, request_id=jobs_dao.submitted_by(settings.database_url, job_id)):
+            status = _execute(job, settings, blobs, interrupt)
+            log.info("job %s %s", job_id, status)
+            return status
+
+
+def _execute(job: Job, settings: Settings, blobs: BlobStore, interrupt: threading.Event | None) -> str:
+    job_id = job.id
     run_dir = Path(settings.work_dir) / job_id
     run_dir.mkdir(parents=True, exist_ok=True)
     reporter = _Reporter(settings, job_id, interrupt=interrupt)

@@ -24,8 +24,8 @@ from core.images import grid_png
 from core.options import MethodError, RunConfig, SourceInfo, check_sources, resolve, resolved_options
 from store import auth as auth_dao
 from store import jobs as jobs_dao
+from store import logs, webhooks
 from store import sources as registry
-from store import webhooks
 from store.models import Job
 
 router = APIRouter(tags=["jobs"])
@@ -104,6 +104,7 @@ async def store_submission(svc: Services, tenant: str, sub: Submission, data: by
         raise ApiError(422, "invalid_spec", f"batch_size: {sub.spec.batch_size} is larger than the "
                                             f"{report['n_images']} target images")
     job_id = str(uuid.uuid4())
+    logs.job_id.set(job_id)
     upload_key = f"uploads/{job_id}.zip"
     stored = sub.spec.model_dump() | {"options": resolved_options(sub.cfg)}
 

@@ -50,7 +50,8 @@ def test_a_reconnecting_client_sees_every_event_once(client: TestClient) -> None
     job = client.post("/jobs", files={"images": ("t.zip", target_zip_bytes(), "application/zip")},
                       data={"spec": json.dumps(spec)}).json()
     first = _read(client, job["id"], stop_after=4)  # hangs up mid-job
-    assert len(first) == 4 and first[0][1:] == ("status", {"status": "queued"})
+    assert len(first) == 4 and first[0][1] == "status" and first[0][2]["status"] == "queued"
+    assert first[0][2]["request_id"]  # the submitting request's X-Request-Id
     rest = _read(client, job["id"], last=first[-1][0])  # reconnects: Last-Event-ID
     whole = _read(client, job["id"])  # the job is over: a full replay from the start
     def same(events: list[tuple[int, str, dict]]) -> list[tuple[int, str, dict]]:  # preview URLs are signed at send time
