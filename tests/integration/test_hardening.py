@@ -262,3 +262,48 @@ def test_the_quota_holds_under_concurrent_submissions_on_postgresql(stack: Stack
     assert jobs["total"] == 2
     for j in jobs["items"]:
         httpx.post(f"{stack.url}/jobs/{j['id']}/cancel", headers=headers)
+
+
+def test_two_workers_share_the_queue_and_take_over_a_dead_ones_job(stack: Stack, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Scale-out is more Celery workers on the same broker, database and store: with two (distinct names, -c 1 each)
+    six jobs each run exactly once and both workers run some; a job whose worker is killed finishes on the other."""
+    first = stack.worker
+    second = stack.start_worker("worker-b.log")  # stack.worker is now the second one
+    workers = {"worker.log": first, "worker-b.log": second}
+    try:
+        with stack.client() as c:
+            data = _nines(tmp_path)
+            ids = [_submit(c, data, {**SPEC, "seed": i, "mining_steps": 6, "finetune_steps": 6}) for i in range(6)]
+            assert all(_wait(c, j)["status"] == "succeeded" for j in ids)
+            ran = {name: {j for j in ids if f'"job {j} succeeded"' in (stack.tmp / name).read_text()} for name in workers}
+            assert ran["worker.log"] and ran["worker-b.log"], ran  # both workers took jobs
+            assert ran["worker.log"].isdisjoint(ran["worker-b.log"]) and ran["worker.log"] | ran["worker-b.log"] == set(ids)
+            assert all(_row(stack, j)["attempts"] == 1 for j in ids)  # each ran exactly once
+
+            victim = _running_job(c, tmp_path, 6)
+            pid = int(_row(stack, victim)["worker"].rsplit(":", 1)[1])
+            owner = next(name for name, w in workers.items() if pid in _children(w.pid))
+            os.killpg(workers[owner].pid, signal.SIGKILL)  # that worker dies mid-job
+            workers[owner].wait()
+            done = _wait(c, victim, timeout=240)
+            assert done["status"] == "succeeded", done
+            other = next(name for name in workers if name != owner)
+            assert f'"job {victim} succeeded"' in (stack.tmp / other).read_text()  # the surviving worker finished it
+            assert _row(stack, victim)["attempts"] == 2
+    finally:
+        for w in workers.values():
+            if w.poll() is None:
+                os.killpg(w.pid, signal.SIGTERM)
+                w.wait(30)
+        stack.start_worker("worker-c.log")  # the next tests get one worker, as before
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(stat.parent.name))
+        except (OSError, ValueError):
+            continue
+    return out
