@@ -17,7 +17,6 @@ from prometheus_client import CollectorRegistry
 from api import errors, metrics
 from api.fastpath import SampleFastPath
 from api.limits import BodyLimitMiddleware
-from api.request_id import RequestIdMiddleware
 from api.routes import blobs, health, jobs, models, sample, ui, v2
 from api.routes import events as event_routes
 from api.services import LatestJobs, ModelCache, Services
@@ -104,8 +103,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_request_bytes)
     app.add_middleware(SampleFastPath)  # a cached sample request skips the rest (api/fastpath.py)
-    app.add_middleware(RequestIdMiddleware)  # X-Request-Id on every response and in every log record of the request
-    app.add_middleware(metrics.MetricsMiddleware)  # outermost: every request is timed, the fast path's too
+    app.add_middleware(metrics.RequestMiddleware)  # outermost: every request (the fast path's too) gets an id and is timed
     jobs_registry = CollectorRegistry()  # collected at scrape time only (the database is migrated at startup)
     jobs_registry.register(metrics.JobsCollector(settings.database_url))
     app.add_route("/metrics", metrics.endpoint(jobs_registry), include_in_schema=False)

@@ -1,4 +1,4 @@
-"""Prometheus metrics at ``/metrics`` (``prometheus-client``'s text format).
+"""Prometheus metrics at ``/metrics`` (``prometheus-client``'s text format), and the request id of every request.
 
 Two sources:
 
@@ -21,10 +21,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, 
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
+from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from store import logs
 from store.db import session_scope
 from store.models import Job, utcnow
 
@@ -50,8 +52,10 @@ def route_of(scope: Scope) -> str:
     return "unmatched"
 
 
-class MetricsMiddleware:
-    """Times every HTTP request (outermost, so the sampling fast path is timed too)."""
+class RequestMiddleware:
+    """The outermost layer of every HTTP request (so the sampling fast path goes through it too): gives the request its
+    id (the caller's ``X-Request-Id`` if sane, else a new one; every log record of the request carries it,
+    ``store/logs.py``; the response returns it) and times it by route template."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -60,15 +64,19 @@ class MetricsMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        given = next((v.decode("latin-1") for k, v in scope.get("headers", []) if k == b"x-request-id"), None)
+        rid = logs.new_request_id(given)
         t0, status = time.perf_counter(), [500]
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
+                MutableHeaders(scope=message)["X-Request-Id"] = rid
             await send(message)
 
         try:
-            await self.app(scope, receive, send_wrapper)
+            with logs.bound(request_id=rid, tenant=None, job_id=None):
+                await self.app(scope, receive, send_wrapper)
         finally:
             REQUESTS.labels(scope["method"], route_of(scope), str(status[0])).observe(time.perf_counter() - t0)
 

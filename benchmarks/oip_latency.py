@@ -35,7 +35,7 @@ from benchmarks._doc import update_section  # noqa: E402
 from core.data import write_mnist_zip  # noqa: E402
 from core.images import to_uint8  # noqa: E402
 from core.methods import load_model  # noqa: E402
-from tests.helpers import free_port  # noqa: E402
+from tests.helpers import free_port, wait_ready  # noqa: E402
 
 BIN = Path(sys.executable).parent
 
@@ -59,13 +59,8 @@ def main() -> int:
                               stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
+        wait_ready(url, server, tmp / "server.log", timeout=120)
         c = httpx.Client(base_url=url, timeout=120)
-        for _ in range(400):
-            try:
-                if c.get("/readyz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.25)
         spec = {"sources": ["mnist-no-9"], "method": "mine", "mining_steps": 10, "finetune_steps": 0, "batch_size": 32}
         zip_bytes = write_mnist_zip(tmp / "nines.zip", [9], 100, seed=0).read_bytes()
         job = c.post("/jobs", files={"images": ("t.zip", zip_bytes, "application/zip")}, data={"spec": json.dumps(spec)}).json()

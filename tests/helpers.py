@@ -54,6 +54,22 @@ def wait_for(client: Any, job_id: str, timeout: float = 120.0, until: tuple[str,
     raise AssertionError(f"job {job_id} did not reach {until} in {timeout}s: {body}")
 
 
+@contextlib.contextmanager
+def app_client(tmp: Path, monkeypatch: Any, **settings: Any) -> Iterator[Any]:
+    """The embedded app in-process (a TestClient) on ``tmp``, with a tiny source ``tiny-src`` in its zoo."""
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+    from store.settings import Settings
+
+    write_tiny_zoo(tmp / "zoo")
+    monkeypatch.setattr("core.zoo.WEIGHTS_DIR", tmp / "zoo")
+    cfg = Settings(database_url=f"sqlite:///{tmp}/db.sqlite", storage_dir=str(tmp / "blobs"), work_dir=str(tmp / "work"),
+                   **{"progress_interval_s": 0, **settings})
+    with TestClient(create_app(cfg)) as c:
+        yield c
+
+
 def free_port() -> int:
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -78,16 +94,24 @@ def embedded_server(tmp: Path, **env_extra: str) -> Iterator[tuple[str, dict[str
                             stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(240):
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.25)
+        wait_ready(url, proc, tmp / "log")
         yield url, env
     finally:
         proc.terminate()
         proc.wait(20)
+
+
+def wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float = 60.0) -> None:  # type: ignore[type-arg]
+    """Until ``url/readyz`` answers 200; fails with the server's log if it exits or takes longer than ``timeout``."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert proc.poll() is None and time.time() < deadline, log.read_text()[-3000:]
+        time.sleep(0.25)
 
 
 class Receiver:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.helpers import free_port, target_zip_bytes
+from tests.helpers import free_port, target_zip_bytes, wait_ready
 
 
 def test_serve_in_an_empty_folder_runs_a_job(tmp_path: Path) -> None:
@@ -26,14 +26,7 @@ def test_serve_in_an_empty_folder_runs_a_job(tmp_path: Path) -> None:
                             stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(240):
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
-            time.sleep(0.25)
+        wait_ready(url, proc, tmp_path / "serve.log")
         assert httpx.get(f"{url}/readyz").json()["status"] == "ok"
         spec = {"sources": ["mnist-no-9"], "method": "mine", "mining_steps": 2, "finetune_steps": 0, "batch_size": 8,
                 "options": {"n_critic": 1}}

@@ -9,19 +9,13 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from api.main import create_app
-from store.settings import Settings
 from tests import hostile
-from tests.helpers import write_tiny_zoo
+from tests.helpers import app_client
 
 
 @pytest.fixture
 def client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
-    write_tiny_zoo(tmp_path / "zoo")
-    monkeypatch.setattr("core.zoo.WEIGHTS_DIR", tmp_path / "zoo")
-    settings = Settings(database_url=f"sqlite:///{tmp_path}/db.sqlite", storage_dir=str(tmp_path / "blobs"),
-                        work_dir=str(tmp_path / "work"), progress_interval_s=0)
-    with TestClient(create_app(settings)) as c:
+    with app_client(tmp_path, monkeypatch) as c:
         yield c
 
 

@@ -11,18 +11,12 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from api.main import create_app
-from store.settings import Settings
-from tests.helpers import TINY_SPEC, target_zip_bytes, wait_for, write_tiny_zoo
+from tests.helpers import TINY_SPEC, app_client, target_zip_bytes, wait_for
 
 
 @pytest.fixture
 def client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
-    write_tiny_zoo(tmp_path / "zoo")
-    monkeypatch.setattr("core.zoo.WEIGHTS_DIR", tmp_path / "zoo")
-    settings = Settings(database_url=f"sqlite:///{tmp_path}/db.sqlite", storage_dir=str(tmp_path / "blobs"),
-                        work_dir=str(tmp_path / "work"), progress_interval_s=0)
-    with TestClient(create_app(settings)) as c:
+    with app_client(tmp_path, monkeypatch) as c:
         yield c
 
 

@@ -13,18 +13,12 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from api.main import create_app
-from store.settings import Settings
-from tests.helpers import TINY_SPEC, Receiver, target_zip_bytes, wait_for, write_tiny_zoo
+from tests.helpers import TINY_SPEC, Receiver, app_client, target_zip_bytes, wait_for
 
 
 @pytest.fixture
 def client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
-    write_tiny_zoo(tmp_path / "zoo")
-    monkeypatch.setattr("core.zoo.WEIGHTS_DIR", tmp_path / "zoo")
-    settings = Settings(database_url=f"sqlite:///{tmp_path}/db.sqlite", storage_dir=str(tmp_path / "blobs"),
-                        work_dir=str(tmp_path / "work"), progress_interval_s=0, webhook_allow="127.0.0.1")
-    with TestClient(create_app(settings)) as c:
+    with app_client(tmp_path, monkeypatch, webhook_allow="127.0.0.1") as c:
         yield c
 
 
