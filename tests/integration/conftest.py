@@ -18,6 +18,8 @@ import httpx
 import pytest
 import sqlalchemy
 
+from tests.helpers import wait_ready
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
@@ -152,16 +154,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                            stderr=subprocess.STDOUT, start_new_session=True)
     st = Stack(url=f"http://127.0.0.1:{port}", env=env, database_url=database_url, bucket=bucket, worker=None,  # type: ignore[arg-type]
                api=api, tmp=tmp, grpc=f"127.0.0.1:{grpc_port}")
-    deadline = time.time() + 60
-    while True:
-        try:
-            if httpx.get(f"{st.url}/readyz", timeout=5).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.time() > deadline or api.poll() is not None:
-            raise RuntimeError(f"API did not become ready:\n{(tmp / 'api.log').read_text()[-3000:]}")
-        time.sleep(0.5)
+    wait_ready(st.url, api, tmp / "api.log")
     from store import auth as keys_dao
 
     for tenant in ("alice", "bob"):
