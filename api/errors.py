@@ -40,7 +40,9 @@ def describe_errors(errors: Iterable[Mapping[str, Any]], whole: str = "") -> str
     parts = []
     for e in errors:
         loc = ".".join(str(x) for x in e.get("loc", ()) if x not in ("body", "query", "path")) or whole
-        parts.append(f"{loc}: {e.get('msg')}" if loc else str(e.get("msg")))
+        # a form part that is absent and one that is empty both arrive as "missing": say so, the same way for both
+        msg = "is required and was missing or empty" if e.get("type") == "missing" else e.get("msg")
+        parts.append(f"{loc}: {msg}" if loc else str(msg))
     return "; ".join(parts)
 
 

@@ -296,3 +296,12 @@ def test_jobs_run_in_a_child_process_and_a_killed_one_is_retried(client: TestCli
 def test_an_undeclared_method_gets_405_with_every_allowed_method(client: TestClient, method: str, path: str, allow: str) -> None:
     r = client.request(method, path)
     assert r.status_code == 405 and r.headers["allow"] == allow
+
+
+@pytest.mark.parametrize("data,files", [({"spec": ""}, {"images": ("t.zip", b"PK", "application/zip")}),
+                                        ({}, {"images": ("t.zip", b"PK", "application/zip")}),
+                                        ({"spec": "{}"}, {"images": ("", b"", "application/zip")})])
+def test_an_empty_form_part_gets_the_message_of_a_missing_one(client: TestClient, data: dict, files: dict) -> None:  # type: ignore[type-arg]
+    r = client.post("/jobs", data=data, files=files)
+    field = "spec" if "images" in files and files["images"][0] else "images"
+    assert r.status_code == 422 and r.json()["error"]["message"] == f"{field}: is required and was missing or empty"
