@@ -41,7 +41,8 @@ def describe_errors(errors: Iterable[Mapping[str, Any]], whole: str = "") -> str
     for e in errors:
         loc = ".".join(str(x) for x in e.get("loc", ()) if x not in ("body", "query", "path")) or whole
         # a form part that is absent and one that is empty both arrive as "missing": say so, the same way for both
-        msg = "is required and was missing or empty" if e.get("type") == "missing" else e.get("msg")
+        empty = e.get("type") == "string_too_short" and (e.get("ctx") or {}).get("min_length") == 1
+        msg = "is required and was missing or empty" if e.get("type") == "missing" or empty else e.get("msg")
         parts.append(f"{loc}: {msg}" if loc else str(msg))
     return "; ".join(parts)
 

@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
-from api import errors, metrics
+from api import contract, errors, metrics
 from api.fastpath import SampleFastPath
 from api.limits import BodyLimitMiddleware
 from api.routes import blobs, health, jobs, models, sample, ui, v2
@@ -109,4 +109,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_route("/metrics", metrics.endpoint(jobs_registry), include_in_schema=False)
     for r in (jobs.router, event_routes.router, sample.router, models.router, health.router, blobs.router, ui.router, v2.router):
         app.include_router(r)
+    contract.install(app)  # every operation documents its error statuses and body (api/contract.py)
     return app

@@ -129,7 +129,7 @@ async def submit_job(
     svc: ServicesDep,
     tenant: TenantDep,
     images: Annotated[UploadFile, File(description="zip of target images (PNG/JPEG)")],
-    spec: Annotated[str, Form(description="JobSpec as JSON")],
+    spec: Annotated[str, Form(min_length=1, description="JobSpec as JSON")],
 ) -> JobPublic:
     sub = await check_submission(svc, tenant, spec)
     data = await read_upload(images, svc.settings.max_upload_bytes)
@@ -141,7 +141,7 @@ def list_jobs(
     svc: ServicesDep,
     tenant: TenantDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
     status: Annotated[str | None, Query(pattern="^(queued|running|succeeded|failed|canceled)$")] = None,
 ) -> JobList:
     rows, total = jobs_dao.list_jobs(svc.settings.database_url, tenant, limit, offset, status)

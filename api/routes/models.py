@@ -63,7 +63,7 @@ The source belongs to your tenant."""
                  "application/json": {"schema": RegisterModel.model_json_schema()},
                  "multipart/form-data": {"schema": {"type": "object", "required": ["generator", "config"], "properties": {
                      "generator": {"type": "string", "format": "binary"}, "critic": {"type": "string", "format": "binary"},
-                     "config": {"type": "string", "description": "UploadConfig as JSON"}}}}}}})
+                     "config": {"type": "string", "minLength": 1, "description": "UploadConfig as JSON"}}}}}}})
 async def add_model(request: Request, svc: ServicesDep, tenant: TenantDep) -> ModelInfo:
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
         return await _upload_model(request, svc, tenant)

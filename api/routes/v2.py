@@ -52,7 +52,17 @@ async def model_ready(svc: ServicesDep, tenant: TenantDep, name: ModelName) -> d
     return {"name": job_id, "ready": True}
 
 
-@router.post("/models/{name}/infer", summary="Samples of a finished job (OIP infer)",
+_INFER_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
+    "type": "object", "required": ["inputs"], "properties": {
+        "id": {"type": "string"}, "parameters": {"type": "object"},
+        "inputs": {"type": "array", "minItems": 1, "items": {"type": "object", "required": ["name", "shape", "datatype", "data"],
+                   "properties": {"name": {"type": "string"}, "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+                                  "datatype": {"type": "string"}, "data": {"type": "array"}, "parameters": {"type": "object"}}}},
+        "outputs": {"type": "array", "items": {"type": "object", "required": ["name"], "properties": {
+            "name": {"type": "string"}, "parameters": {"type": "object"}}}}}}}}}}
+
+
+@router.post("/models/{name}/infer", summary="Samples of a finished job (OIP infer)", openapi_extra=_INFER_BODY,
              description="Inputs `n` (INT32 [1]), `seed` (INT64 [1]), `class` (INT32 [1], conditional sources); outputs "
                          "`images` (UINT8 [n, H, W, C]) and `png` (BYTES [n]): the pixels and files of "
                          "`GET /jobs/{id}/sample?format=zip` with the same seed.")
@@ -86,7 +96,7 @@ def _inputs(req: dict[str, Any], binary: bytes) -> list[oip.Tensor]:
         name, shape, dtype = str(t["name"]), t["shape"], str(t["datatype"])
         if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
             raise ApiError(422, "invalid_request", f"inputs.{name}: shape must be a list of non-negative integers")
-        size = (t.get("parameters") or {}).get("binary_data_size")
+        size = _params(t, f"inputs.{name}").get("binary_data_size")
         if size is not None:
             if not isinstance(size, int) or size < 0 or offset + size > len(binary):
                 raise ApiError(422, "invalid_request", f"inputs.{name}: binary_data_size {size} runs past the binary data")
@@ -100,13 +110,20 @@ def _inputs(req: dict[str, Any], binary: bytes) -> list[oip.Tensor]:
 
 
 def _outputs(req: dict[str, Any]) -> tuple[list[tuple[str, bool]], bool]:
-    default_binary = bool((req.get("parameters") or {}).get("binary_data_output", False))
+    default_binary = bool(_params(req, "parameters").get("binary_data_output", False))
     wanted = []
     for o in req.get("outputs") or []:
         if not isinstance(o, dict) or "name" not in o:
             raise ApiError(422, "invalid_request", "outputs: each requested output needs a name")
-        wanted.append((str(o["name"]), bool((o.get("parameters") or {}).get("binary_data", default_binary))))
+        wanted.append((str(o["name"]), bool(_params(o, f"outputs.{o['name']}").get("binary_data", default_binary))))
     return wanted, default_binary
+
+
+def _params(obj: dict[str, Any], where: str) -> dict[str, Any]:
+    params = obj.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise ApiError(422, "invalid_request", f"{where}: parameters must be an object")
+    return params
 
 
 def _response(job_id: str, req_id: str, outs: list[oip.Tensor], binary_of: dict[str, bool], default_binary: bool) -> Response:
