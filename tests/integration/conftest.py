@@ -49,6 +49,7 @@ class Stack:
     api: subprocess.Popen
     tmp: Path
     grpc: str = ""  # host:port of the API's gRPC server
+    worker_log: str = "worker.log"  # the log file of the current worker (start_worker)
     keys: dict[str, str] = field(default_factory=dict)  # tenant -> API key
 
     def client(self, tenant: str = "alice") -> httpx.Client:
@@ -96,6 +97,7 @@ class Stack:
                             aws_secret_access_key=self.env["MINEGAN_S3_SECRET_KEY"])
 
     def start_worker(self, log_name: str = "worker.log") -> subprocess.Popen:
+        self.worker_log = log_name
         log = open(self.tmp / log_name, "ab")
         self.worker = subprocess.Popen(
             [str(BIN / "celery"), "-A", "worker.celery_app", "worker", "-Q", "gpu", "-c", "1", "-P", "prefork",

@@ -267,17 +267,22 @@ def test_the_quota_holds_under_concurrent_submissions_on_postgresql(stack: Stack
 def test_two_workers_share_the_queue_and_take_over_a_dead_ones_job(stack: Stack, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """Scale-out is more Celery workers on the same broker, database and store: with two (distinct names, -c 1 each)
     six jobs each run exactly once and both workers run some; a job whose worker is killed finishes on the other."""
-    first = stack.worker
+    first, first_log = stack.worker, stack.worker_log  # whichever worker the earlier tests left running
     second = stack.start_worker("worker-b.log")  # stack.worker is now the second one
-    workers = {"worker.log": first, "worker-b.log": second}
+    workers = {first_log: first, "worker-b.log": second}
+    deadline = time.time() + 60
+    while "ready." not in (stack.tmp / "worker-b.log").read_text():  # both consume before the jobs arrive
+        assert time.time() < deadline and second.poll() is None, (stack.tmp / "worker-b.log").read_text()[-2000:]
+        time.sleep(0.2)
     try:
         with stack.client() as c:
             data = _nines(tmp_path)
-            ids = [_submit(c, data, {**SPEC, "seed": i, "mining_steps": 6, "finetune_steps": 6}) for i in range(6)]
+            ids = [_submit(c, data, {**SPEC, "seed": i, "mining_steps": 12, "finetune_steps": 12}) for i in range(6)]
             assert all(_wait(c, j)["status"] == "succeeded" for j in ids)
             ran = {name: {j for j in ids if f'"job {j} succeeded"' in (stack.tmp / name).read_text()} for name in workers}
-            assert ran["worker.log"] and ran["worker-b.log"], ran  # both workers took jobs
-            assert ran["worker.log"].isdisjoint(ran["worker-b.log"]) and ran["worker.log"] | ran["worker-b.log"] == set(ids)
+            assert all(ran.values()), ran  # both workers took jobs
+            a, b = ran.values()
+            assert a.isdisjoint(b) and a | b == set(ids)
             assert all(_row(stack, j)["attempts"] == 1 for j in ids)  # each ran exactly once
 
             victim = _running_job(c, tmp_path, 6)
