@@ -32,6 +32,8 @@ from typing import ParamSpec, Protocol, TypeVar
 
 import torch
 
+from api.batching import SampleBatcher
+
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -67,12 +69,15 @@ class Sampler(Protocol):
     def sample_chunks(self, n: int, seed: int = 0, chunk: int = 256) -> Iterator[torch.Tensor]: ...
 
 
-async def sample_on_loop(model: Sampler, n: int, seed: int) -> torch.Tensor:
+async def sample_on_loop(model: Sampler, n: int, seed: int, batcher: SampleBatcher | None = None) -> torch.Tensor:
     """``model.sample(n, seed)``, computed here on the event-loop thread with torch's default number of
     threads, in pieces of at most :data:`CHUNK_VALUES` values, yielding to the loop between pieces. Only for
-    models already in memory; loads, uploads and anything else that can take long go to :func:`run_torch`."""
+    models already in memory; loads, uploads and anything else that can take long go to :func:`run_torch`.
+    With a ``batcher``, a request it takes may share its forward pass with concurrent ones (api/batching.py)."""
     _claim_render_team()
     chunk = max(4, CHUNK_VALUES // max(1, model.values_per_image))
+    if batcher is not None and batcher.eligible(model, n, chunk):
+        return await batcher.sample(model, n, seed)  # type: ignore[arg-type]
     parts = []
     for i, part in enumerate(model.sample_chunks(n, seed, chunk=chunk)):
         if i:

@@ -106,7 +106,7 @@ class SampleFastPath:
         from api.routes.sample import _render  # the route's renderer: same bytes, same headers
 
         try:
-            response = await _render(job_id, model, p["n"], p["seed"], p["fmt"])
+            response = await _render(svc, job_id, model, p["n"], p["seed"], p["fmt"])
         except Exception:  # noqa: BLE001 - rendering has no side effects: the route redoes it and reports the error
             return None
         svc.fast_path_hits += 1

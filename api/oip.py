@@ -175,7 +175,7 @@ async def infer(svc: Services, tenant: str, name: str, inputs: list[Tensor], wan
         assert isinstance(model, MultiMinedGenerator)  # only such a model has classes
         images = await run_torch(_sample_class, model, n, seed, cls)
     else:
-        images = await sample_on_loop(model, n, seed)  # == model.sample(n, seed), as GET /jobs/{id}/sample
+        images = await sample_on_loop(model, n, seed, svc.batcher)  # == model.sample(n, seed), as GET /jobs/{id}/sample
     pixels = to_uint8(images)  # [n, H, W, C]
     SAMPLES.labels("oip").observe(time.perf_counter() - t0)
     out = []

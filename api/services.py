@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from api.auth import Authenticator
+from api.batching import SampleBatcher
 from api.metrics import CACHE
 from core.methods import TransferredModel, load_model
 from store.blobs import BlobStore
@@ -128,7 +129,9 @@ class Services:
     finished: FinishedJobs = field(default_factory=FinishedJobs)
     latest: LatestJobs = field(default_factory=lambda: LatestJobs(0.0))
     auth: Authenticator = field(init=False)
+    batcher: SampleBatcher = field(init=False)
     fast_path_hits: int = 0  # sample requests answered by api/fastpath.py (the rest went through the routes)
 
     def __post_init__(self) -> None:
         self.auth = Authenticator(self.settings)
+        self.batcher = SampleBatcher(self.settings.sample_batch_window_ms / 1000, self.settings.sample_batch_max_images)

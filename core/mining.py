@@ -54,9 +54,19 @@ class MinedGenerator(nn.Module):
         """``sample(n, seed)`` in consecutive pieces of at most ``chunk`` images, in order, so a caller can do
         other work between pieces (the API's event loop). The latents are drawn exactly as ``sample`` draws
         them (blocks of 256 from one generator), so only the forward passes are split."""
-        gen = torch.Generator().manual_seed(seed)
-        device = next(self.G.parameters()).device
-        for i in range(0, n, 256):
-            u_block = torch.randn(min(256, n - i), self.z_dim, generator=gen)  # [b, z_dim]
+        for u_block in self.latent_blocks(n, seed):
             for k in range(0, len(u_block), chunk):
-                yield generate(self.G, self.M, u_block[k : k + chunk].to(device)).cpu()
+                yield self.decode(u_block[k : k + chunk])
+
+    def latent_blocks(self, n: int, seed: int) -> Iterator[torch.Tensor]:
+        """The latents u ~ N(0, I) of ``sample(n, seed)``: blocks [<=256, z_dim] from one generator seeded ``seed``."""
+        gen = torch.Generator().manual_seed(seed)
+        for i in range(0, n, 256):
+            yield torch.randn(min(256, n - i), self.z_dim, generator=gen)  # [b, z_dim]
+
+    @torch.no_grad()
+    def decode(self, u: torch.Tensor) -> torch.Tensor:
+        """x = G(M(u)) in one forward pass, on the model's device, returned on the CPU: u [N, z_dim] -> [N, C, H, W].
+        Sampling and the API's batched sampling (api/batching.py) both go through it."""
+        device = next(self.G.parameters()).device
+        return generate(self.G, self.M, u.to(device)).cpu()

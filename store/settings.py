@@ -48,6 +48,10 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(default=4096 * 4096, ge=64)  # declared width x height of one image
     sample_max_n: int = Field(default=256, ge=1)
     model_cache_size: int = Field(default=8, ge=1)
+    # concurrent sample requests for one model that arrive within this window share a forward pass (api/batching.py);
+    # a lone request does not wait for it. 0: off
+    sample_batch_window_ms: float = Field(default=2.0, ge=0.0, le=1000.0)
+    sample_batch_max_images: int = Field(default=128, ge=4)
     sample_fast_path: bool = True  # GET /sample from the caches without FastAPI's routing (api/fastpath.py)
     latest_cache_s: float = Field(default=60.0, ge=0.0)  # GET /sample: the latest job is remembered this long (0: off)
     device: str = "auto"  # auto: cuda if available, else cpu

@@ -96,6 +96,62 @@ def test_tritonclient_grpc_samples_a_finished_job(server: dict[str, str]) -> Non
     assert code("no-such-job", auth) == "StatusCode.NOT_FOUND"
 
 
+def _batch_counts(url: str) -> tuple[float, float]:
+    """(batched forward passes, requests they served) from the server's /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    fams = {f.name: f for f in text_string_to_metric_families(httpx.get(f"{url}/metrics").text)}
+    values = {s.name: s.value for s in fams["minegan_sample_batch_requests"].samples}
+    return values["minegan_sample_batch_requests_count"], values["minegan_sample_batch_requests_sum"]
+
+
+def test_concurrent_requests_over_rest_and_grpc_share_forward_passes_and_get_the_bytes_they_get_alone(server: dict[str, str]) -> None:
+    """Dynamic batching (api/batching.py): 8 clients at once, REST and gRPC mixed, n=16 with their own seeds. Every
+    answer is byte for byte the answer to the same request sent alone, and some forward passes served several."""
+    import threading
+
+    import tritonclient.grpc as tg
+
+    url, key, job = server["url"], server["alice"], server["job"]
+    auth = {"Authorization": f"Bearer {key}"}
+    alone = {s: httpx.get(f"{url}/jobs/{job}/sample", params={"n": 16, "seed": s, "format": "zip"}, headers=auth).content
+             for s in range(24)}
+    alone_pixels = {s: _zip_pixels(url, key, job, 16, s)[0] for s in range(24)}
+    got: dict[tuple[int, int], object] = {}
+
+    def rest(i: int) -> None:
+        with httpx.Client(base_url=url, headers=auth, timeout=60) as c:
+            for s in range(24):
+                got[(i, s)] = c.get(f"/jobs/{job}/sample", params={"n": 16, "seed": s, "format": "zip"}).content
+
+    def grpc_client(i: int) -> None:
+        c = tg.InferenceServerClient(server["grpc"])
+        for s in range(24):
+            n, seed = tg.InferInput("n", [1], "INT32"), tg.InferInput("seed", [1], "INT64")
+            n.set_data_from_numpy(np.array([16], np.int32))
+            seed.set_data_from_numpy(np.array([s], np.int64))
+            got[(i, s)] = c.infer(job, [n, seed], headers={"authorization": f"Bearer {key}"}).as_numpy("images")
+
+    for _attempt in range(5):  # concurrency is the OS's to schedule: until some requests did overlap (one round, in practice)
+        before = _batch_counts(url)
+        threads = [threading.Thread(target=rest if i < 6 else grpc_client, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for (i, s), answer in got.items():
+            if i < 6:
+                assert answer == alone[s], (i, s)
+            else:
+                assert np.array_equal(answer, alone_pixels[s]), (i, s)  # type: ignore[arg-type]
+        after = _batch_counts(url)
+        passes, served = after[0] - before[0], after[1] - before[1]
+        assert served == 8 * 24  # every request went through the batcher
+        if passes < served:
+            break
+    assert passes < served, "no two concurrent requests ever shared a forward pass"
+
+
 def test_grpc_health_and_reflection(server: dict[str, str]) -> None:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc

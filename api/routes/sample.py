@@ -26,10 +26,10 @@ Seed = Annotated[int, Query(ge=0, le=2**31 - 1)]
 Fmt = Annotated[Literal["png", "zip"], Query(description="png: one grid image; zip: n separate PNGs")]
 
 
-async def _render(job_id: str, model: TransferredModel, n: int, seed: int, fmt: str) -> Response:
+async def _render(svc: Services, job_id: str, model: TransferredModel, n: int, seed: int, fmt: str) -> Response:
     """Generate and encode ``n`` samples of a loaded model, on the event-loop thread (api/compute.py)."""
     t0 = time.perf_counter()
-    images = await sample_on_loop(model, n, seed)  # == model.sample(n, seed), in pieces
+    images = await sample_on_loop(model, n, seed, svc.batcher)  # == model.sample(n, seed), in pieces or batched
     t1 = time.perf_counter()
     encode = zip_of_pngs if fmt == "zip" else grid_png
     if n * model.values_per_image <= CHUNK_VALUES:  # small: encoded here, no thread hop
@@ -68,7 +68,7 @@ async def _respond(svc: Services, job_id: str, model_key: str, n: int, seed: int
     if model is None:  # loaded from storage once (on the torch helper thread), then served from memory
         model = await run_torch(svc.models.get, model_key)
     # the render itself runs on the event-loop thread, the one thread with an OpenMP team (api/compute.py)
-    return await _render(job_id, model, n, seed, fmt)
+    return await _render(svc, job_id, model, n, seed, fmt)
 
 
 @router.get("/jobs/{job_id}/sample", summary="Samples from a finished job")
