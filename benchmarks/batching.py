@@ -58,7 +58,8 @@ def _port() -> int:
 class SocketClient:
     """The thinnest HTTP/1.1 client: one keep-alive TCP socket, a fixed request line, Content-Length framing."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, headers: str = "") -> None:
+        self.headers = headers  # extra header lines, each ending in \r\n
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=60)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.pending = bytearray()
@@ -70,7 +71,7 @@ class SocketClient:
         self.pending.extend(chunk)
 
     def get(self, path: str) -> bytes:
-        self.sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        self.sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{self.headers}\r\n".encode())
         while (end := self.pending.find(b"\r\n\r\n")) < 0:
             self._more()
         head = bytes(self.pending[:end]).split(b"\r\n")
