@@ -24,6 +24,8 @@ class Settings(BaseSettings):
     storage_dir: str = "var/blobs"
     grpc_port: int = Field(default=0, ge=0, le=65535)  # >0: also serve gRPC (Open Inference Protocol) on this port
     grpc_host: str = "127.0.0.1"
+    worker_metrics_port: int = Field(default=0, ge=0, le=65535)  # >0: a Celery worker serves its metrics here (worker/metrics.py)
+    worker_metrics_host: str = "127.0.0.1"
     log_format: Literal["json", "text"] = "json"  # the server's and the workers' logs: one JSON object per line
     webhook_allow: str = ""  # comma-separated hosts (or host:port) webhooks may reach over http or at internal addresses
     webhook_retry_s: float = Field(default=3600.0, ge=1.0)  # how long a failing delivery is retried

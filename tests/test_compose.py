@@ -54,7 +54,7 @@ def test_the_grpc_service_declares_its_port_and_health_check() -> None:
     assert "grpc_health" in " ".join(grpc["healthcheck"]["test"])
 
 
-def test_prometheus_scrapes_the_api_processes() -> None:
+def test_prometheus_scrapes_the_api_processes_and_the_worker() -> None:
     import json
 
     r = subprocess.run([str(_compose_binary()), "-f", str(ROOT / "docker-compose.yml"), "config", "--format", "json"], capture_output=True,
@@ -64,3 +64,5 @@ def test_prometheus_scrapes_the_api_processes() -> None:
     assert any(v["target"] == "/etc/prometheus/prometheus.yml" for v in prom["volumes"])
     scrape = (ROOT / "docker" / "prometheus.yml").read_text()
     assert "metrics_path: /metrics" in scrape and '"api:8000"' in scrape and '"grpc:8001"' in scrape
+    worker = json.loads(r.stdout)["services"]["worker"]["environment"]
+    assert f'"worker:{worker["MINEGAN_WORKER_METRICS_PORT"]}"' in scrape and worker["MINEGAN_WORKER_METRICS_HOST"] == "0.0.0.0"

@@ -36,3 +36,12 @@ app = make_celery()
 def _logging(**_: object) -> None:
     """The worker's logs as the API's: JSON lines with the job id, tenant and submitting request id (store/logs.py)."""
     logs.setup(get_settings().log_format)
+
+
+@signals.worker_process_init.connect
+def _metrics(**_: object) -> None:
+    """The pool process that runs the jobs serves the worker's metrics (worker/metrics.py), when a port is set."""
+    from worker import metrics
+
+    s = get_settings()
+    metrics.serve(s.worker_metrics_port, s.worker_metrics_host)

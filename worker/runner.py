@@ -35,6 +35,7 @@ from store import sources as registry
 from store.blobs import BlobNotFound, BlobStore
 from store.models import Job
 from store.settings import Settings
+from worker import metrics
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +83,10 @@ class _Reporter:
     canceled: bool = False
     interrupt: threading.Event | None = None  # set when the process shuts down: stop now, resume later
     history: list[dict[str, Any]] = field(default_factory=list)  # what the plots draw
+    steps: metrics.StepMeter = field(default_factory=metrics.StepMeter)  # this worker's step counters
 
     def on_progress(self, phase: str, step: int, total: int, stats: dict[str, float]) -> None:
+        self.steps(phase, step)
         rec = {k: round(float(v), 5) for k, v in stats.items() if k in HISTORY_KEYS or k.startswith("pi/")}
         if rec:
             self.history.append({"step": step, "phase": phase, **rec})
@@ -159,7 +162,16 @@ def execute_job(job_id: str, settings: Settings, blobs: BlobStore, interrupt: th
         if isinstance(job, str):
             return job
         with logs.bound(tenant=job.tenant, request_id=jobs_dao.submitted_by(settings.database_url, job_id)):
-            status = _execute(job, settings, blobs, interrupt)
+            method = str(job.spec.get("method", "")) if isinstance(job.spec, dict) else ""
+            t0 = time.monotonic()
+            metrics.BUSY.set(1)
+            status = "crashed"  # an exception: the task retries it or fails it
+            try:
+                status = _execute(job, settings, blobs, interrupt)
+            finally:
+                metrics.BUSY.set(0)
+                metrics.JOBS.labels(method, status).inc()
+                metrics.JOB_SECONDS.labels(method).observe(time.monotonic() - t0)
             log.info("job %s %s", job_id, status)
             return status
 

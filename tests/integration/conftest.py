@@ -148,6 +148,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "MINEGAN_PRESIGN_EXPIRY_S": "60", "MINEGAN_MAX_CONCURRENT_JOBS": "20", "MINEGAN_AUTH_CACHE_S": "1",
         "MINEGAN_WEBHOOK_ALLOW": "127.0.0.1",  # the tests' webhook receiver listens on loopback
         "MINEGAN_GRPC_PORT": str(grpc_port),
+        "MINEGAN_WORKER_METRICS_PORT": str(_free_port()),  # the Celery worker's own /metrics (worker/metrics.py)
         "TMPDIR": str(tmp / "api-tmp"),
     }
     (tmp / "api-tmp").mkdir()

@@ -55,6 +55,7 @@ def test_upload_to_samples_through_celery_postgres_and_s3(stack: Stack, tmp_path
             worker, status = conn.execute(sqlalchemy.text("select worker, status from jobs where id = :i"), {"i": job_id}).one()
         assert status == "succeeded" and worker.split(":")[-1] != str(stack.api.pid)
         assert stack.worker.poll() is None
+        _worker_metrics_count(stack, done)
 
         # artifacts are in the S3 bucket, and the presigned URLs work
         keys = {o["Key"] for o in stack.s3().list_objects_v2(Bucket=stack.bucket, Prefix=f"jobs/{job_id}/")["Contents"]}
@@ -78,6 +79,19 @@ def test_upload_to_samples_through_celery_postgres_and_s3(stack: Stack, tmp_path
         assert c.get("/sample?n=4").headers["x-job-id"] == second["id"]
         assert os.path.exists(stack.tmp / "api.log")
         _oip_matches_rest(stack, c, job_id)
+
+
+def _worker_metrics_count(stack: Stack, done: dict) -> None:
+    """The Celery worker serves its own metrics (worker/metrics.py): the job it ran, its steps, idle again."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"http://127.0.0.1:{stack.env['MINEGAN_WORKER_METRICS_PORT']}/metrics", timeout=10).text
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in text_string_to_metric_families(text) for s in f.samples}
+    assert samples[("minegan_worker_jobs_total", (("method", SPEC["method"]), ("status", "succeeded")))] >= 1
+    assert samples[("minegan_worker_job_run_seconds_count", (("method", SPEC["method"]),))] >= 1
+    steps = sum(v for (name, _), v in samples.items() if name == "minegan_worker_steps_total")
+    assert steps >= SPEC["mining_steps"] + SPEC["finetune_steps"], samples  # at least this job's steps
+    assert samples[("minegan_worker_busy", ())] == 0 and samples[("minegan_worker_last_progress_timestamp_seconds", ())] > 0
 
 
 def _oip_matches_rest(stack: Stack, c: httpx.Client, job_id: str) -> None:
