@@ -25,7 +25,7 @@ that are not a multiple of 4; conv layers did not. So a request is eligible only
   one render piece (``chunk``) and ``max_images``, so alone it is one forward pass of exactly these latents;
 * and :meth:`SampleBatcher._invariant` has checked, once per model and ``n`` on this thread, that ``n`` rows
   forwarded alone equal the same rows forwarded inside larger batches (at the start, the end and the middle
-  of batches of up to ``max_images`` rows). Where they differ, that ``n`` is rendered alone, always.
+  of batches of up to :meth:`SampleBatcher.cap` rows). Where they differ, that ``n`` is rendered alone, always.
 
 The check samples a few batch shapes; it is evidence, not a proof for every shape. tests/api/test_batching.py
 and benchmarks/sampling.py compare the bytes of concurrently batched requests with the same requests alone.
@@ -74,14 +74,20 @@ class SampleBatcher:
         return (self.window_s > 0 and isinstance(model, MinedGenerator) and n % 4 == 0
                 and 0 < n <= min(chunk, self.max_images))
 
-    async def sample(self, model: MinedGenerator, n: int, seed: int) -> torch.Tensor:
+    def cap(self, chunk: int) -> int:
+        """Most images in one batch: ``max_images``, and at most 4 render pieces of ``chunk`` images, so that one
+        batched forward pass holds the event loop for about as long as 4 pieces of a lone render (api/compute.py)."""
+        return max(4, min(self.max_images, 4 * chunk) // 4 * 4)
+
+    async def sample(self, model: MinedGenerator, n: int, seed: int, chunk: int) -> torch.Tensor:
         """``model.sample(n, seed)`` for an :meth:`eligible` request, possibly computed inside a batch."""
         u = next(model.latent_blocks(n, seed))  # n <= 256: the one block [n, z_dim]
-        if not self._invariant(model, n):
+        cap = self.cap(chunk)
+        if not self._invariant(model, n, cap):
             return model.decode(u)
         key = id(model)
         batch = self._open.get(key)
-        if batch is not None and batch.images + n <= self.max_images:
+        if batch is not None and batch.images + n <= cap:
             fut: asyncio.Future[torch.Tensor] = asyncio.get_running_loop().create_future()
             batch.latents.append(u)
             batch.futures.append(fut)
@@ -132,15 +138,15 @@ class SampleBatcher:
                 f.set_result(part)
         return x[: len(batch.latents[0])]
 
-    def _invariant(self, model: MinedGenerator, n: int) -> bool:
+    def _invariant(self, model: MinedGenerator, n: int, cap: int) -> bool:
         """Whether ``n`` rows forwarded alone give the same bits as inside batches (checked once per model and n)."""
         seen = self._checked.setdefault(model, {})
         if n not in seen:
-            seen[n] = self._check(model, n)
+            seen[n] = self._check(model, n, cap)
         return seen[n]
 
-    def _check(self, model: MinedGenerator, n: int) -> bool:
-        total = self.max_images - self.max_images % 4
+    @staticmethod
+    def _check(model: MinedGenerator, n: int, total: int) -> bool:
         u = torch.randn(total, model.z_dim, generator=torch.Generator().manual_seed(n))  # [total, z_dim]
         alone = model.decode(u[:n])
         wide = model.decode(u)  # n rows at the start of the largest batch

@@ -77,7 +77,7 @@ async def sample_on_loop(model: Sampler, n: int, seed: int, batcher: SampleBatch
     _claim_render_team()
     chunk = max(4, CHUNK_VALUES // max(1, model.values_per_image))
     if batcher is not None and batcher.eligible(model, n, chunk):
-        return await batcher.sample(model, n, seed)  # type: ignore[arg-type]
+        return await batcher.sample(model, n, seed, chunk)  # type: ignore[arg-type]
     parts = []
     for i, part in enumerate(model.sample_chunks(n, seed, chunk=chunk)):
         if i:

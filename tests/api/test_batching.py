@@ -126,3 +126,9 @@ def test_the_invariance_check_turns_batching_off_for_a_model_whose_rows_depend_o
 def test_batching_off() -> None:
     batcher = SampleBatcher(window_s=0.0)
     assert not batcher.eligible(_model(), 16, CHUNK)
+
+
+def test_a_batch_holds_at_most_four_render_pieces() -> None:
+    batcher = SampleBatcher(window_s=0.002, max_images=128)
+    assert batcher.cap(83) == 128  # 28x28 gray: 83 images a piece, the max_images cap
+    assert batcher.cap(5) == 20  # 64x64 RGB: 5 images a piece -> 20 a batch, not 128 on the event loop
