@@ -149,7 +149,7 @@ def main() -> int:
             idle.append(lat)
             start = threading.Barrier(a.uploads + 1)
 
-            def upload(k: int) -> None:
+            def upload(k: int, start: threading.Barrier = start) -> None:
                 with httpx.Client(base_url=url, headers=auth, timeout=600) as c:
                     start.wait()
                     t0 = time.perf_counter()
