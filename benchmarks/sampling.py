@@ -17,7 +17,6 @@ import http.client
 import json
 import os
 import shlex
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,19 +32,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._doc import update_section  # noqa: E402
+from benchmarks.batching import SocketClient, _port  # noqa: E402
 from core.data import write_mnist_zip  # noqa: E402
 from core.images import grid_png  # noqa: E402
 from core.methods import load_model  # noqa: E402
 
 BIN = Path(sys.executable).parent
-
-
-def _port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = int(s.getsockname()[1])
-    s.close()
-    return p
 
 
 def _wait_job(c: httpx.Client, job_id: str) -> dict:
@@ -121,28 +113,8 @@ def main() -> int:
             # the thinnest HTTP/1.1 client: one keep-alive TCP socket, a fixed request line, Content-Length framing.
             # http.client spends ~0.1 ms per response in its own header parsing (email.parser), which is the
             # client's cost, not the service's; both are reported.
-            sock = socket.create_connection(("127.0.0.1", port), timeout=60)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            pending = bytearray()
-
-            def more() -> None:
-                chunk = sock.recv(1 << 16)
-                if not chunk:
-                    raise ConnectionError("the server closed the connection")
-                pending.extend(chunk)
-
-            def sock_get(path: str) -> bytes:
-                sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
-                while (end := pending.find(b"\r\n\r\n")) < 0:
-                    more()
-                head = bytes(pending[:end]).split(b"\r\n")
-                assert head[0].split(b" ")[1] == b"200", head[0]
-                length = next(int(h.split(b":", 1)[1]) for h in head[1:] if h.lower().startswith(b"content-length:"))
-                while len(pending) < end + 4 + length:
-                    more()
-                body = bytes(pending[end + 4:end + 4 + length])
-                del pending[:end + 4 + length]
-                return body
+            sock = SocketClient(port)  # the thinnest HTTP/1.1 client (benchmarks/batching.py)
+            sock_get = sock.get
 
             raw_get("/sample?n=16&seed=0")
             sock_get("/sample?n=16&seed=0")
