@@ -67,6 +67,9 @@ class RunConfig:
     sparse_top_fraction: float = option(0.3, "S^3: share of the critic weights kept by their score, theta_w (Sec. 5)", gt=0, le=1)
     sparse_min_weights: int = option(6, "S^3: minimum filters kept per layer, theta_f (Sec. 5)", ge=1)
     freeze_critic_layers: int = option(2, "freezed: lowest critic layers kept fixed (FreezeD)", ge=0, le=8)
+    finetune_layers: int = option(0, "weighted generator layers that learn when G is finetuned, counted back from the output "
+                                  "(1: only the layer that makes the image; the rest stay fixed, as FreezeG does); 0: all",
+                                  ge=0, le=64)
     checkpoint_every: int = option(50, "steps between checkpoints (a run resumes from its newest)", api=None)
     selection: str = option("permuted", "several sources: improved permuted training (Eq. 9-10, default) or the original max rule "
                             "(Eq. 5-6)", choices=SELECTION_RULES)

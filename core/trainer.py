@@ -51,6 +51,7 @@ class StageConfig:
     train_generator: bool
     sparse: bool = False  # S^3 on the critic (Eq. 11-14)
     freeze_critic_layers: int = 0  # FreezeD: number of lowest critic layers kept fixed
+    finetune_layers: int = DEFAULTS.finetune_layers  # weighted G layers that learn, counted back from the output (0: all)
     n_critic: int = DEFAULTS.n_critic
     batch_size: int = DEFAULTS.batch_size
     lr_miner: float = DEFAULTS.lr_miner
@@ -112,9 +113,24 @@ def make_stage_state(mods: GanModules, cfg: StageConfig, masks: dict[str, torch.
     if cfg.train_miner and mods.M is not None:
         groups.append({"params": list(mods.M.parameters()), "lr": cfg.lr_miner})
     if cfg.train_generator:
-        groups.append({"params": list(mods.G.parameters()), "lr": cfg.lr_generator})
+        groups.append({"params": generator_params(mods.G, cfg.finetune_layers), "lr": cfg.lr_generator})
     opt_g = torch.optim.Adam(groups, betas=cfg.betas) if groups else None
     return StageState(opt_d=opt_d, opt_g=opt_g, masks=masks or {})
+
+
+WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
+
+
+def generator_params(G: nn.Module, last: int) -> list[nn.Parameter]:
+    """The generator parameters that learn: all (``last`` = 0), or those of the last ``last`` weighted layers
+    (conv, transposed conv, linear) in module order and of every module after the first of them (their norms),
+    the rest fixed as in FreezeG. Any architecture, ONNX conversions included: only module types are read."""
+    if last <= 0:
+        return list(G.parameters())
+    leaves = [m for m in G.modules() if not list(m.children()) and list(m.parameters(recurse=False))]
+    weighted = [i for i, m in enumerate(leaves) if isinstance(m, WEIGHTED)]
+    start = weighted[-last] if last <= len(weighted) else 0
+    return [p for m in leaves[start:] for p in m.parameters(recurse=False)]
 
 
 def _critic_params(D: nn.Module, cfg: StageConfig) -> list[nn.Parameter]:
@@ -128,7 +144,10 @@ def _critic_params(D: nn.Module, cfg: StageConfig) -> list[nn.Parameter]:
 
 def set_trainable(mods: GanModules, cfg: StageConfig) -> None:
     """requires_grad per stage: a frozen G computes no weight gradients (mining keeps G fixed)."""
-    mods.G.requires_grad_(cfg.train_generator)
+    mods.G.requires_grad_(cfg.train_generator and not cfg.finetune_layers)
+    if cfg.train_generator and cfg.finetune_layers:  # only the learning layers compute weight gradients
+        for p in generator_params(mods.G, cfg.finetune_layers):
+            p.requires_grad_(True)
     if mods.M is not None:
         mods.M.requires_grad_(cfg.train_miner)
 

@@ -90,3 +90,24 @@ def test_warm_up_leaves_generator_and_miner_alone(target: torch.Tensor, tmp_path
     only_warmup = []
     train(cfg, src, target, tmp_path, on_progress=lambda ph, s, t, st: only_warmup.append(st) if ph == "warmup" else None)
     assert only_warmup and all("g_loss" not in st and "d_loss" in st for st in only_warmup)
+
+
+@pytest.mark.parametrize("method", ["minegan++", "transfergan"])
+def test_finetune_layers_trains_only_the_last_weighted_layers_of_the_generator(method: str, target: torch.Tensor, tmp_path: Path) -> None:
+    from core.trainer import WEIGHTED, generator_params
+
+    src = tiny_source()
+    before = {k: v.clone() for k, v in src.G.state_dict().items()}
+    res = train(RunConfig(method=method, finetune_layers=1, **TINY), src, target, tmp_path)
+    after = res.model.G.state_dict()
+    learning = {id(p) for p in generator_params(src.G, 1)}
+    names = {n for n, p in src.G.named_parameters() if id(p) in learning}
+    last = [m for m in src.G.modules() if isinstance(m, WEIGHTED)][-1]  # the layer that makes the image
+    assert names == {n for n, p in src.G.named_parameters() if any(p is q for q in last.parameters())} and names
+    for name, value in before.items():
+        if name in names:
+            assert not torch.equal(after[name], value), name  # the image layer learned
+        elif "running" not in name and "num_batches" not in name:
+            assert torch.equal(after[name], value), name  # every other weight stayed the source's
+    assert len(generator_params(src.G, 0)) == len(list(src.G.parameters()))
+    assert len(generator_params(src.G, 99)) == len(list(src.G.parameters()))  # more layers than it has: all
