@@ -23,9 +23,14 @@ that are not a multiple of 4; conv layers did not. So a request is eligible only
   member indices first and are rendered alone);
 * ``n`` is a multiple of 4 (every member then starts at a row offset that is a multiple of 4) and at most
   one render piece (``chunk``) and ``max_images``, so alone it is one forward pass of exactly these latents;
-* and :meth:`SampleBatcher._invariant` has checked, once per model and ``n`` on this thread, that ``n`` rows
+* and :meth:`SampleBatcher._limit` has checked, once per model and ``n`` on this thread, that ``n`` rows
   forwarded alone equal the same rows forwarded inside larger batches (at the start, the end and the middle
   of batches of up to :meth:`SampleBatcher.cap` rows). Where they differ, that ``n`` is rendered alone, always.
+
+**Only batches that pay.** Batching saves work only where a larger forward pass costs less per image. On a CPU
+that is not a given (a small generator costs about the same per image at 16 and 32 images and more at 64), so
+the first time a model meets a request size, :meth:`SampleBatcher._cheapest` also times its forward pass at that
+size doubled up to the cap and limits batches to the cheapest per image. On a GPU that is the cap.
 
 The check samples a few batch shapes; it is evidence, not a proof for every shape. tests/api/test_batching.py
 and benchmarks/sampling.py compare the bytes of concurrently batched requests with the same requests alone.
@@ -53,6 +58,7 @@ RECENT_S = 0.05  # a previous batch this recent with several members means concu
 @dataclass
 class _Batch:
     want: int  # members to wait for (the previous batch's), 1: do not wait
+    limit: int  # most images in this batch (SampleBatcher._limit)
     latents: list[torch.Tensor] = field(default_factory=list)  # each member's u [n_i, z_dim], in order
     futures: list[asyncio.Future[torch.Tensor] | None] = field(default_factory=list)  # None: the leader's own
     images: int = 0
@@ -62,11 +68,11 @@ class _Batch:
 class SampleBatcher:
     """Batches of concurrent sample requests per model; one per app (``Services.batcher``), used on the event loop."""
 
-    def __init__(self, window_s: float, max_images: int = 128) -> None:
-        self.window_s, self.max_images = window_s, max_images
+    def __init__(self, window_s: float, max_images: int = 128, measure: bool = True) -> None:
+        self.window_s, self.max_images, self.measure = window_s, max_images, measure  # measure=False: batch up to the cap
         self._open: dict[int, _Batch] = {}  # id(model) -> the batch still taking members
         self._last: dict[int, tuple[int, float]] = {}  # id(model) -> (members of its last batch, when it ran)
-        self._checked: weakref.WeakKeyDictionary[MinedGenerator, dict[int, bool]] = weakref.WeakKeyDictionary()
+        self._checked: weakref.WeakKeyDictionary[MinedGenerator, dict[int, int]] = weakref.WeakKeyDictionary()
         self.batches = 0  # forward passes run here, and requests they served (tests and the benchmark read them)
         self.requests = 0
 
@@ -82,21 +88,21 @@ class SampleBatcher:
     async def sample(self, model: MinedGenerator, n: int, seed: int, chunk: int) -> torch.Tensor:
         """``model.sample(n, seed)`` for an :meth:`eligible` request, possibly computed inside a batch."""
         u = next(model.latent_blocks(n, seed))  # n <= 256: the one block [n, z_dim]
-        cap = self.cap(chunk)
-        if not self._invariant(model, n, cap):
+        limit = self._limit(model, n, self.cap(chunk))
+        if limit <= n:  # rows not batch-invariant, or no larger batch is cheaper per image
             return model.decode(u)
         key = id(model)
         batch = self._open.get(key)
-        if batch is not None and batch.images + n <= cap:
+        if batch is not None and batch.images + n <= batch.limit:
             fut: asyncio.Future[torch.Tensor] = asyncio.get_running_loop().create_future()
             batch.latents.append(u)
             batch.futures.append(fut)
             batch.images += n
-            if len(batch.latents) >= batch.want:
+            if len(batch.latents) >= batch.want or batch.images >= batch.limit:
                 batch.grown.set()
             return await fut
         last, when = self._last.get(key, (1, 0.0))
-        batch = _Batch(want=last if time.monotonic() - when < RECENT_S else 1, latents=[u], futures=[None], images=n)
+        batch = _Batch(want=last if time.monotonic() - when < RECENT_S else 1, limit=limit, latents=[u], futures=[None], images=n)
         self._open[key] = batch
         try:
             await asyncio.sleep(0)  # requests already read from their sockets join now
@@ -138,12 +144,33 @@ class SampleBatcher:
                 f.set_result(part)
         return x[: len(batch.latents[0])]
 
-    def _invariant(self, model: MinedGenerator, n: int, cap: int) -> bool:
-        """Whether ``n`` rows forwarded alone give the same bits as inside batches (checked once per model and n)."""
+    def _limit(self, model: MinedGenerator, n: int, cap: int) -> int:
+        """Most images a batch led by a request of ``n`` may hold, decided once per model and ``n``: 0 when ``n``
+        rows forwarded inside batches do not give the bits they give alone (:meth:`_check`); else the batch size,
+        ``n`` times a power of two up to ``cap``, whose forward pass costs least per image, timed here. On a CPU
+        larger batches need not be cheaper: ``mnist-no-9``'s generator costs about the same per image from 16 to
+        32 images and more from 64 on (docs/benchmarks.md, "batching"); a GPU is cheaper per image up to large
+        batches."""
         seen = self._checked.setdefault(model, {})
         if n not in seen:
-            seen[n] = self._check(model, n, cap)
+            seen[n] = (self._cheapest(model, n, cap) if self.measure else cap) if self._check(model, n, cap) else 0
         return seen[n]
+
+    @staticmethod
+    def _cheapest(model: MinedGenerator, n: int, cap: int) -> int:
+        sizes = [n << k for k in range(8) if n << k <= cap]
+        u = torch.randn(sizes[-1], model.z_dim, generator=torch.Generator().manual_seed(0))
+        per_image = {}
+        for s in sizes:
+            model.decode(u[:s])  # warm
+            times = []
+            for _ in range(3):
+                t0 = time.perf_counter()
+                model.decode(u[:s])
+                times.append(time.perf_counter() - t0)
+            per_image[s] = min(times) / s
+        best = min(per_image.values())
+        return max(s for s, t in per_image.items() if t <= 1.05 * best)  # the largest within 5 % of the cheapest
 
     @staticmethod
     def _check(model: MinedGenerator, n: int, total: int) -> bool:

@@ -134,4 +134,5 @@ class Services:
 
     def __post_init__(self) -> None:
         self.auth = Authenticator(self.settings)
-        self.batcher = SampleBatcher(self.settings.sample_batch_window_ms / 1000, self.settings.sample_batch_max_images)
+        self.batcher = SampleBatcher(self.settings.sample_batch_window_ms / 1000, self.settings.sample_batch_max_images,
+                                     self.settings.sample_batch_measure)

@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import socket
 import statistics
 import subprocess
@@ -152,6 +153,18 @@ def _concurrent(port: int, kind: str, job: str, clients: int, total: int, seed0:
     return rps, bodies
 
 
+def _wrk(port: int, job: str, clients: int, seconds: float, seed0: int) -> float:
+    """Requests/s of ``wrk`` (a C load generator, one thread, ``clients`` keep-alive connections, own seeds)."""
+    script = Path(tempfile.mkdtemp()) / "seeds.lua"
+    script.write_text(f"counter = {seed0}\nrequest = function()\n  counter = counter + 1\n"
+                      f"  return wrk.format(\"GET\", \"/jobs/{job}/sample?n=16&seed=\" .. counter)\nend\n")
+    out = subprocess.run(["wrk", "-t1", f"-c{clients}", f"-d{round(seconds)}s", "-s", str(script), f"http://127.0.0.1:{port}"],
+                         capture_output=True, text=True, check=True).stdout
+    if "Non-2xx" in out or "Socket errors" in out:
+        raise RuntimeError(out)
+    return float(next(line.split()[1] for line in out.splitlines() if line.startswith("Requests/sec:")))
+
+
 def _batch_metrics(port: int) -> tuple[float, float]:
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -169,6 +182,7 @@ def main() -> int:
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--lone", type=int, default=200, help="lone requests per server and round")
     ap.add_argument("--job-steps", type=int, default=20)
+    ap.add_argument("--wrk-seconds", type=int, default=2, help="length of a wrk measurement (wrk rows when wrk is installed)")
     a = ap.parse_args()
     command = "python benchmarks/batching.py " + " ".join(shlex.quote(x) for x in sys.argv[1:])
     tmp = Path(tempfile.mkdtemp(prefix="minegan-batching-"))
@@ -202,6 +216,8 @@ def main() -> int:
         for rnd in range(a.rounds):
             seed0 = 1000 + rnd * a.requests
             order = [("on", "socket"), ("off", "socket"), ("local", ""), ("on", "httpx"), ("off", "httpx")]
+            if shutil.which("wrk"):
+                order += [("on", "wrk"), ("off", "wrk")]
             for name, kind in order[rnd % len(order):] + order[: rnd % len(order)]:
                 time.sleep(0.2)
                 if name == "local":
@@ -209,6 +225,9 @@ def main() -> int:
                     for i in range(a.requests):
                         in_process(seed0 + i)
                     rps.setdefault("local", []).append(a.requests / (time.perf_counter() - t0))
+                    continue
+                if kind == "wrk":
+                    rps.setdefault(f"{name}-wrk", []).append(_wrk(ports[name], job_id, a.clients, a.wrk_seconds, seed0))
                     continue
                 r, bodies = _concurrent(ports[name], kind, job_id, a.clients, a.requests, seed0)
                 rps.setdefault(f"{name}-{kind}", []).append(r)
@@ -262,9 +281,13 @@ def main() -> int:
         "|---|---|---|",
         f"| one in-process loop (`MinedGenerator.sample(16)` + `grid_png`) | {med['local']:.0f} | 1.00 |",
     ]
-    for name in ("on-socket", "off-socket", "on-httpx", "off-httpx"):
+    for name in ("on-socket", "off-socket", "on-httpx", "off-httpx", "on-wrk", "off-wrk"):
+        if name not in rps:
+            continue
         server, kind = name.split("-")
-        label = f"{a.clients} concurrent {'socket' if kind == 'socket' else 'httpx'} clients, batching {server}"
+        who = {"socket": "socket clients (Python threads)", "httpx": "httpx clients (Python threads)",
+               "wrk": "connections of `wrk` (C, one thread)"}[kind]
+        label = f"{a.clients} concurrent {who}, batching {server}"
         lines.append(f"| {label} | {med[name]:.0f} | {'**' if server == 'on' else ''}{ratio[name]:.2f}{'**' if server == 'on' else ''} |")
     lines += [
         "",

@@ -54,6 +54,7 @@ class Settings(BaseSettings):
     # a lone request does not wait for it. 0: off
     sample_batch_window_ms: float = Field(default=2.0, ge=0.0, le=1000.0)
     sample_batch_max_images: int = Field(default=128, ge=4)
+    sample_batch_measure: bool = True  # limit batches to the size whose forward pass is cheapest per image (timed)
     sample_fast_path: bool = True  # GET /sample from the caches without FastAPI's routing (api/fastpath.py)
     latest_cache_s: float = Field(default=60.0, ge=0.0)  # GET /sample: the latest job is remembered this long (0: off)
     device: str = "auto"  # auto: cuda if available, else cpu

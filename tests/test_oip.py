@@ -38,7 +38,8 @@ def server() -> Iterator[dict[str, str]]:
     with tempfile.TemporaryDirectory() as tmp:
         grpc_port = free_port()
         env = {"MINEGAN_AUTH": "required", "MINEGAN_GRPC_PORT": str(grpc_port), "MINEGAN_AUTH_CACHE_S": "0",
-               "MINEGAN_MAX_UPLOAD_BYTES": "200000"}
+               "MINEGAN_MAX_UPLOAD_BYTES": "200000",
+               "MINEGAN_SAMPLE_BATCH_MEASURE": "false"}  # batch up to the cap, whatever the timings: the batching test relies on it
         with embedded_server(Path(tmp), **env) as (url, full_env):
             alice, bob = _key(full_env, "alice"), _key(full_env, "bob")
             h = {"Authorization": f"Bearer {alice}"}

@@ -24,7 +24,7 @@ def _model() -> MinedGenerator:
 
 
 def test_concurrent_requests_share_one_forward_pass_and_get_their_own_images_bit_for_bit() -> None:
-    model, batcher = _model(), SampleBatcher(window_s=0.002)
+    model, batcher = _model(), SampleBatcher(window_s=0.002, measure=False)
     seeds = [3, 1, 4, 1, 5, 9, 2, 6]
     ns = [16, 16, 8, 16, 4, 32, 16, 12]
 
@@ -38,7 +38,7 @@ def test_concurrent_requests_share_one_forward_pass_and_get_their_own_images_bit
 
 
 def test_a_lone_request_does_not_wait_for_the_window() -> None:
-    model, batcher = _model(), SampleBatcher(window_s=5.0)
+    model, batcher = _model(), SampleBatcher(window_s=5.0, measure=False)
 
     async def main() -> float:
         await sample_on_loop(model, 16, 0, batcher)  # the first request also runs the once-per-n check
@@ -51,7 +51,7 @@ def test_a_lone_request_does_not_wait_for_the_window() -> None:
 
 
 def test_under_load_a_leader_waits_for_as_many_members_as_the_last_batch_had_then_at_most_the_window() -> None:
-    model, batcher = _model(), SampleBatcher(window_s=0.2)
+    model, batcher = _model(), SampleBatcher(window_s=0.2, measure=False)
 
     async def main() -> tuple[float, torch.Tensor, list[torch.Tensor]]:
         await asyncio.gather(*(sample_on_loop(model, 16, s, batcher) for s in range(3)))  # a batch of 3
@@ -75,7 +75,7 @@ def test_under_load_a_leader_waits_for_as_many_members_as_the_last_batch_had_the
 
 
 def test_members_are_served_when_the_leader_is_cancelled() -> None:
-    model, batcher = _model(), SampleBatcher(window_s=0.5)
+    model, batcher = _model(), SampleBatcher(window_s=0.5, measure=False)
 
     async def main() -> torch.Tensor:
         await asyncio.gather(*(sample_on_loop(model, 16, s, batcher) for s in range(2)))  # next leader waits for 2
@@ -93,7 +93,7 @@ def test_members_are_served_when_the_leader_is_cancelled() -> None:
 
 @pytest.mark.parametrize("n", [1, 5, 6, 7, 9, 11, CHUNK + 1, 200])
 def test_other_sizes_are_rendered_alone(n: int) -> None:
-    model, batcher = _model(), SampleBatcher(window_s=0.002)
+    model, batcher = _model(), SampleBatcher(window_s=0.002, measure=False)
 
     async def main() -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         got = await asyncio.gather(*(sample_on_loop(model, n, s, batcher) for s in range(3)))
@@ -112,7 +112,7 @@ def test_the_invariance_check_turns_batching_off_for_a_model_whose_rows_depend_o
             return super().decode(u) + 1e-6 * len(u)
 
     src = tiny_source(width=4, z_dim=8)
-    model, batcher = BatchDependent(src.G.eval(), None), SampleBatcher(window_s=0.002)
+    model, batcher = BatchDependent(src.G.eval(), None), SampleBatcher(window_s=0.002, measure=False)
 
     async def main() -> list[torch.Tensor]:
         return list(await asyncio.gather(*(sample_on_loop(model, 16, s, batcher) for s in range(4))))
@@ -132,3 +132,31 @@ def test_a_batch_holds_at_most_four_render_pieces() -> None:
     batcher = SampleBatcher(window_s=0.002, max_images=128)
     assert batcher.cap(83) == 128  # 28x28 gray: 83 images a piece, the max_images cap
     assert batcher.cap(5) == 20  # 64x64 RGB: 5 images a piece -> 20 a batch, not 128 on the event loop
+
+
+def test_batches_are_limited_to_the_size_that_costs_least_per_image() -> None:
+    class Timed(MinedGenerator):
+        cost: dict[int, float] = {}
+
+        def decode(self, u: torch.Tensor) -> torch.Tensor:
+            time.sleep(self.cost.get(len(u), 0.0))  # sizes not listed: free (the invariance check's)
+            return super().decode(u)
+
+    src = tiny_source(width=4, z_dim=8)
+    model = Timed(src.G.eval(), None)
+    batcher = SampleBatcher(window_s=0.002, max_images=64)
+    # seconds per forward pass of 16, 32, 64 images: 32 is cheapest per image (0.6 ms vs 1 and 1.2)
+    Timed.cost = {16: 0.016, 32: 0.019, 64: 0.075}
+    assert SampleBatcher._cheapest(model, 16, 64) == 32
+    Timed.cost = {16: 0.016, 32: 0.032, 64: 0.04}  # ever cheaper: the cap
+    assert SampleBatcher._cheapest(model, 16, 64) == 64
+    Timed.cost = {16: 0.01, 32: 0.03, 64: 0.08}  # a larger batch never pays: never batched
+    assert batcher._limit(model, 16, 64) == 16
+
+    async def main() -> list[torch.Tensor]:
+        return list(await asyncio.gather(*(sample_on_loop(model, 16, s, batcher) for s in range(3))))
+
+    got = asyncio.run(main())
+    assert batcher.batches == 0
+    for s, x in enumerate(got):
+        assert torch.equal(x, model.sample(16, s))
