@@ -40,6 +40,7 @@ and benchmarks/sampling.py compare the bytes of concurrently batched requests wi
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import weakref
 from dataclasses import dataclass, field
@@ -48,6 +49,8 @@ import torch
 from prometheus_client import Histogram
 
 from core.mining import MinedGenerator
+
+log = logging.getLogger(__name__)
 
 BATCH = Histogram("minegan_sample_batch_requests", "Sample requests served by one batched forward pass",
                   buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32))
@@ -158,19 +161,12 @@ class SampleBatcher:
 
     @staticmethod
     def _cheapest(model: MinedGenerator, n: int, cap: int) -> int:
-        sizes = [n << k for k in range(8) if n << k <= cap]
-        u = torch.randn(sizes[-1], model.z_dim, generator=torch.Generator().manual_seed(0))
-        per_image = {}
-        for s in sizes:
-            model.decode(u[:s])  # warm
-            times = []
-            for _ in range(3):
-                t0 = time.perf_counter()
-                model.decode(u[:s])
-                times.append(time.perf_counter() - t0)
-            per_image[s] = min(times) / s
+        per_image = forward_cost(model, [n << k for k in range(8) if n << k <= cap])
         best = min(per_image.values())
-        return max(s for s, t in per_image.items() if t <= 1.05 * best)  # the largest within 5 % of the cheapest
+        limit = max(s for s, t in per_image.items() if t <= 1.05 * best)  # the largest within 5 % of the cheapest
+        log.info("sample batching: requests of %d images share forward passes of up to %d (ms per image by batch size: %s)",
+                 n, limit, ", ".join(f"{s}: {1000 * t:.3f}" for s, t in per_image.items()))
+        return limit
 
     @staticmethod
     def _check(model: MinedGenerator, n: int, total: int) -> bool:
@@ -187,3 +183,18 @@ class SampleBatcher:
             if not torch.equal(model.decode(mid)[4 : 4 + n], alone):
                 return False
         return True
+
+
+def forward_cost(model: MinedGenerator, sizes: list[int], reps: int = 3) -> dict[int, float]:
+    """Seconds per image of one forward pass x = G(M(u)) of each batch size (the fastest of ``reps``, after a warm-up)."""
+    u = torch.randn(max(sizes), model.z_dim, generator=torch.Generator().manual_seed(0))
+    per_image = {}
+    for s in sizes:
+        model.decode(u[:s])  # warm
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            model.decode(u[:s])
+            times.append(time.perf_counter() - t0)
+        per_image[s] = min(times) / s
+    return per_image
