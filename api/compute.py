@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -47,6 +48,26 @@ def _single_threaded() -> None:
     now, so its lazy per-thread initialisation cannot later reset the count to the process default."""
     torch.get_num_threads()
     torch.set_num_threads(1)
+    background_priority()
+
+
+BACKGROUND_NICE = 10
+_niced = threading.local()
+
+
+def background_priority() -> None:
+    """Give the calling OS thread a lower CPU priority (Linux: a thread has its own nice value), once per thread.
+    The threads that store uploads, decode target zips and load models call it, so that when the CPUs are
+    short the scheduler runs the event-loop thread, which renders samples, before them
+    (benchmarks/upload_sampling.py). Raising one's own nice value needs no privilege; elsewhere it does nothing."""
+    if getattr(_niced, "done", False):
+        return
+    _niced.done = True
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, max(os.getpriority(os.PRIO_PROCESS, tid), BACKGROUND_NICE))
+    except (AttributeError, OSError):  # not Linux, or not allowed: the same work at the same priority
+        pass
 
 
 _EXECUTOR = ThreadPoolExecutor(max_workers=1, thread_name_prefix="minegan-torch", initializer=_single_threaded)

@@ -159,6 +159,12 @@ def main() -> int:
                     statuses.append(r.status_code)
 
             threads = [threading.Thread(target=upload, args=(k,)) for k in range(a.uploads)]
+            spy = None
+            if os.environ.get("PROFILE_DIR") and rnd == 1:
+                spy = subprocess.Popen([str(BIN / "py-spy"), "record", "-p", str(api.pid), "-d", "2", "-f", "raw", "-r", "1000",
+                                        "--nonblocking", "-t", "-o", os.environ["PROFILE_DIR"] + "/upload.txt"],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                time.sleep(0.5)
             for t in threads:
                 t.start()
             start.wait()
@@ -171,6 +177,8 @@ def main() -> int:
                 i += 1
             for t in threads:
                 t.join()
+            if spy is not None:
+                spy.wait()
             busy.append(lat)
             print(f"round {rnd}: idle p99 {1000 * _pct(idle[-1], 0.99):.2f} ms, during uploads p99 "
                   f"{1000 * _pct(lat, 0.99):.2f} ms ({len(lat)} requests), uploads {sorted(statuses[-a.uploads:])}", flush=True)

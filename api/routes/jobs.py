@@ -12,7 +12,7 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from api.compute import run_torch
+from api.compute import background_priority, run_torch
 from api.deps import JobDep, ServicesDep, TenantDep
 from api.errors import ApiError, describe_errors
 from api.schemas import Artifact, JobList, JobPublic, JobSpec, Preview
@@ -109,6 +109,7 @@ async def store_submission(svc: Services, tenant: str, sub: Submission, data: by
     stored = sub.spec.model_dump() | {"options": resolved_options(sub.cfg)}
 
     def store() -> Job:
+        background_priority()  # after the sampling on the event loop (api/compute.py)
         svc.blobs.put(upload_key, data, "application/zip")
         try:  # the quota again, atomically with the insert: concurrent submissions all passed the early check
             job = jobs_dao.create(svc.settings.database_url, job_id=job_id, tenant=tenant, spec=stored, upload_key=upload_key,

@@ -45,3 +45,27 @@ def test_the_helper_thread_runs_torch_single_threaded_and_is_not_the_caller() ->
 
     assert asyncio.run(main()) == torch_helper_ident() != threading.get_ident()
     assert torch_threads_of_helper() == 1
+
+
+def test_background_threads_run_at_a_lower_cpu_priority_than_the_event_loop() -> None:
+    import os
+    import threading
+
+    from api.compute import BACKGROUND_NICE, background_priority
+
+    async def main() -> int:
+        return await run_torch(lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+
+    assert asyncio.run(main()) >= BACKGROUND_NICE  # the torch helper (uploads, model loads)
+    here = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    seen: list[int] = []
+
+    def other() -> None:
+        background_priority()
+        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+
+    t = threading.Thread(target=other)
+    t.start()
+    t.join()
+    assert seen == [max(here, BACKGROUND_NICE)]
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == here  # the caller's own thread is untouched
