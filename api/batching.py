@@ -28,12 +28,14 @@ that are not a multiple of 4; conv layers did not. So a request is eligible only
   of batches of up to :meth:`SampleBatcher.cap` rows). Where they differ, that ``n`` is rendered alone, always.
 
 **Only batches that pay.** Batching saves work only where a larger forward pass costs less per image. On a CPU
-that is not a given (a small generator costs about the same per image at 16 and 32 images and more at 64), so
-the first time a model meets a request size, :meth:`SampleBatcher._cheapest` also times its forward pass at that
-size doubled up to the cap and limits batches to the cheapest per image. On a GPU that is the cap.
+that is not a given (``mnist-no-9``'s generator and miner cost about the same per image from 32 to 128 images,
+and in one measurement more at 64 and 128 than at 16), so the first time a model meets a request size,
+:meth:`SampleBatcher._cheapest` also times its forward pass at that size doubled up to the cap and limits batches
+to the cheapest per image. Where larger batches keep getting cheaper, as expected on a GPU (not measured here),
+that is the cap.
 
 The check samples a few batch shapes; it is evidence, not a proof for every shape. tests/api/test_batching.py
-and benchmarks/sampling.py compare the bytes of concurrently batched requests with the same requests alone.
+tests/test_oip.py and benchmarks/batching.py compare the bytes of concurrently batched requests with the same requests alone.
 ``sample_batch_window_ms=0`` turns batching off.
 """
 
