@@ -85,9 +85,12 @@ def main() -> int:
              "for a refused case, and the server still runs jobs.", "",
              "| case | what is sent | status | error code | message (first 220 characters) |", "|---|---|---|---|---|", *rows,
              "", "## Model files", "",
-             f"Every case of `model_corpus()` in `tests/hostile.py`, sent as the `generator` of a `POST /models` upload on {where}. "
-             "ONNX graphs are checked before conversion (no external data, declared sizes that match the bytes, one input z, "
-             "image-shaped output, known standard operators) and then run once on two latents; safetensors headers are checked "
+             f"Every case of `model_corpus()` in `tests/hostile.py`, sent as the `generator` (and, for the critic cases, the "
+             f"`critic`) of a `POST /models` upload on {where}. "
+             "ONNX graphs are checked before conversion (no external data, declared sizes that match the bytes, the inputs of "
+             "their role: z and, if declared, the class in its declared form for a generator, images of the generator's shape for "
+             "a critic; an image-shaped output for a generator, one score per image for a critic; known standard operators) "
+             "and then run once on two latents (two images for a critic); safetensors headers are checked "
              "against the file before a tensor is read; torch files load with `weights_only=True`. "
              "`tests/api/test_hostile_models.py` asserts these statuses and codes, that no model is stored and that no pickled "
              "code ran.", "",

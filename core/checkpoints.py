@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from core.formats import OnnxGenerator, OnnxGeneratorConfig
+from core.formats import OnnxCritic, OnnxCriticConfig, OnnxGenerator, OnnxGeneratorConfig
 from core.nets import (
     Classifier,
     ClassifierConfig,
@@ -51,6 +51,7 @@ _KINDS: dict[str, tuple[type, type]] = {
     "classifier": (Classifier, ClassifierConfig),
     "dcgan-generator": (DCGANGenerator, DCGANGeneratorConfig),
     "onnx-generator": (OnnxGenerator, OnnxGeneratorConfig),  # rebuilt from its graph bytes (a buffer): from_state
+    "onnx-critic": (OnnxCritic, OnnxCriticConfig),
 }
 _KIND_OF = {module_cls: kind for kind, (module_cls, _) in _KINDS.items()}
 

@@ -45,7 +45,7 @@ from torch import nn
 
 from core import checkpoints
 from core.augment import diff_augment
-from core.nets import Critic, new_like
+from core.nets import Critic, critic_like, new_like
 from core.options import DEFAULTS, FUSION_CRITICS, RunConfig, check_sources
 from core.trainer import RUN_FORMAT, GanModules, ProgressFn, StageConfig, StagedRun, StageHooks, StageState, StopFn
 from core.zoo import SourceModel, source_checkpoint
@@ -202,10 +202,10 @@ def fuse(
         raise ValueError(f"fusion critic must be one of {FUSION_CRITICS}, not {cfg.critic!r}")
     torch.manual_seed(cfg.seed)
     g0, d0 = sources[0].G, sources[0].D
-    G, D = new_like(g0), Critic(d0.cfg)
+    # the projection critic reads our critic's features phi(x); an uploaded ONNX critic has none, so it starts fresh
+    G, D = new_like(g0), critic_like(d0, fresh=cfg.init != "source" or (cfg.critic == "projection" and not isinstance(d0, Critic)))
     if cfg.init == "source":
         G.load_state_dict(g0.state_dict())
-        D.load_state_dict(d0.state_dict())
     means = fusion_means(len(sources), g0.cfg.z_dim, cfg.mean_scale, cfg.seed)
     if cfg.critic == "projection":  # D_F(x, i): the critic sees which source (prior region) an image belongs to
         mods = FusionModules(G=G, D=ProjectionCritic(D, len(sources)), z_dim=g0.cfg.z_dim, n_classes=len(sources), means=means)

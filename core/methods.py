@@ -43,7 +43,7 @@ from core.finetune import finetune_stage
 from core.fusion import FusionConfig, fuse
 from core.mining import MinedGenerator, mining_stage
 from core.multi import MultiGanModules, MultiMinedGenerator, unconditional_critic
-from core.nets import GENERATORS, Critic, JointMiner, JointMinerConfig, Miner, MinerConfig, OnnxGenerator, new_like
+from core.nets import GENERATORS, JointMiner, JointMinerConfig, Miner, MinerConfig, OnnxGenerator, critic_like, new_like
 from core.options import (
     DEFAULTS,
     FUSION_METHODS,
@@ -122,11 +122,9 @@ def build_modules(cfg: RunConfig, source: SourceModel | list[SourceModel]) -> Ga
     if cfg.method == "scratch" and isinstance(source.G, OnnxGenerator):
         raise MethodError("method: scratch re-initialises the generator, which an ONNX generator cannot be; use a mining or finetuning method")
     G = new_like(source.G)
-    D = Critic(source.D.cfg)
+    D = critic_like(source.D, fresh=cfg.method == "scratch" or cfg.critic_init == "fresh")
     if cfg.method != "scratch":
         G.load_state_dict(source.G.state_dict())
-        if cfg.critic_init != "fresh":
-            D.load_state_dict(source.D.state_dict())
     z = source.G.cfg.z_dim
     if source.conditional:  # embedding-conditioned G (Sec. 4.1): miners M^z and M^c, critic without labels
         M: nn.Module = JointMiner(JointMinerConfig(z_dim=z, hidden=cfg.miner_hidden or z, layers=cfg.miner_layers,
@@ -148,10 +146,7 @@ def _build_family(cfg: RunConfig, sources: list[SourceModel]) -> MultiGanModules
         else:
             members.append((gi, -1))
             names.append(s.name)
-    crit = sources[cfg.critic_source].D
-    D = Critic(crit.cfg)
-    if cfg.critic_init != "fresh":
-        D.load_state_dict(crit.state_dict())
+    D = critic_like(sources[cfg.critic_source].D, fresh=cfg.critic_init == "fresh")
     Ms = nn.ModuleList(_new_miner(cfg, g0.z_dim) for _ in members)
     return MultiGanModules(G=Gs, D=unconditional_critic(D), M=Ms, z_dim=g0.z_dim, members=members, rule=cfg.selection,
                            member_names=names)
@@ -167,9 +162,7 @@ def _build_region_family(cfg: RunConfig, fused: SourceModel) -> MultiGanModules:
     names = [f"region:{n}" for n in fused.meta["fusion"]["sources"]]
     G = new_like(fused.G)
     G.load_state_dict(fused.G.state_dict())
-    D = Critic(fused.D.cfg)
-    if cfg.critic_init != "fresh":
-        D.load_state_dict(fused.D.state_dict())
+    D = critic_like(fused.D, fresh=cfg.critic_init == "fresh")
     Ms = nn.ModuleList(_new_miner(cfg, fused.G.cfg.z_dim) for _ in names)
     with torch.no_grad():
         for M, mu in zip(Ms, means):

@@ -29,8 +29,8 @@ from torch import nn
 
 from core import checkpoints
 from core.data import load_fashion, load_mnist
-from core.formats import ModelFormatError, OnnxGenerator, OnnxGeneratorConfig, read_state
-from core.nets import GENERATORS, AnyGenerator, Critic, CriticConfig, DCGANGenerator, DCGANGeneratorConfig, Generator, GeneratorConfig
+from core.formats import ModelFormatError, OnnxCritic, OnnxCriticConfig, OnnxGenerator, OnnxGeneratorConfig, is_safetensors, read_state
+from core.nets import GENERATORS, AnyCritic, AnyGenerator, Critic, CriticConfig, DCGANGenerator, DCGANGeneratorConfig, Generator, GeneratorConfig
 from core.options import SourceInfo
 from core.trainer import GanModules, ProgressFn, StageConfig, StopFn, TargetBatches, make_stage_state, run_stage
 
@@ -88,7 +88,7 @@ def recipe(name: str) -> Recipe:
 class SourceModel:
     name: str
     G: AnyGenerator
-    D: Critic
+    D: AnyCritic
     meta: dict[str, Any]
 
     @property
@@ -185,11 +185,11 @@ def load_source_file(path: Path, name: str | None = None) -> SourceModel:
         raise checkpoints.CheckpointError(f"{path} is not a source-model file")
     G = checkpoints.unpack_module(obj["generator"])
     D = checkpoints.unpack_module(obj["critic"])
-    assert isinstance(G, GENERATORS) and isinstance(D, Critic)
+    assert isinstance(G, GENERATORS) and isinstance(D, (Critic, OnnxCritic))
     return SourceModel(name=name or str(obj.get("name", path.stem)), G=G.eval(), D=D, meta=dict(obj.get("meta", {})))
 
 
-def source_checkpoint(name: str, G: AnyGenerator, D: Critic, meta: dict[str, Any]) -> dict[str, Any]:
+def source_checkpoint(name: str, G: AnyGenerator, D: AnyCritic, meta: dict[str, Any]) -> dict[str, Any]:
     return {"format": SOURCE_FORMAT, "name": name, "generator": checkpoints.pack_module("generator", G),
             "critic": checkpoints.pack_module("critic", D), "meta": meta}
 
@@ -261,17 +261,14 @@ def source_from_state_dicts(model_id: str, family: str, config: dict[str, Any], 
     if family not in FAMILIES:
         raise ValueError(f"family: {family!r} is not one of {', '.join(FAMILIES)}")
     data = generator.read_bytes() if isinstance(generator, Path) else generator
-    G = _onnx_generator(config, data) if family == "onnx" else _layout_generator(family, config, data)
+    g_config = {k: v for k, v in config.items() if k != "critic_input_range"}  # that one is the critic's
+    G = _onnx_generator(g_config, data) if family == "onnx" else _layout_generator(family, g_config, data)
     gcfg: Any = G.cfg
     torch.manual_seed(0)
-    D = Critic(CriticConfig(img_size=gcfg.img_size, channels=gcfg.channels, width=32,
-                            n_classes=gcfg.n_classes))
+    D: Critic | OnnxCritic = Critic(CriticConfig(img_size=gcfg.img_size, channels=gcfg.channels, width=32,
+                                                 n_classes=gcfg.n_classes))
     if critic is not None:
-        d_state = _unwrap_state(read_state(critic.read_bytes() if isinstance(critic, Path) else critic, "critic"), "critic")
-        missing, unexpected = _load_strict(D, d_state)
-        if missing or unexpected:
-            raise checkpoints.CheckpointError(f"critic: the weights do not fit our critic layout: missing {missing[:4]}, "
-                                              f"unexpected {unexpected[:4]} (leave the critic out to start a fresh one)")
+        D = _critic_from(critic.read_bytes() if isinstance(critic, Path) else critic, D, config)
     G.eval()
     with torch.no_grad():
         try:
@@ -285,6 +282,44 @@ def source_from_state_dicts(model_id: str, family: str, config: dict[str, Any], 
         raise error(f"generator: produced {tuple(probe.shape)} (finite: {bool(torch.isfinite(probe).all())}), declared {want}")
     meta = {"description": description or f"uploaded {family} generator", "family": family, "critic": "uploaded" if critic else "fresh"}
     return source_checkpoint(model_id, G, D, meta)  # type: ignore[arg-type]
+
+
+def is_onnx(data: bytes) -> bool:
+    """An ONNX file, told from the other model files by elimination: safetensors start with a header length and
+    '{', torch files are zip archives ('PK') or pickles (0x80); an ONNX ModelProto starts with a protobuf field tag."""
+    return not is_safetensors(data) and data[:2] != b"PK" and data[:1] != b"\x80"
+
+
+def _critic_from(data: bytes, ours: Critic, config: dict[str, Any]) -> Critic | OnnxCritic:
+    """The uploaded critic: an ONNX graph images [N, C, H, W] -> [N] or [N, 1] of any architecture (``config``'s
+    ``critic_input_range``, default [-1, 1]: the images it expects), or a state dict of our critic layout (``ours``)."""
+    if is_onnx(data):
+        if ours.cfg.n_classes:
+            raise ModelFormatError("critic: ONNX critics are unconditional; a class-conditional source takes a state dict of our "
+                                   "critic layout, or none")
+        low, high = config.get("critic_input_range", (-1.0, 1.0))
+        try:
+            D = OnnxCritic(OnnxCriticConfig(img_size=ours.cfg.img_size, channels=ours.cfg.channels, in_min=float(low), in_max=float(high)),
+                           data)
+        except ModelFormatError as exc:
+            raise ModelFormatError(f"critic: {exc}") from exc
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"config: critic_input_range: {exc}") from exc
+        with torch.no_grad():
+            try:
+                score = D.eval()(torch.zeros(2, ours.cfg.channels, ours.cfg.img_size, ours.cfg.img_size))
+            except RuntimeError as exc:
+                raise ModelFormatError(f"critic: fails on images [2, {ours.cfg.channels}, {ours.cfg.img_size}, {ours.cfg.img_size}]: "
+                                       f"{str(exc)[:300]}") from exc
+        if not torch.isfinite(score).all():
+            raise ModelFormatError("critic: its scores are not finite")
+        return D
+    d_state = _unwrap_state(read_state(data, "critic"), "critic")
+    missing, unexpected = _load_strict(ours, d_state)
+    if missing or unexpected:
+        raise checkpoints.CheckpointError(f"critic: the weights do not fit our critic layout: missing {missing[:4]}, "
+                                          f"unexpected {unexpected[:4]} (upload it as ONNX, or leave it out to start a fresh one)")
+    return ours
 
 
 def _layout_generator(family: str, config: dict[str, Any], data: bytes) -> nn.Module:
@@ -301,13 +336,15 @@ def _layout_generator(family: str, config: dict[str, Any], data: bytes) -> nn.Mo
 
 
 def _onnx_generator(config: dict[str, Any], data: bytes) -> OnnxGenerator:
-    """``config``: z_dim, img_size, channels (checked against the graph), z_dist and z_scale, output_range [low, high]."""
+    """``config``: z_dim, img_size, channels (checked against the graph), z_dist and z_scale, output_range [low, high];
+    for a class input n_classes and class_input (index or onehot)."""
     cfg = dict(config)
     low, high = cfg.pop("output_range", (-1.0, 1.0))
     try:
         return OnnxGenerator(OnnxGeneratorConfig(**cfg, out_min=float(low), out_max=float(high)), data)
     except TypeError as exc:
-        raise ValueError(f"config: {exc} (ONNX: z_dim, img_size, channels, z_dist, z_scale, output_range)") from exc
+        raise ValueError(f"config: {exc} (ONNX: z_dim, img_size, channels, z_dist, z_scale, output_range, n_classes, "
+                         "class_input, critic_input_range)") from exc
 
 
 def _load_strict(module: nn.Module, state: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:

@@ -213,8 +213,10 @@ def check(case: Case, r: Any) -> None:
 
 def onnx_generator(z_dim: int = 8, *, size: int = 28, extra_nodes: list[Any] | None = None, out_rank: int = 4,
                    two_inputs: bool = False, nan: bool = False, outputs: bool = True, w_dims: list[int] | None = None,
-                   external: bool = False) -> bytes:
-    """A small ONNX generator z [N, z_dim] -> Tanh(Gemm) reshaped to [N, 1, size, size], or a broken variant of it."""
+                   external: bool = False, classes: str = "", n_classes: int = 3) -> bytes:
+    """A small ONNX generator z [N, z_dim] -> Tanh(Gemm) reshaped to [N, 1, size, size], or a broken variant of it.
+    ``classes``: a class-conditional one, whose second input (``index``: int64 [N]; ``onehot``: float [N, n_classes])
+    adds a per-class image to the pre-activation."""
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
@@ -231,20 +233,61 @@ def onnx_generator(z_dim: int = 8, *, size: int = 28, extra_nodes: list[Any] | N
     b = numpy_helper.from_array(np.zeros(pixels, np.float32), "b")
     shape = numpy_helper.from_array(np.array([-1, 1, size, size] if out_rank == 4 else [-1, pixels], np.int64), "shape")
     nodes = [helper.make_node("Gemm", ["z", "W", "b"], ["h"]), helper.make_node("Tanh", ["h"], ["t"])]
+    class_inits = []
+    if classes:
+        class_inits = [numpy_helper.from_array(rng.normal(0, 1.0, (n_classes, pixels)).astype(np.float32), "E")]
+        by_class = (helper.make_node("Gather", ["E", "label"], ["e"], axis=0) if classes == "index"
+                    else helper.make_node("MatMul", ["label", "E"], ["e"]))
+        nodes = [nodes[0], by_class, helper.make_node("Add", ["h", "e"], ["he"]), helper.make_node("Tanh", ["he"], ["t"])]
     last = "t"
     if nan:
         nodes += [helper.make_node("Abs", ["t"], ["a"]), helper.make_node("Neg", ["a"], ["na"]),
                   helper.make_node("Sqrt", ["na"], ["nan0"]), helper.make_node("Sub", ["nan0", "one"], ["nan"])]
         last = "nan"
     nodes += [*(extra_nodes or []), helper.make_node("Reshape", [last, "shape"], ["images"])]
-    inits = [w, b, shape, numpy_helper.from_array(np.ones(1, np.float32), "one")]
+    inits = [w, b, shape, numpy_helper.from_array(np.ones(1, np.float32), "one"), *class_inits]
     ins = [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["n", z_dim])]
-    if two_inputs:
+    if two_inputs or classes == "index":
         ins.append(helper.make_tensor_value_info("label", TensorProto.INT64, ["n"]))
+    elif classes == "onehot":
+        ins.append(helper.make_tensor_value_info("label", TensorProto.FLOAT, ["n", n_classes]))
     out_shape = ["n", 1, size, size] if out_rank == 4 else ["n", pixels]
     outs = [helper.make_tensor_value_info("images", TensorProto.FLOAT, out_shape)] if outputs else []
     graph = helper.make_graph(nodes, "g", ins, outs, inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return bytes(model.SerializeToString())
+
+
+def onnx_critic(size: int = 28, *, out_rank: int = 2, nan: bool = False, external: bool = False, two_inputs: bool = False) -> bytes:
+    """A small ONNX critic images [N, 1, size, size] -> Gemm(LeakyRelu(Conv(x))) scores [N, 1], or a broken variant."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(1)
+    half = size // 2
+    k = numpy_helper.from_array(rng.normal(0, 0.2, (4, 1, 4, 4)).astype(np.float32), "K")
+    w = numpy_helper.from_array(rng.normal(0, 0.05, (4 * half * half, 1)).astype(np.float32), "W")
+    if external:
+        w = TensorProto(name="W", data_type=TensorProto.FLOAT, dims=[4 * half * half, 1], data_location=TensorProto.EXTERNAL)
+        entry = w.external_data.add()
+        entry.key, entry.value = "location", "/etc/shadow"
+    b = numpy_helper.from_array(np.zeros(1, np.float32), "b")
+    nodes = [helper.make_node("Conv", ["x", "K"], ["h"], strides=[2, 2], pads=[1, 1, 1, 1]),
+             helper.make_node("LeakyRelu", ["h"], ["a"], alpha=0.2), helper.make_node("Flatten", ["a"], ["f"]),
+             helper.make_node("Gemm", ["f", "W", "b"], ["s"])]
+    last = "s"
+    if nan:
+        nodes += [helper.make_node("Div", ["s", "zero"], ["inf"]), helper.make_node("Sub", ["inf", "inf"], ["nan"])]
+        last = "nan"
+    if out_rank == 4:
+        nodes += [helper.make_node("Unsqueeze", [last, "axes"], ["s4"])]
+        last = "s4"
+    nodes += [helper.make_node("Identity", [last], ["score"])]
+    inits = [k, w, b, numpy_helper.from_array(np.zeros(1, np.float32), "zero"), numpy_helper.from_array(np.array([2, 3], np.int64), "axes")]
+    ins = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 1, size, size])]
+    if two_inputs:
+        ins.append(helper.make_tensor_value_info("label", TensorProto.INT64, ["n"]))
+    outs = [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["n", 1, 1, 1] if out_rank == 4 else ["n", 1])]
+    model = helper.make_model(helper.make_graph(nodes, "d", ins, outs, inits), opset_imports=[helper.make_opsetid("", 17)])
     return bytes(model.SerializeToString())
 
 
@@ -276,6 +319,7 @@ class ModelCase:
     status: int
     code: str
     names: str = ""  # what the message must mention
+    critic: Callable[[], bytes] | None = None  # a critic file sent beside the generator
 
 
 ONNX_CFG: dict[str, Any] = {"id": "evil", "family": "onnx", "config": {"z_dim": 8, "img_size": 28, "channels": 1}}
@@ -308,6 +352,23 @@ def model_corpus() -> list[ModelCase]:
                   "declared"),
         ModelCase("onnx NaN images", "a graph whose images are NaN", lambda: (onnx_generator(nan=True), ONNX_CFG),
                   422, "bad_model_file", "finite"),
+        ModelCase("onnx class input of the wrong form", "declared one-hot rows [N, 3], the graph takes class indices [N]",
+                  lambda: (onnx_generator(classes="index"), {**ONNX_CFG, "config": {**ONNX_CFG["config"], "n_classes": 3,
+                                                                                   "class_input": "onehot"}}),
+                  422, "bad_model_file", "onehot"),
+        ModelCase("onnx critic truncated", "a fine generator with a valid ONNX critic cut in half",
+                  lambda: (onnx_generator(), ONNX_CFG), 422, "bad_model_file", "truncated",
+                  critic=lambda: onnx_critic()[: len(onnx_critic()) // 2]),
+        ModelCase("onnx critic external data", "a critic weight stored 'in' /etc/shadow", lambda: (onnx_generator(), ONNX_CFG),
+                  422, "bad_model_file", "external", critic=lambda: onnx_critic(external=True)),
+        ModelCase("onnx critic for other images", "a critic of 32x32 images beside a 28x28 generator", lambda: (onnx_generator(), ONNX_CFG),
+                  422, "bad_model_file", "critic input", critic=lambda: onnx_critic(size=32)),
+        ModelCase("onnx critic image output", "a critic whose output is [N, 1, 1, 1], not one score per image",
+                  lambda: (onnx_generator(), ONNX_CFG), 422, "bad_model_file", "one score", critic=lambda: onnx_critic(out_rank=4)),
+        ModelCase("onnx critic two inputs", "a critic that also takes a label", lambda: (onnx_generator(), ONNX_CFG),
+                  422, "bad_model_file", "inputs", critic=lambda: onnx_critic(two_inputs=True)),
+        ModelCase("onnx critic NaN scores", "a critic whose scores are NaN", lambda: (onnx_generator(), ONNX_CFG),
+                  422, "bad_model_file", "finite", critic=lambda: onnx_critic(nan=True)),
         ModelCase("safetensors header past the end", "a header length of 1 GB in a 10-byte file",
                   lambda: (safetensors_with(b"{}", header_len=10**9), STATE_CFG), 422, "bad_model_file", "header"),
         ModelCase("safetensors offsets outside", "a tensor whose data lies past the end of the file",
@@ -323,8 +384,10 @@ def model_corpus() -> list[ModelCase]:
 
 def send_model(client: Any, case: ModelCase, headers: dict[str, str] | None = None) -> Any:
     data, cfg = case.build()
-    return client.post("/models", files={"generator": ("g.bin", data, "application/octet-stream")},
-                       data={"config": json.dumps(cfg)}, headers=headers or {})
+    files = {"generator": ("g.bin", data, "application/octet-stream")}
+    if case.critic is not None:
+        files["critic"] = ("d.bin", case.critic(), "application/octet-stream")
+    return client.post("/models", files=files, data={"config": json.dumps(cfg)}, headers=headers or {})
 
 
 def check_model(case: ModelCase, r: Any) -> None:

@@ -39,7 +39,9 @@ class UploadConfig(BaseModel):
                         "architecture, as an ONNX graph z [N, z_dim] -> images [N, C, H, W])")
     config: dict[str, Any] = Field(default_factory=dict, description="architecture config, e.g. {\"z_dim\": 100, "
                                    "\"channels\": 3, \"width\": 64} for dcgan64; for onnx {\"z_dim\", \"img_size\", \"channels\", "
-                                   "\"z_dist\": \"normal\" or \"uniform\", \"z_scale\", \"output_range\": [low, high]}")
+                                   "\"z_dist\": \"normal\" or \"uniform\", \"z_scale\", \"output_range\": [low, high]}, and for a class input "
+                                   "\"n_classes\" and \"class_input\": \"index\" or \"onehot\"; with an ONNX critic, "
+                                   "\"critic_input_range\": [low, high] (default [-1, 1])")
     description: str = Field(default="", max_length=300)
 
 
@@ -49,9 +51,10 @@ _UPLOAD_DOC = """Two ways to add a source model you can then mine:
 * multipart: ``generator`` and optional ``critic`` files, and ``config`` (JSON ``{"id", "family", "config",
   "description"}``). Family ``dcgan64`` or ``minegan``: a state dict, as a torch file (loaded with
   ``weights_only=True``) or safetensors, that must fit the declared layout. Family ``onnx``: an ONNX graph of any
-  architecture mapping z to images, converted to torch modules (no code from the file runs), with the declared
-  z distribution and output range. The critic, if given, is a state dict of this service's critic layout; without
-  one, jobs start a fresh critic with a warm-up. A file is refused (4xx, nothing stored) unless it
+  architecture mapping z (and, with ``n_classes``, a class input) to images, converted to torch modules (no code
+  from the file runs), with the declared z distribution and output range. The critic, if given, is an ONNX graph
+  mapping images to one score each (any architecture, any family) or a state dict of this service's critic
+  layout; without one, jobs start a fresh critic with a warm-up. A file is refused (4xx, nothing stored) unless it
   produces finite images of the declared shape.
 
 The source belongs to your tenant."""

@@ -128,3 +128,88 @@ def test_an_onnx_generator_gives_the_torch_originals_images_and_is_mined(client:
     assert done["status"] == "succeeded", done
     png = client.get(f"/jobs/{job['id']}/sample?n=4")
     assert png.status_code == 200 and Image.open(io.BytesIO(png.content)).size == (2 * 66 + 2, 2 * 66 + 2)
+
+
+def _gray_zip(n: int = 12, size: int = 28) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for i in range(n):
+            out = io.BytesIO()
+            Image.new("L", (size, size), 30 + 15 * i).save(out, format="PNG")
+            zf.writestr(f"{i}.png", out.getvalue())
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("class_input", ["index", "onehot"])
+def test_an_onnx_generator_with_a_class_input_draws_each_class_and_is_mined_as_a_family(client: TestClient, tmp_path: Path,
+                                                                                      class_input: str) -> None:
+    """A class-conditional ONNX graph (z and class indices, or z and one-hot rows): each class's images are the graph's
+    own (onnx's reference evaluator, a third-party judge), and mining it mines the family of its classes."""
+    import numpy as np
+    from onnx.reference import ReferenceEvaluator
+
+    from store import sources as registry
+    from tests.hostile import onnx_generator
+
+    graph = onnx_generator(z_dim=8, classes=class_input, n_classes=3)
+    cfg = {"id": f"cond-{class_input}", "family": "onnx", "config": {"z_dim": 8, "img_size": 28, "channels": 1, "n_classes": 3,
+                                                                     "class_input": class_input}}
+    r = _upload(client, graph, cfg)
+    assert r.status_code == 201, r.text
+    assert r.json()["conditional"] is True and r.json()["n_classes"] == 3
+    G = registry.load(client.app.state.services.blobs, cfg["id"], tmp_path, "default").G.eval()  # type: ignore[attr-defined]
+    z = torch.randn(6, 8, generator=torch.Generator().manual_seed(3))
+    c = torch.tensor([0, 1, 2, 2, 1, 0])
+    label = c.numpy() if class_input == "index" else np.eye(3, dtype=np.float32)[c.numpy()]
+    (want,) = ReferenceEvaluator(graph).run(None, {"z": z.numpy(), "label": label})
+    with torch.no_grad():
+        got = G(z, c)
+    assert got.shape == (6, 1, 28, 28) and np.allclose(got.numpy(), want, atol=1e-5)
+    assert not torch.allclose(got[0], G(z[:1], torch.tensor([1]))[0])  # the class input matters
+    with pytest.raises(ValueError, match="class indices"):
+        G(z)
+    spec = {"sources": [cfg["id"]], "method": "minegan", "mining_steps": 2, "finetune_steps": 1, "batch_size": 6,
+            "options": {"n_critic": 1, "critic_warmup": 1}}
+    job = client.post("/jobs", files={"images": ("t.zip", _gray_zip(), "application/zip")}, data={"spec": json.dumps(spec)}).json()
+    done = wait_for(client, job["id"])
+    assert done["status"] == "succeeded", done
+    assert len(done["selector"]) == 3  # one miner per class (supplement Sec. A), weighed by the selector's pi
+    assert client.get(f"/jobs/{job['id']}/sample?n=4").status_code == 200
+
+
+def test_an_onnx_critic_is_the_sources_critic_and_is_finetuned_with_s3(client: TestClient, tmp_path: Path) -> None:
+    """An ONNX critic uploaded beside a generator scores as the graph does, jobs start from it (auto: source), and
+    minegan++ selects its filters with S^3 and finetunes it; critic_init fresh replaces it by a new critic of ours."""
+    import numpy as np
+    from onnx.reference import ReferenceEvaluator
+
+    from core import methods
+    from core.formats import OnnxCritic
+    from core.options import RunConfig
+    from store import sources as registry
+    from tests.hostile import onnx_critic, onnx_generator
+
+    critic = onnx_critic(size=28)
+    cfg = {"id": "with-critic", "family": "onnx", "config": {"z_dim": 8, "img_size": 28, "channels": 1}}
+    r = client.post("/models", files={"generator": ("g.onnx", onnx_generator(), "application/octet-stream"),
+                                      "critic": ("d.onnx", critic, "application/octet-stream")}, data={"config": json.dumps(cfg)})
+    assert r.status_code == 201, r.text
+    assert r.json()["critic"] is True
+    src = registry.load(client.app.state.services.blobs, "with-critic", tmp_path, "default")  # type: ignore[attr-defined]
+    assert isinstance(src.D, OnnxCritic) and src.has_critic
+    x = torch.rand(5, 1, 28, 28) * 2 - 1
+    (want,) = ReferenceEvaluator(critic).run(None, {"x": x.numpy()})
+    with torch.no_grad():
+        assert np.allclose(src.D(x).numpy(), want, atol=1e-5)
+    mods = methods.build_modules(RunConfig(method="minegan++"), src)
+    assert isinstance(mods.D, OnnxCritic) and torch.equal(mods.D(x), src.D(x))
+    assert not isinstance(methods.build_modules(RunConfig(method="minegan++", critic_init="fresh"), src).D, OnnxCritic)
+    before = {k: v.clone() for k, v in src.D.state_dict().items()}
+    spec = {"sources": ["with-critic"], "method": "minegan++", "mining_steps": 2, "finetune_steps": 2, "batch_size": 6,
+            "options": {"n_critic": 1}}
+    job = client.post("/jobs", files={"images": ("t.zip", _gray_zip(), "application/zip")}, data={"spec": json.dumps(spec)}).json()
+    done = wait_for(client, job["id"])
+    assert done["status"] == "succeeded", done
+    assert job["total_steps"] == 4  # the source ships a critic: no warm-up
+    assert 0 < done["metrics"]["s3_trainable_fraction"] < 1, done["metrics"]  # S^3 chose a part of the ONNX critic's Conv and Gemm
+    assert torch.equal(src.D.state_dict()["net.Gemm.weight"], before["net.Gemm.weight"])
