@@ -136,7 +136,38 @@ def _onnx2torch() -> Any:
             sys.modules["torchvision"], sys.modules["torchvision.ops"] = stand_in, ops
     import onnx2torch
 
+    _register_extra_converters()
     return onnx2torch
+
+
+def _register_extra_converters() -> None:
+    """Converters for standard ONNX operators that onnx2torch lacks and generators use: OneHot (what
+    ``F.one_hot`` of a one-hot conditional generator exports to). Registered once, for each opset that defines it."""
+    from onnx2torch.node_converters.registry import _CONVERTER_REGISTRY, OperationDescription, add_converter
+    from onnx2torch.utils.common import OnnxToTorchModule, OperationConverterResult, onnx_mapping_from_node
+
+    class OnnxOneHot(nn.Module, OnnxToTorchModule):  # type: ignore[misc]
+        """OneHot(indices, depth, values[off, on]) along ``axis``; negative indices count from depth, as the spec says."""
+
+        def __init__(self, axis: int) -> None:
+            super().__init__()
+            self.axis = axis
+
+        def forward(self, indices: torch.Tensor, depth: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+            d = int(depth.reshape(-1)[0])
+            idx = indices.long()
+            idx = torch.where(idx < 0, idx + d, idx)
+            hot = nn.functional.one_hot(idx, d).to(values.dtype)  # [..., d]
+            out = values[0] + (values[1] - values[0]) * hot
+            return out.movedim(-1, self.axis) if self.axis not in (-1, out.dim() - 1) else out
+
+    def convert(node: Any, graph: Any) -> Any:  # noqa: ARG001 - the registry's signature
+        return OperationConverterResult(torch_module=OnnxOneHot(int(node.attributes.get("axis", -1))),
+                                        onnx_mapping=onnx_mapping_from_node(node=node))
+
+    for version in (9, 11):
+        if OperationDescription("", "OneHot", version) not in _CONVERTER_REGISTRY:
+            add_converter(operation_type="OneHot", version=version)(convert)
 
 
 _NOT_FOR_GENERATORS = {"NonMaxSuppression", "RoiAlign", "If", "Loop", "Scan"}

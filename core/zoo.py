@@ -292,11 +292,10 @@ def is_onnx(data: bytes) -> bool:
 
 def _critic_from(data: bytes, ours: Critic, config: dict[str, Any]) -> Critic | OnnxCritic:
     """The uploaded critic: an ONNX graph images [N, C, H, W] -> [N] or [N, 1] of any architecture (``config``'s
-    ``critic_input_range``, default [-1, 1]: the images it expects), or a state dict of our critic layout (``ours``)."""
+    ``critic_input_range``, default [-1, 1]: the images it expects), or a state dict of our critic layout (``ours``).
+    An ONNX critic is unconditional; a class-conditional source is mined as a family, whose critic is unconditional
+    anyway (``core.multi.unconditional_critic``)."""
     if is_onnx(data):
-        if ours.cfg.n_classes:
-            raise ModelFormatError("critic: ONNX critics are unconditional; a class-conditional source takes a state dict of our "
-                                   "critic layout, or none")
         low, high = config.get("critic_input_range", (-1.0, 1.0))
         try:
             D = OnnxCritic(OnnxCriticConfig(img_size=ours.cfg.img_size, channels=ours.cfg.channels, in_min=float(low), in_max=float(high)),

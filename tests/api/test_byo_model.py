@@ -213,3 +213,22 @@ def test_an_onnx_critic_is_the_sources_critic_and_is_finetuned_with_s3(client: T
     assert job["total_steps"] == 4  # the source ships a critic: no warm-up
     assert 0 < done["metrics"]["s3_trainable_fraction"] < 1, done["metrics"]  # S^3 chose a part of the ONNX critic's Conv and Gemm
     assert torch.equal(src.D.state_dict()["net.Gemm.weight"], before["net.Gemm.weight"])
+
+
+def test_torch_onnx_export_of_a_one_hot_conditional_generator_round_trips() -> None:
+    """torch.onnx.export of the project's one-hot conditional generator uses the OneHot operator, which onnx2torch
+    lacks and core/formats.py converts: the upload draws the original's images for every class."""
+    from core import checkpoints, zoo
+    from core.nets import Generator, GeneratorConfig
+
+    torch.manual_seed(0)
+    G = Generator(GeneratorConfig(z_dim=8, img_size=28, channels=1, width=8, n_classes=4)).eval()
+    buf = io.BytesIO()
+    torch.onnx.export(G, (torch.randn(2, 8), torch.zeros(2, dtype=torch.long)), buf, input_names=["z", "c"], output_names=["images"],
+                      dynamic_axes={"z": {0: "n"}, "c": {0: "n"}, "images": {0: "n"}}, opset_version=17, dynamo=False)
+    assert b"OneHot" in buf.getvalue()
+    ckpt = zoo.source_from_state_dicts("cg", "onnx", {"z_dim": 8, "img_size": 28, "channels": 1, "n_classes": 4}, buf.getvalue())
+    up = checkpoints.unpack_module(ckpt["generator"]).eval()
+    z, c = torch.randn(8, 8), torch.arange(8) % 4
+    with torch.no_grad():
+        assert torch.allclose(up(z, c), G(z, c), atol=1e-6)
