@@ -14,8 +14,12 @@ So there is exactly one team, and it belongs to the thread that renders samples:
   pieces of at most :data:`CHUNK_VALUES` output values (a few milliseconds each) and the loop serves other
   requests between pieces. Encoding a result of one piece or less stays on the loop; a larger one goes to
   the helper thread.
-* :func:`run_torch` runs the rest (loading a finished job's model from storage, decoding and checking an
-  uploaded target zip, checking an uploaded generator, the target grid) on one helper thread whose torch
+* :func:`run_check` decodes and checks uploaded target zips in a separate process at low priority. That work
+  is mostly Python (zip entries, limits, image conversions): in a thread of this process it would hold the
+  GIL, and the event loop would wait for it after every torch op of a forward pass (up to the 5 ms switch
+  interval each), which is where sampling's tail went while uploads were checked (benchmarks/upload_sampling.py).
+* :func:`run_torch` runs the rest (loading a finished job's model from storage, checking an uploaded
+  generator, the target grid) on one helper thread whose torch
   runs with a single intra-op thread: it never starts OpenMP worker threads, so it adds no second team, and
   these calls (up to seconds) never block the event loop. Starlette's threadpool and the event loop never
   run those.
@@ -25,10 +29,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
+import multiprocessing
 import os
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import ParamSpec, Protocol, TypeVar
 
 import torch
@@ -77,6 +84,51 @@ async def run_torch(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     """Run ``fn(*args, **kwargs)`` on the single-threaded torch helper and await it (exceptions propagate)."""
     _claim_render_team()  # the loop thread owns the team before the helper first sets torch's count to 1
     return await asyncio.get_running_loop().run_in_executor(_EXECUTOR, functools.partial(fn, *args, **kwargs))
+
+
+log = logging.getLogger(__name__)
+_CHECKER: ProcessPoolExecutor | None = None
+_checker_lock = threading.Lock()
+
+
+def _checker_init() -> None:
+    """Checker-process initializer: low priority for the whole process, one torch thread."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, max(os.getpriority(os.PRIO_PROCESS, 0), BACKGROUND_NICE))
+    except (AttributeError, OSError):
+        pass
+    torch.set_num_threads(1)
+
+
+def _checker() -> ProcessPoolExecutor:
+    global _CHECKER
+    with _checker_lock:
+        if _CHECKER is None:  # spawn: a fresh interpreter, never a fork of this threaded one
+            _CHECKER = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=_checker_init)
+        return _CHECKER
+
+
+def start_checker() -> None:
+    """Start the checker process now (the app's startup), so that the first upload does not wait for its imports."""
+    _checker().submit(int)
+
+
+async def run_check(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Run the module-level function ``fn`` in the checker process and await it: arguments and result are pickled,
+    so it suits a few MB of upload and a small report. Its exceptions propagate when they pickle (plain ones do).
+    A checker that died (killed, out of memory) is replaced and the call runs once more."""
+    loop = asyncio.get_running_loop()
+    for attempt in (0, 1):
+        try:
+            return await loop.run_in_executor(_checker(), functools.partial(fn, *args, **kwargs))
+        except BrokenProcessPool:
+            global _CHECKER
+            with _checker_lock:
+                _CHECKER = None
+            if attempt:
+                raise
+            log.warning("the upload checker process died; starting another")
+    raise AssertionError("unreachable")
 
 
 # One piece of a render: 65536 output values (83 MNIST images of 28x28, 5 RGB 64x64 images; at least 4 images).

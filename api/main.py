@@ -75,6 +75,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             subscriber.start()
         else:
             log.warning("broker is not Redis: GET /sample asks the database for the latest job on every request")
+        if settings.upload_check_process:
+            from api.compute import start_checker
+
+            start_checker()
         app.state.services = Services(settings=settings, blobs=blob_store, enqueue=enqueue,
                                       models=ModelCache(blob_store, settings.model_cache_size), check_broker=check_broker,
                                       latest=latest)

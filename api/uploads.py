@@ -39,8 +39,27 @@ async def read_upload(upload: UploadFile, limit: int) -> bytes:
 
 def validate_target(data: bytes, channels: int, size: int, settings: Settings) -> dict[str, Any]:
     """Decode the whole target set once, under every limit; returns its report (counts, conversions)."""
+    outcome = check_target(data, channels, size, settings.max_target_images, settings.zip_limits(), settings.max_image_pixels)
+    if "error" in outcome:
+        raise ApiError(*outcome["error"])
+    return outcome["report"]  # type: ignore[no-any-return]
+
+
+async def validate_target_off_process(data: bytes, channels: int, size: int, settings: Settings) -> dict[str, Any]:
+    """:func:`validate_target` in the low-priority checker process (api/compute.py, :func:`run_check`)."""
+    from api.compute import run_check
+
+    outcome = await run_check(check_target, data, channels, size, settings.max_target_images, settings.zip_limits(),
+                              settings.max_image_pixels)
+    if "error" in outcome:
+        raise ApiError(*outcome["error"])
+    return outcome["report"]  # type: ignore[no-any-return]
+
+
+def check_target(data: bytes, channels: int, size: int, max_images: int, limits: Any, max_pixels: int) -> dict[str, Any]:
+    """{"report": ...} of a usable target zip, or {"error": [status, code, message]}: plain values, which cross a
+    process boundary as they are."""
     try:
-        return load_target_bytes(data, channels, size, max_images=settings.max_target_images, limits=settings.zip_limits(),
-                                 max_pixels=settings.max_image_pixels).report
+        return {"report": load_target_bytes(data, channels, size, max_images=max_images, limits=limits, max_pixels=max_pixels).report}
     except TargetDataError as exc:
-        raise ApiError(exc.status, exc.code, str(exc)) from exc
+        return {"error": [exc.status, exc.code, str(exc)]}

@@ -17,7 +17,7 @@ from api.deps import JobDep, ServicesDep, TenantDep
 from api.errors import ApiError, describe_errors
 from api.schemas import Artifact, JobList, JobPublic, JobSpec, Preview
 from api.services import Services
-from api.uploads import read_upload, validate_target
+from api.uploads import read_upload, validate_target, validate_target_off_process
 from api.views import job_public
 from core.data import load_target_bytes
 from core.images import grid_png
@@ -99,7 +99,10 @@ async def check_submission(svc: Services, tenant: str, raw_spec: str) -> Submiss
 async def store_submission(svc: Services, tenant: str, sub: Submission, data: bytes) -> JobPublic:
     """Check the target zip, store it, record the job and enqueue it (after the commit, so a worker always finds it)."""
     src = sub.sources[0]
-    report = await run_torch(validate_target, data, src["channels"], src["resolution"], svc.settings)
+    if svc.settings.upload_check_process:  # its Python must not hold this process's GIL while samples render
+        report = await validate_target_off_process(data, src["channels"], src["resolution"], svc.settings)
+    else:
+        report = await run_torch(validate_target, data, src["channels"], src["resolution"], svc.settings)
     if sub.spec.batch_size > report["n_images"]:
         raise ApiError(422, "invalid_spec", f"batch_size: {sub.spec.batch_size} is larger than the "
                                             f"{report['n_images']} target images")

@@ -69,3 +69,44 @@ def test_background_threads_run_at_a_lower_cpu_priority_than_the_event_loop() ->
     t.join()
     assert seen == [max(here, BACKGROUND_NICE)]
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == here  # the caller's own thread is untouched
+
+
+def _whoami() -> tuple[int, int]:
+    import os
+
+    return os.getpid(), os.getpriority(os.PRIO_PROCESS, 0)
+
+
+def test_target_zips_are_checked_in_a_low_priority_process_whose_errors_reach_the_caller(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """run_check: another process (so its Python holds another GIL), at nice 10 or more; a check's refusal comes back
+    as the same 4xx; a checker that dies is replaced and the call still answers."""
+    import os
+    import signal
+
+    import pytest
+
+    from api import compute
+    from api.errors import ApiError
+    from api.uploads import validate_target, validate_target_off_process
+    from core.data import write_mnist_zip
+    from store.settings import Settings
+
+    settings = Settings(database_url=f"sqlite:///{tmp_path}/db.sqlite", storage_dir=str(tmp_path / "b"), work_dir=str(tmp_path / "w"))
+    good = write_mnist_zip(tmp_path / "t.zip", [9], 12, seed=0).read_bytes()
+
+    async def main() -> None:
+        pid, nice = await compute.run_check(_whoami)
+        assert pid != os.getpid() and nice >= compute.BACKGROUND_NICE
+        assert await validate_target_off_process(good, 1, 28, settings) == validate_target(good, 1, 28, settings)
+        with pytest.raises(ApiError) as err:
+            await validate_target_off_process(b"PK\x03\x04 not a zip", 1, 28, settings)
+        with pytest.raises(ApiError) as same:
+            validate_target(b"PK\x03\x04 not a zip", 1, 28, settings)
+        assert (err.value.status, err.value.code, err.value.message) == (same.value.status, same.value.code, same.value.message)
+        assert 400 <= err.value.status < 500
+        os.kill(pid, signal.SIGKILL)  # the checker dies (out of memory, say)
+        await asyncio.sleep(0.2)
+        pid2, _ = await compute.run_check(_whoami)
+        assert pid2 not in (pid, os.getpid())
+
+    asyncio.run(main())
