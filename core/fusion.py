@@ -208,6 +208,7 @@ def fuse(
         G.load_state_dict(g0.state_dict())
     means = fusion_means(len(sources), g0.cfg.z_dim, cfg.mean_scale, cfg.seed)
     if cfg.critic == "projection":  # D_F(x, i): the critic sees which source (prior region) an image belongs to
+        assert isinstance(D, Critic)  # critic_like gave ours (above)
         mods = FusionModules(G=G, D=ProjectionCritic(D, len(sources)), z_dim=g0.cfg.z_dim, n_classes=len(sources), means=means)
     else:
         mods = FusionModules(G=G, D=D, z_dim=g0.cfg.z_dim, means=means)

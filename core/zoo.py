@@ -265,10 +265,8 @@ def source_from_state_dicts(model_id: str, family: str, config: dict[str, Any], 
     G = _onnx_generator(g_config, data) if family == "onnx" else _layout_generator(family, g_config, data)
     gcfg: Any = G.cfg
     torch.manual_seed(0)
-    D: Critic | OnnxCritic = Critic(CriticConfig(img_size=gcfg.img_size, channels=gcfg.channels, width=32,
-                                                 n_classes=gcfg.n_classes))
-    if critic is not None:
-        D = _critic_from(critic.read_bytes() if isinstance(critic, Path) else critic, D, config)
+    ours = Critic(CriticConfig(img_size=gcfg.img_size, channels=gcfg.channels, width=32, n_classes=gcfg.n_classes))
+    D = ours if critic is None else _critic_from(critic.read_bytes() if isinstance(critic, Path) else critic, ours, config)
     G.eval()
     with torch.no_grad():
         try:
