@@ -42,6 +42,7 @@ class DCGANGenerator(nn.Module):
             nn.ConvTranspose2d(w * 2, w, 4, 2, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(True),  # 32x32
             nn.ConvTranspose2d(w, c, 4, 2, 1, bias=False), nn.Tanh(),  # 64x64
         )
+        self.train()  # from the start: a module's layers are built in train mode, which train() below overrides
 
     def train(self, mode: bool = True) -> DCGANGenerator:
         super().train(mode)

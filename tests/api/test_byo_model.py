@@ -232,3 +232,55 @@ def test_torch_onnx_export_of_a_one_hot_conditional_generator_round_trips() -> N
     z, c = torch.randn(8, 8), torch.arange(8) % 4
     with torch.no_grad():
         assert torch.allclose(up(z, c), G(z, c), atol=1e-6)
+
+
+def test_an_onnx_generator_is_finetuned_exactly_like_its_torch_original() -> None:
+    """The same DCGAN as a state dict and as ONNX, with the same miner, critic and random stream: a few minegan++
+    finetuning steps (gradients through G's converted weights, BatchNorm kept at its statistics) give the same
+    generator. (A job on each still differs: building them consumes different amounts of the random stream.)"""
+    from core import checkpoints, methods
+    from core.options import RunConfig
+    from core.trainer import critic_step, generator_step, make_stage_state, set_trainable
+    from core.zoo import load_source_file, source_from_state_dicts
+
+    torch.manual_seed(0)
+    G = DCGANGenerator(DCGANGeneratorConfig(z_dim=16, width=4)).eval()
+    with torch.no_grad():
+        for m in G.modules():  # non-trivial BatchNorm statistics
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+    sources = []
+    for family, data, cfg in (("dcgan64", _state_of(G), {"z_dim": 16, "width": 4, "channels": 3}),
+                              ("onnx", _onnx_of(G, 16), {"z_dim": 16, "img_size": 64, "channels": 3})):
+        path = Path(__import__("tempfile").mkdtemp()) / f"{family}.pt"
+        checkpoints.save(source_from_state_dicts(family, family, cfg, data), path)
+        sources.append(load_source_file(path))
+    cfg = RunConfig(method="minegan++", critic_init="fresh")
+    a, b = (methods.build_modules(cfg, s) for s in sources)
+    b.M.load_state_dict(a.M.state_dict())  # type: ignore[union-attr]
+    b.D.load_state_dict(a.D.state_dict())
+    stage = next(s for s in methods.plan(cfg) if s.train_generator)
+    real = torch.rand(8, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        before = a.fake(torch.randn(4, 16, generator=torch.Generator().manual_seed(1)))
+    out = []
+    for mods in (a, b):
+        torch.manual_seed(7)
+        set_trainable(mods, stage)
+        mods.G.train()
+        st = make_stage_state(mods, stage)
+        for _ in range(3):
+            critic_step(mods, st, stage, real, None)
+            generator_step(mods, st, 8, None, real.device)
+        mods.G.eval()
+        with torch.no_grad():
+            out.append(mods.fake(torch.randn(4, 16, generator=torch.Generator().manual_seed(1))))
+    assert (out[0] - before).abs().max() > 1e-4  # the generator and miner did learn
+    assert torch.allclose(out[0], out[1], atol=1e-6)
+
+
+def _state_of(G: torch.nn.Module) -> bytes:
+    buf = io.BytesIO()
+    torch.save(G.state_dict(), buf)
+    return buf.getvalue()

@@ -57,3 +57,21 @@ def test_a_residual_miner_starts_at_the_identity_and_the_paper_miner_near_zero()
     paper, residual = Miner(MinerConfig(z_dim=16, hidden=16)), Miner(MinerConfig(z_dim=16, hidden=16, residual=True))
     assert paper(u).abs().max() < 0.05  # Appendix A's N(0, 0.01) init: every u maps near z = 0
     assert (residual(u) - u).abs().max() < 0.05 and residual(u).std() > 0.9  # starts at the source's own prior
+
+
+def test_a_dcgan_generator_keeps_its_batch_norm_statistics_from_construction_on() -> None:
+    """The DCGAN layout's BatchNorm layers use their pretrained statistics even before anyone calls train()/eval()
+    (a run's generator is built fresh and its weights loaded; nothing else sets its mode): a forward pass neither
+    uses the batch's statistics nor moves the stored ones."""
+    import torch
+
+    from core.nets import DCGANGenerator, DCGANGeneratorConfig
+
+    G = DCGANGenerator(DCGANGeneratorConfig(z_dim=8, width=4))
+    bn = [m for m in G.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    stats = [(m.running_mean.clone(), m.running_var.clone()) for m in bn]
+    z = torch.randn(6, 8)
+    x = G(z)
+    assert all(not m.training for m in bn)
+    assert all(torch.equal(m.running_mean, a) and torch.equal(m.running_var, b) for m, (a, b) in zip(bn, stats, strict=True))
+    assert torch.allclose(x[:1], G(z[:1]), atol=1e-6)  # a row does not depend on the rest of the batch
