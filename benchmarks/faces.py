@@ -229,10 +229,9 @@ def _write_docs(rows: dict[str, dict[str, Any]], command: str, a: argparse.Names
     if check.exists():
         diff = json.loads(check.read_text())["max_abs_diff"]
         head += ["", f"ONNX: the source exported with `torch.onnx.export` (opset 17) and uploaded as family `onnx` draws the same "
-                 f"images as the state-dict upload on the same 64 latents (max |difference| {diff:.2e}). A row mined from the ONNX "
-                 "upload differs from the state-dict row with the same seed because building the two generators consumes "
-                 "different amounts of the random stream (the ONNX graph is converted module by module), so the runs draw "
-                 "different minibatches and latents."]
+                 f"images as the state-dict upload on the same 64 latents (max |difference| {diff:.2e}). A job mined from the ONNX "
+                 "upload is the state-dict upload's job, step for step (the same seed gives the same minibatches and "
+                 "latents; tests/api/test_byo_model.py checks the finetuning steps)."]
     from benchmarks._doc import update_section
 
     update_section("faces", "\n".join(head))
