@@ -290,7 +290,34 @@ def _convert(graph: bytes, **check: Any) -> nn.Module:
         raise ModelFormatError(f"the ONNX graph could not be converted: {exc}") from exc
 
 
-class OnnxGenerator(nn.Module):
+class _OnnxModule(nn.Module):
+    """What the ONNX generator and critic share: the graph's bytes travel with the weights as the uint8 buffer
+    ``onnx_graph``, so a checkpoint rebuilds the module (:meth:`from_state`) with no code; batch-norm layers keep their
+    statistics (eval mode even in train mode)."""
+
+    def _keep_graph(self, graph: bytes) -> None:
+        self.register_buffer("onnx_graph", torch.frombuffer(bytearray(graph), dtype=torch.uint8).clone())
+        self.train(False)
+
+    def graph_bytes(self) -> bytes:
+        graph: torch.Tensor = self.get_buffer("onnx_graph")
+        return graph.cpu().numpy().tobytes()
+
+    @classmethod
+    def from_state(cls, cfg: Any, state: dict[str, torch.Tensor]) -> Any:
+        module = cls(cfg, bytes(state["onnx_graph"].numpy().tobytes()))  # type: ignore[call-arg]
+        module.load_state_dict(state)
+        return module
+
+    def train(self, mode: bool = True) -> Any:
+        super().train(mode)
+        for m in self.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+        return self
+
+
+class OnnxGenerator(_OnnxModule):
     """A generator from an ONNX graph: x = out(graph(zmap(u))), u ~ N(0, I) [N, z_dim] -> [N, C, H, W] in [-1, 1].
 
     The graph's bytes travel with the weights as the uint8 buffer ``onnx_graph``, so a checkpoint rebuilds the
@@ -301,25 +328,7 @@ class OnnxGenerator(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.net = _convert(graph, z_dim=cfg.z_dim, n_classes=cfg.n_classes, class_input=cfg.class_input)
-        self.register_buffer("onnx_graph", torch.frombuffer(bytearray(graph), dtype=torch.uint8).clone())
-        self.train(False)
-
-    def graph_bytes(self) -> bytes:
-        graph: torch.Tensor = self.get_buffer("onnx_graph")
-        return graph.cpu().numpy().tobytes()
-
-    @classmethod
-    def from_state(cls, cfg: OnnxGeneratorConfig, state: dict[str, torch.Tensor]) -> OnnxGenerator:
-        module = cls(cfg, bytes(state["onnx_graph"].numpy().tobytes()))
-        module.load_state_dict(state)
-        return module
-
-    def train(self, mode: bool = True) -> OnnxGenerator:
-        super().train(mode)
-        for m in self.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.eval()
-        return self
+        self._keep_graph(graph)
 
     def forward(self, u: torch.Tensor, c: torch.Tensor | None = None, embedding: torch.Tensor | None = None) -> torch.Tensor:
         """u [N, z_dim] ~ N(0, I); c [N] class indices (a class-conditional graph only) -> [N, C, H, W] in [-1, 1]."""
@@ -359,7 +368,7 @@ class OnnxCriticConfig:
             raise ValueError("ONNX critics are unconditional")
 
 
-class OnnxCritic(nn.Module):
+class OnnxCritic(_OnnxModule):
     """A critic from an ONNX graph: D(x), images [N, C, H, W] in [-1, 1] -> scores [N, 1]. The graph's own input
     range is declared (``in_min``, ``in_max``) and the images are mapped to it. Its bytes travel with the weights
     as the buffer ``onnx_graph``, as :class:`OnnxGenerator`'s do. Batch-norm layers keep their statistics."""
@@ -368,25 +377,7 @@ class OnnxCritic(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.net = _convert(graph, role="critic", image_shape=(cfg.channels, cfg.img_size, cfg.img_size))
-        self.register_buffer("onnx_graph", torch.frombuffer(bytearray(graph), dtype=torch.uint8).clone())
-        self.train(False)
-
-    def graph_bytes(self) -> bytes:
-        graph: torch.Tensor = self.get_buffer("onnx_graph")
-        return graph.cpu().numpy().tobytes()
-
-    @classmethod
-    def from_state(cls, cfg: OnnxCriticConfig, state: dict[str, torch.Tensor]) -> OnnxCritic:
-        module = cls(cfg, bytes(state["onnx_graph"].numpy().tobytes()))
-        module.load_state_dict(state)
-        return module
-
-    def train(self, mode: bool = True) -> OnnxCritic:
-        super().train(mode)
-        for m in self.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.eval()
-        return self
+        self._keep_graph(graph)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         if c is not None:
