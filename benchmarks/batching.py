@@ -1,7 +1,8 @@
 """Dynamic batching of sampling (issue 20) -> docs/benchmarks.md section "batching".
 
-Two embedded servers (``minegan serve``) on the same database and storage, one with batching on (the default
-2 ms window) and one with it off (``MINEGAN_SAMPLE_BATCH_WINDOW_MS=0``: the service before this change), serve the
+Two embedded servers (``minegan serve``) on the same database and storage, one with the defaults (batching with a
+2 ms window; PNGs encoded beside the event loop under concurrent load) and one with both off
+(``MINEGAN_SAMPLE_BATCH_WINDOW_MS=0``, ``MINEGAN_SAMPLE_ENCODE_THREAD=false``: the service before issue 20), serve the
 same finished ``mnist-no-9`` minegan++ job. In one run, interleaved by rounds, so a shared machine's drift hits all
 alike, it measures:
 
@@ -105,9 +106,9 @@ class HttpxClient:
 CLIENTS: dict[str, Callable[[int], SocketClient | HttpxClient]] = {"socket": SocketClient, "httpx": HttpxClient}
 
 
-def _serve(tmp: Path, port: int, window_ms: str) -> subprocess.Popen[bytes]:
+def _serve(tmp: Path, port: int, extra: dict[str, str]) -> subprocess.Popen[bytes]:
     env = {**os.environ, "MINEGAN_DATABASE_URL": f"sqlite:///{tmp}/db.sqlite", "MINEGAN_STORAGE_DIR": str(tmp / "blobs"),
-           "MINEGAN_WORK_DIR": str(tmp / "work"), "MINEGAN_SAMPLE_BATCH_WINDOW_MS": window_ms}
+           "MINEGAN_WORK_DIR": str(tmp / "work"), **extra}
     env.pop("MINEGAN_BROKER_URL", None)
     proc = subprocess.Popen([str(BIN / "minegan"), "serve", "--port", str(port)], env=env,
                             stdout=open(tmp / f"server-{port}.log", "wb"), stderr=subprocess.STDOUT)
@@ -183,12 +184,15 @@ def main() -> int:
     ap.add_argument("--lone", type=int, default=200, help="lone requests per server and round")
     ap.add_argument("--job-steps", type=int, default=20)
     ap.add_argument("--wrk-seconds", type=int, default=2, help="length of a wrk measurement (wrk rows when wrk is installed)")
+    ap.add_argument("--on-env", action="append", default=[], metavar="K=V",
+                    help="more environment for the server with batching on (e.g. MINEGAN_SAMPLE_ENCODE_THREAD=false)")
     a = ap.parse_args()
     command = "python benchmarks/batching.py " + " ".join(shlex.quote(x) for x in sys.argv[1:])
     tmp = Path(tempfile.mkdtemp(prefix="minegan-batching-"))
     target = write_mnist_zip(tmp / "nines.zip", [9], 100, seed=0)
     on_port, off_port = _port(), _port()
-    on = _serve(tmp, on_port, "2")
+    on_env = {"MINEGAN_SAMPLE_BATCH_WINDOW_MS": "2", **dict(kv.split("=", 1) for kv in a.on_env)}
+    on = _serve(tmp, on_port, on_env)
     off = None
     try:
         spec = {"sources": ["mnist-no-9"], "method": "minegan++", "mining_steps": a.job_steps, "finetune_steps": a.job_steps, "seed": 0}
@@ -198,7 +202,8 @@ def main() -> int:
                 time.sleep(0.2)
             assert j["status"] == "succeeded", j
         job_id = j["id"]
-        off = _serve(tmp, off_port, "0")  # the same database and storage, batching off
+        # the same database and storage; batching and the encoder thread off: the service before issue 20
+        off = _serve(tmp, off_port, {"MINEGAN_SAMPLE_BATCH_WINDOW_MS": "0", "MINEGAN_SAMPLE_ENCODE_THREAD": "false"})
         model, _ = load_model(tmp / "blobs" / "jobs" / job_id / "model.pt")
 
         def in_process(seed: int) -> bytes:
@@ -273,8 +278,11 @@ def main() -> int:
         "",
         f"Command: `{command}`  ",
         f"Machine: {os.cpu_count()} CPU cores, torch {torch.__version__}, no GPU. Two embedded servers (`minegan serve`) on "
-        "the same SQLite database and storage on loopback, one with batching (`MINEGAN_SAMPLE_BATCH_WINDOW_MS=2`, the "
-        "default) and one without (`0`, the service before this change), and the clients, all on this machine's cores. "
+        "the same SQLite database and storage on loopback, one with the defaults (batching, "
+        "`MINEGAN_SAMPLE_BATCH_WINDOW_MS=2`, and PNGs encoded beside the event loop under concurrent load, "
+        "`MINEGAN_SAMPLE_ENCODE_THREAD=true`" + (f"; here also {', '.join(f'`{kv}`' for kv in a.on_env)}" if a.on_env else "")
+        + ") and one without either (`MINEGAN_SAMPLE_BATCH_WINDOW_MS=0`, `MINEGAN_SAMPLE_ENCODE_THREAD=false`: the service "
+        "before issue 20), and the clients, all on this machine's cores. "
         f"{a.rounds} rounds; each runs every throughput variant once ({a.requests} requests of "
         f"`GET /jobs/{{id}}/sample?n=16`, PNG, own seeds, {a.clients} concurrent clients on keep-alive connections; the "
         "order rotates per round), then lone requests alternating between the servers in blocks of 10. Ratios are "
@@ -290,20 +298,20 @@ def main() -> int:
         server, kind = name.split("-")
         who = {"socket": "socket clients (Python threads)", "httpx": "httpx clients (Python threads)",
                "wrk": "connections of `wrk` (C, one thread)"}[kind]
-        label = f"{a.clients} concurrent {who}, batching {server}"
+        label = f"{a.clients} concurrent {who}, " + ("defaults" if server == "on" else "batching and encoder thread off")
         lines.append(f"| {label} | {med[name]:.0f} | {'**' if server == 'on' else ''}{ratio[name]:.2f}{'**' if server == 'on' else ''} |")
     lines += [
         "",
         "| lone request, socket client | p50 | p99 |",
         "|---|---|---|",
-        f"| batching on | {1000 * p50['on']:.2f} ms | {1000 * p99['on']:.2f} ms |",
-        f"| batching off | {1000 * p50['off']:.2f} ms | {1000 * p99['off']:.2f} ms |",
+        f"| defaults | {1000 * p50['on']:.2f} ms | {1000 * p99['on']:.2f} ms |",
+        f"| batching and encoder thread off | {1000 * p50['off']:.2f} ms | {1000 * p99['off']:.2f} ms |",
         f"| on / off, median over rounds of the round medians | **{lone_ratio:.3f}** | |",
         "",
-        f"Batching server, all rounds: {served:.0f} sample requests through the batcher in {passes:.0f} forward passes "
+        f"Server with the defaults, all rounds: {served:.0f} sample requests through the batcher in {passes:.0f} forward passes "
         f"({served / max(passes, 1):.2f} requests per pass on average, lone requests included). "
         f"{checked} of its concurrent answers were compared with the same request sent alone to the server without "
-        f"batching: {mismatches} differed.",
+        f"batching or encoder thread: {mismatches} differed.",
         "",
         "One forward pass of this generator and miner, in this process (2 threads), per image by batch size: "
         + ", ".join(f"{k} images {1000 * v:.3f} ms" for k, v in costs.items())
