@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import statistics
 import time
 import weakref
 from dataclasses import dataclass, field
@@ -187,16 +188,18 @@ class SampleBatcher:
         return True
 
 
-def forward_cost(model: MinedGenerator, sizes: list[int], reps: int = 3) -> dict[int, float]:
-    """Seconds per image of one forward pass x = G(M(u)) of each batch size (the fastest of ``reps``, after a warm-up)."""
+def forward_cost(model: MinedGenerator, sizes: list[int], reps: int = 7) -> dict[int, float]:
+    """Seconds per image of one forward pass x = G(M(u)) of each batch size: the median of ``reps`` timings after a
+    warm-up, the sizes interleaved (one pass of each size per repetition), so that a moment of load on a shared
+    machine falls on every size alike instead of making one size look cheapest. (Timed one size after another, a
+    server once concluded that batches of 16 were the cheapest and never batched; docs/benchmarks.md, "batching".)"""
     u = torch.randn(max(sizes), model.z_dim, generator=torch.Generator().manual_seed(0))
-    per_image = {}
     for s in sizes:
         model.decode(u[:s])  # warm
-        times = []
-        for _ in range(reps):
+    times: dict[int, list[float]] = {s: [] for s in sizes}
+    for _ in range(reps):
+        for s in sizes:
             t0 = time.perf_counter()
             model.decode(u[:s])
-            times.append(time.perf_counter() - t0)
-        per_image[s] = min(times) / s
-    return per_image
+            times[s].append(time.perf_counter() - t0)
+    return {s: statistics.median(t) / s for s, t in times.items()}

@@ -14,11 +14,6 @@ So there is exactly one team, and it belongs to the thread that renders samples:
   pieces of at most :data:`CHUNK_VALUES` output values (a few milliseconds each) and the loop serves other
   requests between pieces. Encoding a result of one piece or less stays on the loop; a larger one goes to
   the helper thread.
-* :func:`encode_concurrently` encodes a small result's PNGs on the encoder thread when other renders are in
-  flight (the server is sampling for several clients). The encoder gets uint8 pixels (the tensor-to-uint8
-  step stays on the loop), so it runs numpy, zlib and PIL only, never a torch op, and starts no OpenMP team;
-  zlib's compression releases the GIL, so it overlaps the loop's HTTP work and the next forward pass. A lone
-  request is encoded on the loop: a thread hop would only add to its latency.
 * :func:`run_check` decodes and checks uploaded target zips in a separate process at low priority. That work
   is mostly Python (zip entries, limits, image conversions): in a thread of this process it would hold the
   GIL, and the event loop would wait for it after every torch op of a forward pass (up to the 5 ms switch
@@ -89,35 +84,6 @@ async def run_torch(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     """Run ``fn(*args, **kwargs)`` on the single-threaded torch helper and await it (exceptions propagate)."""
     _claim_render_team()  # the loop thread owns the team before the helper first sets torch's count to 1
     return await asyncio.get_running_loop().run_in_executor(_EXECUTOR, functools.partial(fn, *args, **kwargs))
-
-
-_ENCODER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="minegan-encode")
-_renders = 0  # renders in flight on this process's event loop (rendering())
-
-
-class rendering:  # noqa: N801 - used as a context manager, like contextlib's
-    """Counts a sample request's render while it is in flight (generation and encoding)."""
-
-    def __enter__(self) -> int:
-        global _renders
-        _renders += 1
-        return _renders
-
-    def __exit__(self, *exc: object) -> None:
-        global _renders
-        _renders -= 1
-
-
-def concurrent_renders() -> int:
-    return _renders
-
-
-async def encode_concurrently(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-    """``fn(*args, **kwargs)``, a PNG or zip encoding of uint8 pixels (no torch), on the encoder thread when other
-    renders are in flight, else here on the loop thread."""
-    if _renders <= 1:
-        return fn(*args, **kwargs)
-    return await asyncio.get_running_loop().run_in_executor(_ENCODER, functools.partial(fn, *args, **kwargs))
 
 
 log = logging.getLogger(__name__)

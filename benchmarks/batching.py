@@ -1,8 +1,7 @@
 """Dynamic batching of sampling (issue 20) -> docs/benchmarks.md section "batching".
 
-Two embedded servers (``minegan serve``) on the same database and storage, one with the defaults (batching with a
-2 ms window; PNGs encoded beside the event loop under concurrent load) and one with both off
-(``MINEGAN_SAMPLE_BATCH_WINDOW_MS=0``, ``MINEGAN_SAMPLE_ENCODE_THREAD=false``: the service before issue 20), serve the
+Two embedded servers (``minegan serve``) on the same database and storage, one with batching on (the default
+2 ms window) and one with it off (``MINEGAN_SAMPLE_BATCH_WINDOW_MS=0``: the service before this change), serve the
 same finished ``mnist-no-9`` minegan++ job. In one run, interleaved by rounds, so a shared machine's drift hits all
 alike, it measures:
 
@@ -185,7 +184,9 @@ def main() -> int:
     ap.add_argument("--job-steps", type=int, default=20)
     ap.add_argument("--wrk-seconds", type=int, default=2, help="length of a wrk measurement (wrk rows when wrk is installed)")
     ap.add_argument("--on-env", action="append", default=[], metavar="K=V",
-                    help="more environment for the server with batching on (e.g. MINEGAN_SAMPLE_ENCODE_THREAD=false)")
+                    help="more environment for the server with batching on (e.g. MINEGAN_SAMPLE_BATCH_MAX_IMAGES=32)")
+    ap.add_argument("--off-env", action="append", default=[], metavar="K=V",
+                    help="more environment for the server with batching off")
     a = ap.parse_args()
     command = "python benchmarks/batching.py " + " ".join(shlex.quote(x) for x in sys.argv[1:])
     tmp = Path(tempfile.mkdtemp(prefix="minegan-batching-"))
@@ -202,8 +203,8 @@ def main() -> int:
                 time.sleep(0.2)
             assert j["status"] == "succeeded", j
         job_id = j["id"]
-        # the same database and storage; batching and the encoder thread off: the service before issue 20
-        off = _serve(tmp, off_port, {"MINEGAN_SAMPLE_BATCH_WINDOW_MS": "0", "MINEGAN_SAMPLE_ENCODE_THREAD": "false"})
+        # the same database and storage, batching off: the service before issue 20
+        off = _serve(tmp, off_port, {"MINEGAN_SAMPLE_BATCH_WINDOW_MS": "0", **dict(kv.split("=", 1) for kv in a.off_env)})
         model, _ = load_model(tmp / "blobs" / "jobs" / job_id / "model.pt")
 
         def in_process(seed: int) -> bytes:
@@ -278,11 +279,11 @@ def main() -> int:
         "",
         f"Command: `{command}`  ",
         f"Machine: {os.cpu_count()} CPU cores, torch {torch.__version__}, no GPU. Two embedded servers (`minegan serve`) on "
-        "the same SQLite database and storage on loopback, one with the defaults (batching, "
-        "`MINEGAN_SAMPLE_BATCH_WINDOW_MS=2`, and PNGs encoded beside the event loop under concurrent load, "
-        "`MINEGAN_SAMPLE_ENCODE_THREAD=true`" + (f"; here also {', '.join(f'`{kv}`' for kv in a.on_env)}" if a.on_env else "")
-        + ") and one without either (`MINEGAN_SAMPLE_BATCH_WINDOW_MS=0`, `MINEGAN_SAMPLE_ENCODE_THREAD=false`: the service "
-        "before issue 20), and the clients, all on this machine's cores. "
+        "the same SQLite database and storage on loopback, one with batching (`MINEGAN_SAMPLE_BATCH_WINDOW_MS=2`, the "
+        "default" + (f"; here also {', '.join(f'`{kv}`' for kv in a.on_env)}" if a.on_env else "")
+        + ") and one without (`0`, the service before this change"
+        + (f"; here also {', '.join(f'`{kv}`' for kv in a.off_env)}" if a.off_env else "")
+        + "), and the clients, all on this machine's cores. "
         f"{a.rounds} rounds; each runs every throughput variant once ({a.requests} requests of "
         f"`GET /jobs/{{id}}/sample?n=16`, PNG, own seeds, {a.clients} concurrent clients on keep-alive connections; the "
         "order rotates per round), then lone requests alternating between the servers in blocks of 10. Ratios are "
@@ -298,20 +299,20 @@ def main() -> int:
         server, kind = name.split("-")
         who = {"socket": "socket clients (Python threads)", "httpx": "httpx clients (Python threads)",
                "wrk": "connections of `wrk` (C, one thread)"}[kind]
-        label = f"{a.clients} concurrent {who}, " + ("defaults" if server == "on" else "batching and encoder thread off")
+        label = f"{a.clients} concurrent {who}, batching {server}"
         lines.append(f"| {label} | {med[name]:.0f} | {'**' if server == 'on' else ''}{ratio[name]:.2f}{'**' if server == 'on' else ''} |")
     lines += [
         "",
         "| lone request, socket client | p50 | p99 |",
         "|---|---|---|",
-        f"| defaults | {1000 * p50['on']:.2f} ms | {1000 * p99['on']:.2f} ms |",
-        f"| batching and encoder thread off | {1000 * p50['off']:.2f} ms | {1000 * p99['off']:.2f} ms |",
+        f"| batching on | {1000 * p50['on']:.2f} ms | {1000 * p99['on']:.2f} ms |",
+        f"| batching off | {1000 * p50['off']:.2f} ms | {1000 * p99['off']:.2f} ms |",
         f"| on / off, median over rounds of the round medians | **{lone_ratio:.3f}** | |",
         "",
-        f"Server with the defaults, all rounds: {served:.0f} sample requests through the batcher in {passes:.0f} forward passes "
+        f"Batching server, all rounds: {served:.0f} sample requests through the batcher in {passes:.0f} forward passes "
         f"({served / max(passes, 1):.2f} requests per pass on average, lone requests included). "
         f"{checked} of its concurrent answers were compared with the same request sent alone to the server without "
-        f"batching or encoder thread: {mismatches} differed.",
+        f"batching: {mismatches} differed.",
         "",
         "One forward pass of this generator and miner, in this process (2 threads), per image by batch size: "
         + ", ".join(f"{k} images {1000 * v:.3f} ms" for k, v in costs.items())

@@ -27,11 +27,7 @@ def png_bytes(img: np.ndarray) -> bytes:
 
 def grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2) -> np.ndarray:
     """Tile [N, C, H, W] images into one uint8 [H', W', C] picture (nrow defaults to ceil(sqrt(N)))."""
-    return tile(to_uint8(images), nrow, pad)
-
-
-def tile(u8: np.ndarray, nrow: int | None = None, pad: int = 2) -> np.ndarray:
-    """:func:`grid` of images already in uint8 [N, H, W, C] (numpy only: no torch op, so any thread may run it)."""
+    u8 = to_uint8(images)  # [N, H, W, C]
     n, h, w, c = u8.shape
     nrow = nrow or max(1, math.ceil(math.sqrt(n)))
     rows = math.ceil(n / nrow)
@@ -47,14 +43,9 @@ def grid_png(images: torch.Tensor, nrow: int | None = None) -> bytes:
 
 
 def zip_of_pngs(images: torch.Tensor, prefix: str = "sample") -> bytes:
-    return pngs_zip(to_uint8(images), prefix)
-
-
-def pngs_zip(u8: np.ndarray, prefix: str = "sample") -> bytes:
-    """:func:`zip_of_pngs` of images already in uint8 [N, H, W, C] (numpy and PIL only)."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
-        for i, img in enumerate(u8):
+        for i, img in enumerate(to_uint8(images)):
             # a fixed timestamp: the same images give the same bytes (writestr with a name would stamp the
             # current time, so one seed's zip changed every two seconds)
             info = zipfile.ZipInfo(f"{prefix}_{i:04d}.png", date_time=(1980, 1, 1, 0, 0, 0))

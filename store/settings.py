@@ -55,9 +55,6 @@ class Settings(BaseSettings):
     sample_batch_window_ms: float = Field(default=2.0, ge=0.0, le=1000.0)
     sample_batch_max_images: int = Field(default=128, ge=4)
     sample_batch_measure: bool = True  # limit batches to the size whose forward pass is cheapest per image (timed)
-    # under concurrent sampling, encode PNGs on a second thread while the event loop serves the next requests
-    # (api/compute.py, encode_concurrently); a lone request is encoded on the loop either way
-    sample_encode_thread: bool = True
     # decode and check uploaded target zips in a separate low-priority process (api/compute.py, run_check), not in a
     # thread of the API process whose Python would hold the GIL while samples render
     upload_check_process: bool = True

@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import functools
 import time
 from typing import Annotated, Literal
 
-import numpy as np
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from api.compute import CHUNK_VALUES, encode_concurrently, on_loop, rendering, run_torch, sample_on_loop
+from api.compute import CHUNK_VALUES, on_loop, run_torch, sample_on_loop
 from api.deps import ServicesDep, TenantDep
 from api.errors import ApiError
 from api.metrics import SAMPLES
 from api.services import Services
-from core.images import grid_png, png_bytes, pngs_zip, tile, to_uint8, zip_of_pngs
+from core.images import grid_png, zip_of_pngs
 from core.methods import TransferredModel
 from store import jobs as jobs_dao
 from store.models import Job
@@ -31,15 +29,13 @@ Fmt = Annotated[Literal["png", "zip"], Query(description="png: one grid image; z
 async def _render(svc: Services, job_id: str, model: TransferredModel, n: int, seed: int, fmt: str) -> Response:
     """Generate and encode ``n`` samples of a loaded model, on the event-loop thread (api/compute.py)."""
     t0 = time.perf_counter()
-    with rendering():
-        images = await sample_on_loop(model, n, seed, svc.batcher)  # == model.sample(n, seed), in pieces or batched
-        t1 = time.perf_counter()
-        if n * model.values_per_image <= CHUNK_VALUES:  # small: on the loop, or beside it while others render
-            pixels = on_loop(to_uint8, images)  # the torch step, on the thread that owns the team
-            encode = functools.partial(pngs_zip, pixels) if fmt == "zip" else functools.partial(_grid_png, pixels)
-            body = await encode_concurrently(encode) if svc.settings.sample_encode_thread else encode()
-        else:  # a large result: off the loop, on the helper (PIL's zlib releases the GIL)
-            body = await run_torch(zip_of_pngs if fmt == "zip" else grid_png, images)
+    images = await sample_on_loop(model, n, seed, svc.batcher)  # == model.sample(n, seed), in pieces or batched
+    t1 = time.perf_counter()
+    encode = zip_of_pngs if fmt == "zip" else grid_png
+    if n * model.values_per_image <= CHUNK_VALUES:  # small: encoded here, no thread hop
+        body = on_loop(encode, images)
+    else:  # a large result: off the loop, on the helper (PIL's zlib releases the GIL)
+        body = await run_torch(encode, images)
     t2 = time.perf_counter()
     SAMPLES.labels("rest").observe(t2 - t0)
     headers = {"X-Job-Id": job_id, "X-Seed": str(seed),
@@ -48,10 +44,6 @@ async def _render(svc: Services, job_id: str, model: TransferredModel, n: int, s
         headers["Content-Disposition"] = f'attachment; filename="samples-{job_id[:8]}-{seed}.zip"'
         return Response(body, media_type="application/zip", headers=headers)
     return Response(body, media_type="image/png", headers=headers)
-
-
-def _grid_png(pixels: np.ndarray) -> bytes:
-    return png_bytes(tile(pixels))  # == grid_png(images) for pixels = to_uint8(images)
 
 
 def finished_model(svc: Services, job: Job | None, job_id: str, tenant: str) -> str:

@@ -110,36 +110,3 @@ def test_target_zips_are_checked_in_a_low_priority_process_whose_errors_reach_th
         assert pid2 not in (pid, os.getpid())
 
     asyncio.run(main())
-
-
-def test_pngs_are_encoded_beside_the_loop_only_while_other_renders_are_in_flight() -> None:
-    """A lone request's PNG is encoded on the loop thread (no hop); while another render is in flight it goes to the
-    encoder thread, which gets uint8 pixels and runs no torch op; the bytes are the same either way."""
-    import threading
-
-    import numpy as np
-
-    from api.compute import concurrent_renders, encode_concurrently, rendering
-    from core.images import grid_png, png_bytes, tile, to_uint8
-
-    images = torch.rand(16, 1, 28, 28) * 2 - 1
-    pixels = to_uint8(images)
-    where: list[int] = []
-
-    def encode(p: np.ndarray) -> bytes:
-        where.append(threading.get_ident())
-        return png_bytes(tile(p))
-
-    async def main() -> tuple[bytes, bytes, int, int]:
-        loop_thread = threading.get_ident()
-        with rendering():
-            alone = await encode_concurrently(encode, pixels)
-        with rendering(), rendering():  # two renders in flight: this one and another
-            assert concurrent_renders() == 2
-            beside = await encode_concurrently(encode, pixels)
-        assert concurrent_renders() == 0
-        return alone, beside, loop_thread, len(where)
-
-    alone, beside, loop_thread, calls = asyncio.run(main())
-    assert calls == 2 and where[0] == loop_thread and where[1] != loop_thread
-    assert alone == beside == grid_png(images)

@@ -127,8 +127,7 @@ def test_torch_work_of_the_api_runs_on_the_loop_and_one_single_threaded_helper(e
     spy(api.uploads, "load_target_bytes", "upload")
     spy(api.routes.jobs, "load_target_bytes", "target")
     spy(api.routes.jobs, "grid_png", "target grid")
-    spy(api.routes.sample, "to_uint8", "render")  # the torch step of a small render; its PNG may be encoded beside
-    spy(api.routes.sample, "grid_png", "large render")
+    spy(api.routes.sample, "grid_png", "render")
     spy(c.app.state.services.models, "get", "model load")
     c.app.state.services.models._items.clear()  # the next request loads the model again
     assert c.post("/jobs", headers=keys["alice"], files={"images": ("t.zip", target_zip_bytes(), "application/zip")},
@@ -143,5 +142,5 @@ def test_torch_work_of_the_api_runs_on_the_loop_and_one_single_threaded_helper(e
     assert seen["render"] == {loop_ident} != {helper}
     seen.clear()  # a result larger than one piece (100 x 784 > CHUNK_VALUES) is encoded off the loop
     assert c.get(f"/jobs/{job_id}/sample?n=100", headers=keys["alice"]).status_code == 200
-    assert seen == {"large render": {helper}}
+    assert seen == {"render": {helper}}
     assert torch_threads_of_helper() == 1
