@@ -69,6 +69,8 @@ def main() -> int:
     ap.add_argument("--curves", default="minegan++,transfergan,minegan++:aug,transfergan:aug")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "time_to_quality"))
+    ap.add_argument("--section", default="time_to_quality", help="docs/benchmarks.md section (and docs/img/<section>.png, "
+                    "underscores as dashes) to write")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -113,7 +115,7 @@ def write_doc(a: argparse.Namespace, out: Path) -> None:
     axes[1].set(xlabel="training wall-clock (min, 1 CPU thread)", ylabel="FD (classifier features)", yscale="log")
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    img = ROOT / "docs" / "img" / "time-to-quality.png"
+    img = ROOT / "docs" / "img" / f"{a.section.replace('_', '-')}.png"
     fig.savefig(img, dpi=110)
     rows = []
     for name, pts in curves.items():
@@ -140,17 +142,17 @@ def write_doc(a: argparse.Namespace, out: Path) -> None:
         f"{100 * ref['classifier_error']:.1f} % and FD {ref['fd_classifier']:.1f} (dotted line). That run shared the machine with other work "
         f"({ref['train_s']:.0f} s); at the curves' own rate ({rate:.2f} s a step, two runs on the two cores) its "
         f"{base} steps take about **{base * rate:.0f} s**, the time to compare with the column below. "
-        "A curve's run has its own schedule (5x the mining steps before any finetuning), so its first 300 steps "
+        f"A curve's run has its own schedule ({a.scale}x the mining steps before any finetuning), so its first {base} steps "
         "are not the reference run.",
         "",
-        "![time to quality](img/time-to-quality.png)",
+        f"![time to quality](img/{img.name})",
         "",
         "| curve | steps run | training time | reaches the reference error after | reaches its error and FD after | best error "
         "| final error | final FD |",
         "|---|---|---|---|---|---|---|---|",
         *rows,
     ])
-    update_section("time_to_quality", text)
+    update_section(a.section, text)
 
 
 if __name__ == "__main__":
