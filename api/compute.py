@@ -119,12 +119,14 @@ async def run_check(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     A checker that died (killed, out of memory) is replaced and the call runs once more."""
     loop = asyncio.get_running_loop()
     for attempt in (0, 1):
+        pool = _checker()
         try:
-            return await loop.run_in_executor(_checker(), functools.partial(fn, *args, **kwargs))
+            return await loop.run_in_executor(pool, functools.partial(fn, *args, **kwargs))
         except BrokenProcessPool:
             global _CHECKER
             with _checker_lock:
-                _CHECKER = None
+                if _CHECKER is pool:  # not one that a concurrent call has already started in its place
+                    _CHECKER = None
             if attempt:
                 raise
             log.warning("the upload checker process died; starting another")

@@ -110,3 +110,32 @@ def test_target_zips_are_checked_in_a_low_priority_process_whose_errors_reach_th
         assert pid2 not in (pid, os.getpid())
 
     asyncio.run(main())
+
+
+
+def _pid_after(seconds: float) -> int:  # run in the checker process (module level: it is pickled by reference)
+    import os
+    import time
+
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def test_a_killed_checker_is_replaced_once_when_calls_fail_together() -> None:
+    """Two calls in flight when the checker process dies both run again, in one new checker process: the second
+    to fail must not discard the process that the first one started in its place."""
+    import os
+    import signal
+
+    from api.compute import run_check
+
+    async def main() -> tuple[int, int, int]:
+        old = await run_check(_pid_after, 0.0)
+        calls = [asyncio.ensure_future(run_check(_pid_after, 1.0)), asyncio.ensure_future(run_check(_pid_after, 0.0))]
+        await asyncio.sleep(0.3)  # the first is running in the checker, the second waits for it
+        os.kill(old, signal.SIGKILL)
+        a, b = await asyncio.gather(*calls)
+        return old, a, b
+
+    old, a, b = asyncio.run(main())
+    assert a == b != old
