@@ -192,7 +192,7 @@ def forward_cost(model: MinedGenerator, sizes: list[int], reps: int = 7) -> dict
     """Seconds per image of one forward pass x = G(M(u)) of each batch size: the median of ``reps`` timings after a
     warm-up, the sizes interleaved (one pass of each size per repetition), so that a moment of load on a shared
     machine falls on every size alike instead of making one size look cheapest. (Timed one size after another, a
-    server once concluded that batches of 16 were the cheapest and never batched; docs/benchmarks.md, "batching".)"""
+    benchmark's server once never batched, most likely for that reason; docs/benchmarks.md, "batching".)"""
     u = torch.randn(max(sizes), model.z_dim, generator=torch.Generator().manual_seed(0))
     for s in sizes:
         model.decode(u[:s])  # warm
