@@ -131,7 +131,7 @@ def write_doc(a: argparse.Namespace, out: Path) -> None:
                     f"{last['fd_classifier']:.2f} |")
     cmd = "python benchmarks/time_to_quality.py " + " ".join(shlex.quote(x) for x in sys.argv[1:])
     text = "\n".join([
-        "## Time to quality: `mnist-no-9` -> 9, error and FD against wall-clock (issue 18)",
+        f"## Time to quality at {a.scale}x: `mnist-no-9` -> 9, error and FD against wall-clock (issue 18)",
         "",
         f"Command: `{cmd}` (2-core CPU; each run on one thread, two runs at a time). Each curve is one run of {a.scale}x "
         f"today's budget ({RunConfig().mining_steps * a.scale} mining + {RunConfig().finetune_steps * a.scale} finetuning steps "
