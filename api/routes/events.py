@@ -64,6 +64,7 @@ async def follow(svc: Services, job_id: str, last: int, gone: Callable[[], Await
     get a short-lived URL of their image. Shared by the SSE stream and gRPC ``minegan.v1.Jobs/Watch``."""
     url = svc.settings.database_url
     quiet_since = time.monotonic()
+    final = False
     while not await gone():
         events = await run_in_threadpool(jobs_dao.events_after, url, job_id, last)
         for event_id, kind, data in events:
@@ -76,9 +77,13 @@ async def follow(svc: Services, job_id: str, last: int, gone: Callable[[], Await
         if events:
             quiet_since = time.monotonic()
             continue
-        status = await run_in_threadpool(jobs_dao.get_status, url, job_id)
-        if status in jobs_dao.FINAL:  # its completed event was sent before this stream (id <= last)
+        if final:  # read after the final status was seen, and still nothing: its completed event has id <= last
             return
+        # The final status and its completed event are written in one transaction, but it can land between the read
+        # above and this one: then the loop reads the events once more (and ends with completed) before it stops.
+        final = await run_in_threadpool(jobs_dao.get_status, url, job_id) in jobs_dao.FINAL
+        if final:
+            continue
         if time.monotonic() - quiet_since > KEEPALIVE_S:
             quiet_since = time.monotonic()
             yield None

@@ -69,3 +69,47 @@ def test_a_reconnecting_client_sees_every_event_once(client: TestClient) -> None
 
 def test_events_of_another_tenants_job_are_not_found(client: TestClient) -> None:
     assert client.get("/jobs/nope/events").status_code == 404
+
+
+def test_a_job_that_finishes_between_the_two_reads_still_ends_with_completed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``follow`` reads the events, then the status. When the job finishes between those reads (its final status and
+    completed event land in one transaction), the stream must still send completed, not stop before it."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from api.routes import events as ev
+
+    log: list[tuple[int, str, dict]] = [(1, "status", {"status": "running"}), (2, "progress", {"step": 1})]
+    state = {"status": "running", "reads": 0}
+
+    def events_after(url: str, job_id: str, after: int) -> list[tuple[int, str, dict]]:
+        state["reads"] += 1
+        return [e for e in log if e[0] > after]
+
+    def get_status(url: str, job_id: str) -> str:
+        status = state["status"]
+        if status == "running":  # the worker's finishing transaction commits right after the (empty) events read
+            log.extend([(3, "status", {"status": "succeeded"}), (4, "completed", {"status": "succeeded"})])
+            state["status"] = "succeeded"
+            return "succeeded"
+        return status
+
+    monkeypatch.setattr(ev.jobs_dao, "events_after", events_after)
+    monkeypatch.setattr(ev.jobs_dao, "get_status", get_status)
+    monkeypatch.setattr(ev, "POLL_S", 0.0)
+    svc = SimpleNamespace(settings=SimpleNamespace(database_url="sqlite://", presign_expiry_s=60), blobs=None)
+
+    async def gone() -> bool:
+        return False
+
+    async def collect() -> list[tuple[int, str, dict] | None]:
+        return [e async for e in ev.follow(svc, "j", 0, gone)]  # type: ignore[arg-type]
+
+    got = asyncio.run(asyncio.wait_for(collect(), 10))
+    assert [e[0] for e in got if e is not None] == [1, 2, 3, 4] and got[-1] is not None and got[-1][1] == "completed"
+    # a stream that starts after the end reads once more, finds nothing past its last id, and closes
+    assert asyncio.run(asyncio.wait_for(_after(ev, svc, 4, gone), 10)) == []
+
+
+async def _after(ev, svc, last, gone):  # type: ignore[no-untyped-def]
+    return [e async for e in ev.follow(svc, "j", last, gone)]
