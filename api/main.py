@@ -21,6 +21,7 @@ from api.routes import blobs, health, jobs, models, sample, ui, v2
 from api.routes import events as event_routes
 from api.services import LatestJobs, ModelCache, Services
 from api.sweeper import sweep_forever
+from core.methods import pick_device
 from store import events
 from store.blobs import make_blob_store
 from store.db import upgrade
@@ -80,8 +81,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
             start_checker()
         app.state.services = Services(settings=settings, blobs=blob_store, enqueue=enqueue,
-                                      models=ModelCache(blob_store, settings.model_cache_size), check_broker=check_broker,
-                                      latest=latest)
+                                      models=ModelCache(blob_store, settings.model_cache_size, pick_device(settings.serve_device)),
+                                      check_broker=check_broker, latest=latest)
         # in embedded mode the queue lives in this process and cannot lose a message: only stale running jobs matter
         sweeper = asyncio.create_task(sweep_forever(settings, enqueue, requeue_queued=not settings.embedded))
         sender = asyncio.create_task(event_routes.deliver_forever(settings))  # webhook deliveries (store/webhooks.py)

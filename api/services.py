@@ -20,10 +20,12 @@ log = logging.getLogger(__name__)
 
 
 class ModelCache:
-    """Finished jobs' generators, loaded once from the blob store and kept (LRU) for sampling."""
+    """Finished jobs' generators, loaded once from the blob store and kept (LRU) for sampling, on ``device``
+    (``MINEGAN_SERVE_DEVICE``; latents are still drawn on the CPU from the request's seed, so a seed names the same
+    latents on any device, and images come back to the CPU for encoding)."""
 
-    def __init__(self, blobs: BlobStore, size: int) -> None:
-        self.blobs, self.size = blobs, size
+    def __init__(self, blobs: BlobStore, size: int, device: str = "cpu") -> None:
+        self.blobs, self.size, self.device = blobs, size, device
         self._items: OrderedDict[str, TransferredModel] = OrderedDict()
         self._lock = threading.Lock()
         self.loads = 0  # how many times a model was fetched from storage (tests assert on it)
@@ -42,6 +44,7 @@ class ModelCache:
                 self._items.move_to_end(key)
                 return self._items[key]
         model, _ = load_model(self.blobs.get(key))
+        model.to(self.device)
         CACHE.labels("miss").inc()
         with self._lock:
             self.loads += 1

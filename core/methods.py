@@ -323,6 +323,13 @@ def save_model(model: TransferredModel, path: Path, meta: dict[str, Any]) -> Pat
     return checkpoints.save(obj, path)
 
 
+def pick_device(setting: str) -> str:
+    """A device setting (``MINEGAN_DEVICE``, ``MINEGAN_SERVE_DEVICE``): ``auto`` is cuda if available, else cpu."""
+    if setting != "auto":
+        return setting
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def load_model(path: str | Path | bytes) -> tuple[TransferredModel, dict[str, Any]]:
     """The transferred generator(s) and miner(s) of a finished run, from ``model.pt`` (weights only)."""
     obj = checkpoints.load(path)

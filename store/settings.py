@@ -60,7 +60,8 @@ class Settings(BaseSettings):
     upload_check_process: bool = True
     sample_fast_path: bool = True  # GET /sample from the caches without FastAPI's routing (api/fastpath.py)
     latest_cache_s: float = Field(default=60.0, ge=0.0)  # GET /sample: the latest job is remembered this long (0: off)
-    device: str = "auto"  # auto: cuda if available, else cpu
+    device: str = "auto"  # the worker's training device; auto: cuda if available, else cpu
+    serve_device: str = "auto"  # where the API keeps models and renders samples; auto: cuda if available, else cpu
     queue: str = "gpu"
     visibility_timeout_s: int = Field(default=6 * 3600, ge=60)
     progress_interval_s: float = Field(default=1.0, ge=0.0)

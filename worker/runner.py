@@ -26,7 +26,7 @@ from sqlalchemy.exc import OperationalError
 from core import checkpoints, zoo
 from core.data import TargetDataError, TargetSet, load_target
 from core.images import grid_png
-from core.methods import RunResult, train
+from core.methods import RunResult, pick_device, train
 from core.options import MethodError, RunConfig, config_from_spec
 from core.trainer import Stopped
 from store import events, logs
@@ -56,12 +56,6 @@ class PermanentJobError(Exception):
 
 def artifact_key(job_id: str, name: str) -> str:
     return f"jobs/{job_id}/{name}"
-
-
-def pick_device(setting: str) -> str:
-    if setting != "auto":
-        return setting
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 HISTORY_KEYS = ("d_loss", "g_loss", "wdist")
