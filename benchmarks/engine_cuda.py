@@ -167,7 +167,7 @@ def main() -> int:
         "against the same weights on the CPU (images in [-1, 1]). Batch bits: whether 16 rows forwarded inside a batch of up "
         "to 128 give the bits they give alone (`api/batching.py` batches only then).",
         "",
-        "| run | CPU s/step | GPU s/step | GPU speed-up | losses finite | max |GPU - CPU| sample | batch bits GPU / CPU |",
+        "| run | CPU s/step | GPU s/step | GPU speed-up | losses finite | largest GPU-CPU pixel difference of a sample | batch bits GPU / CPU |",
         "| --- | ---: | ---: | ---: | --- | ---: | --- |",
     ]
     for r in rows:

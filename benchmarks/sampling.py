@@ -250,8 +250,8 @@ def main() -> int:
         + ". The fixed cost of a request (HTTP parsing, the app, the client) is "
         f"{1000 * (med['socket'] - ml):.2f} ms with the socket client and {1000 * (med['job_sample'] - ml):.2f} ms with "
         f"http.client, {(med['socket'] - ml) / ml:.2f}x and {(med['job_sample'] - ml) / ml:.2f}x of this run's in-process "
-        "time: a fixed cost, so the ratio also depends on how fast this shared CPU happens to be in a run. "
-        "The section below explains where the time goes.",
+        "time: a fixed cost, so the ratio also depends on how fast this shared CPU happens to be in a run."
+        + (" The section below explains where the time goes." if a.section == "sampling" else ""),
     ]
     print("\n".join(lines))
     print(f"wrote {update_section(a.section, chr(10).join(lines))}")
