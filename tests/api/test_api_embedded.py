@@ -305,3 +305,26 @@ def test_an_empty_form_part_gets_the_message_of_a_missing_one(client: TestClient
     r = client.post("/jobs", data=data, files=files)
     field = "spec" if "images" in files and files["images"][0] else "images"
     assert r.status_code == 422 and r.json()["error"]["message"] == f"{field}: is required and was missing or empty"
+
+
+def test_the_model_cache_keeps_models_on_the_serve_device(tmp_path: Path) -> None:
+    """MINEGAN_SERVE_DEVICE: a loaded model lives on that device (``meta`` here: a device that is not the CPU without a
+    GPU), and ``auto`` is cuda where there is one. Samples on a GPU ran in docs/benchmarks.md, "sampling_cuda"."""
+    import torch
+
+    from api.services import ModelCache
+    from core.methods import pick_device, save_model
+    from core.mining import MinedGenerator
+    from tests.helpers import tiny_source
+
+    path = save_model(MinedGenerator(tiny_source(width=4, z_dim=8).G, None), tmp_path / "model.pt", {})
+
+    class Blobs:
+        def get(self, key: str) -> bytes:
+            return path.read_bytes()
+
+    for device in ("cpu", "meta"):
+        model = ModelCache(Blobs(), 2, device).get("jobs/x/model.pt")  # type: ignore[arg-type]
+        assert {p.device.type for p in model.parameters()} == {device}
+    assert pick_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu") and pick_device("cuda:1") == "cuda:1"
+    assert Settings(serve_device="cpu").serve_device == "cpu" and Settings().serve_device == "auto"
