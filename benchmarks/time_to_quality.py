@@ -56,8 +56,10 @@ def _curve(name: str, scale: int, a: argparse.Namespace, source: zoo.SourceModel
         points.append({"step": step, "train_s": e0 - t0 - eval_s, **res})
         eval_s += time.perf_counter() - e0
         print(f"{name} step {step}: {points[-1]}", flush=True)
+        (out / f"{name.replace(':', '-')}-x{scale}-e{a.every}.partial.json").write_text(json.dumps(points))  # kept if cut short
 
-    train(cfg, source, target, out / "runs" / f"{name.replace(':', '-')}-x{scale}", on_preview=on_preview, preview_every=a.every)
+    train(cfg, source, target, out / "runs" / f"{name.replace(':', '-')}-x{scale}", on_preview=on_preview, preview_every=a.every,
+          device=a.device)
     return points
 
 
@@ -68,6 +70,10 @@ def main() -> int:
     ap.add_argument("--samples", type=int, default=500)
     ap.add_argument("--curves", default="minegan++,transfergan,minegan++:aug,transfergan:aug")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--device", default="cpu", help="where the runs train: cpu or cuda")
+    ap.add_argument("--machine", default="2-core CPU; each run on one thread, two runs at a time",
+                    help="how the runs were placed, for the doc's text")
+    ap.add_argument("--reference-only", action="store_true", help="run only the reference (and write nothing)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "time_to_quality"))
     ap.add_argument("--section", default="time_to_quality", help="docs/benchmarks.md section (and docs/img/<section>.png, "
                     "underscores as dashes) to write")
@@ -79,11 +85,13 @@ def main() -> int:
     target = load_target(write_mnist_zip(out / "nines.zip", [9], 100, seed=0), 1, 28).images
     real, _ = load_mnist("test", [9])
     source = zoo.load_source("mnist-no-9")
-    for name, scale in [("minegan++", 1)] + [(c, a.scale) for c in a.curves.split(",") if c]:  # the reference first
+    curves = [] if a.reference_only else [(c, a.scale) for c in a.curves.split(",") if c]
+    for name, scale in [("minegan++", 1), *curves]:  # the reference first
         path = out / f"{name.replace(':', '-')}-x{scale}-e{a.every}.json"
         if not path.exists():
             path.write_text(json.dumps(_curve(name, scale, a, source, target, real, out)))
-    write_doc(a, out)
+    if not a.reference_only:
+        write_doc(a, out)
     return 0
 
 
@@ -111,8 +119,9 @@ def write_doc(a: argparse.Namespace, out: Path) -> None:
         axes[0].plot(xs, [100 * p["classifier_error"] for p in pts], label=name.replace(":aug", " + DiffAugment"))
         axes[1].plot(xs, [p["fd_classifier"] for p in pts], label=name.replace(":aug", " + DiffAugment"))
     axes[0].axhline(100 * ref["classifier_error"], color="gray", ls=":", lw=1)
-    axes[0].set(xlabel="training wall-clock (min, 1 CPU thread)", ylabel="classifier error on 9s (%)", ylim=(0, 100))
-    axes[1].set(xlabel="training wall-clock (min, 1 CPU thread)", ylabel="FD (classifier features)", yscale="log")
+    where = "GPU" if a.device.startswith("cuda") else "1 CPU thread"
+    axes[0].set(xlabel=f"training wall-clock (min, {where})", ylabel="classifier error on 9s (%)", ylim=(0, 100))
+    axes[1].set(xlabel=f"training wall-clock (min, {where})", ylabel="FD (classifier features)", yscale="log")
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     img = ROOT / "docs" / "img" / f"{a.section.replace('_', '-')}.png"
@@ -133,14 +142,14 @@ def write_doc(a: argparse.Namespace, out: Path) -> None:
     text = "\n".join([
         f"## Time to quality at {a.scale}x: `mnist-no-9` -> 9, error and FD against wall-clock (issue 18)",
         "",
-        f"Command: `{cmd}` (2-core CPU; each run on one thread, two runs at a time). Each curve is one run of {a.scale}x "
+        f"Command: `{cmd}` ({a.machine}). Each curve is one run of {a.scale}x "
         f"today's budget ({RunConfig().mining_steps * a.scale} mining + {RunConfig().finetune_steps * a.scale} finetuning steps "
         f"for minegan++, the same total for transfergan), evaluated every {a.every} steps on {a.samples} samples "
         "(classifier error on 9s, FD on the classifier's features) without touching the training RNG; wall-clock "
         "excludes evaluation. The source's critic; `+ DiffAugment` adds `augment=color,translation,cutout`. The "
         f"reference: minegan++ without augmentation at today's budget ({base} steps, its own run), "
         f"{100 * ref['classifier_error']:.1f} % and FD {ref['fd_classifier']:.1f} (dotted line). That run shared the machine with other work "
-        f"({ref['train_s']:.0f} s); at the curves' own rate ({rate:.2f} s a step, two runs on the two cores) its "
+        f"({ref['train_s']:.0f} s); at the curves' own rate ({rate:.3f} s a step, two runs at a time) its "
         f"{base} steps take about **{base * rate:.0f} s**, the time to compare with the column below. "
         f"A curve's run has its own schedule ({a.scale}x the mining steps before any finetuning), so its first {base} steps "
         "are not the reference run.",
