@@ -31,7 +31,10 @@ if [ "$what" = ttq ]; then  # the two pairs of curves side by side, each after i
   wait
   for d in /tmp/ttq-minegan++ /tmp/ttq-transfergan; do
     tail -3 "$d.log"
-    for f in "$d"/*.json; do case $f in *.partial.json) [ -e "${f%.partial.json}.json" ] && continue;; esac; cp "$f" "$out/$(basename "$d")-$(basename "$f")"; done
+    for f in "$d"/*.json; do  # names without '+': the device tool returns only [A-Za-z0-9._-] names
+      case $f in *.partial.json) [ -e "${f%.partial.json}.json" ] && continue;; esac
+      cp "$f" "$out/$(echo "$(basename "$d")-$(basename "$f")" | sed 's/+/p/g')"
+    done
   done
   ls "$out"
 fi
