@@ -76,9 +76,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             subscriber.start()
         else:
             log.warning("broker is not Redis: GET /sample asks the database for the latest job on every request")
-        if settings.upload_check_process:
-            from api.compute import start_checker
+        from api.compute import RenderPriority, claim_render_team, start_checker
 
+        RenderPriority.nice = settings.render_nice
+        claim_render_team()  # here, on the event loop, before any torch work there
+        if settings.upload_check_process:
             start_checker()
         app.state.services = Services(settings=settings, blobs=blob_store, enqueue=enqueue,
                                       models=ModelCache(blob_store, settings.model_cache_size, pick_device(settings.serve_device)),

@@ -58,6 +58,8 @@ class Settings(BaseSettings):
     # decode and check uploaded target zips in a separate low-priority process (api/compute.py, run_check), not in a
     # thread of the API process whose Python would hold the GIL while samples render
     upload_check_process: bool = True
+    # nice value of the thread that renders samples (api/compute.py, RenderPriority); below 0 needs CAP_SYS_NICE
+    render_nice: int = Field(default=-5, ge=-20, le=19)
     sample_fast_path: bool = True  # GET /sample from the caches without FastAPI's routing (api/fastpath.py)
     latest_cache_s: float = Field(default=60.0, ge=0.0)  # GET /sample: the latest job is remembered this long (0: off)
     device: str = "auto"  # the worker's training device; auto: cuda if available, else cpu

@@ -139,3 +139,91 @@ def test_a_killed_checker_is_replaced_once_when_calls_fail_together() -> None:
 
     old, a, b = asyncio.run(main())
     assert a == b != old
+
+
+def test_the_render_thread_and_the_openmp_team_it_starts_run_at_the_render_nice_value(caplog) -> None:  # type: ignore[no-untyped-def]
+    """MINEGAN_RENDER_NICE: the thread that claims the render team gets the nice value before its first parallel
+    region, so the OpenMP threads that region starts inherit it; without the privilege to lower it, renders keep the
+    process's priority and a warning says so."""
+    import os
+    import threading
+
+    from api import compute
+
+    def nice_of_threads() -> dict[int, int]:
+        out = {}
+        for tid in os.listdir("/proc/self/task"):
+            try:
+                out[int(tid)] = os.getpriority(os.PRIO_PROCESS, int(tid))
+            except OSError:
+                pass  # a thread that just ended
+        return out
+
+    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    want = min(19, base + 3) if base < 19 else 19  # raising one's nice value needs no privilege
+    lower = base - 1  # lowering it does
+    seen: dict[str, object] = {}
+
+    def render_thread(value: int, key: str) -> None:
+        compute.RenderPriority.nice, compute.RenderPriority.applied = value, None
+        compute.claim_render_team()
+        a = torch.randn(512, 512)
+        for _ in range(3):
+            a = torch.tanh(a @ a)  # parallel regions: libgomp starts this thread's team now
+        seen[key] = (threading.get_native_id(), compute.RenderPriority.applied, torch.get_num_threads(), nice_of_threads())
+
+    before = nice_of_threads()
+    t = threading.Thread(target=render_thread, args=(want, "raise"))
+    t.start()
+    t.join()
+    tid, applied, threads, after = seen["raise"]  # type: ignore[misc]
+    assert applied == want and after[tid] == want
+    team = [x for x, v in after.items() if v == want and x not in before]
+    assert tid in team and len(team) >= threads  # the loop thread and its OpenMP workers
+    def probe() -> None:  # may a thread lower its nice value here (root, CAP_SYS_NICE, RLIMIT_NICE)?
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), lower)
+            seen["privileged"] = True
+        except OSError:
+            seen["privileged"] = False
+
+    p = threading.Thread(target=probe)
+    p.start()
+    p.join()
+    privileged = seen["privileged"]
+    caplog.clear()
+    t = threading.Thread(target=render_thread, args=(lower, "lower"))
+    t.start()
+    t.join()
+    tid, applied, _, after = seen["lower"]  # type: ignore[misc]
+    if privileged:
+        assert applied == lower and after[tid] == lower
+    else:
+        assert applied is None and "not applied" in caplog.text
+    compute.RenderPriority.nice, compute.RenderPriority.applied = 0, None
+
+
+def test_without_the_privilege_to_lower_its_nice_value_the_render_thread_keeps_the_process_priority(monkeypatch, caplog) -> None:  # type: ignore[no-untyped-def]
+    import os
+    import threading
+
+    from api import compute
+
+    def refuse(which: int, who: int, value: int) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "setpriority", refuse)
+    out: dict[str, object] = {}
+
+    def render_thread() -> None:
+        compute.RenderPriority.nice, compute.RenderPriority.applied = -5, None
+        compute.claim_render_team()
+        out["applied"] = compute.RenderPriority.applied
+        out["threads"] = torch.get_num_threads()
+
+    t = threading.Thread(target=render_thread)
+    t.start()
+    t.join()
+    assert out["applied"] is None and out["threads"] == compute._RENDER_THREADS  # claimed all the same
+    assert "MINEGAN_RENDER_NICE=-5 not applied" in caplog.text and "Operation not permitted" in caplog.text
+    compute.RenderPriority.nice = 0
