@@ -176,7 +176,11 @@ class RenderPriority:
     ``/sample?n=16`` from 35-45 ms to 17-22 ms (three interleaved pairs; docs/benchmarks.md, "upload_sampling"). The
     value is a privilege, not a speed-up: -10 and -15 measured no better than -5. A value below 0 needs
     CAP_SYS_NICE or a matching RLIMIT_NICE (docker-compose.yml gives the API ``cap_add: [SYS_NICE]``); without it
-    the renders keep the process's priority and the API says so once at startup."""
+    the renders keep the process's priority and the API says so once at startup. Threads that the loop starts later
+    inherit the value (Linux keeps it per thread): Starlette's threadpool, which runs the short database calls;
+    the threads that store uploads and load models, and the checker process, lower themselves to
+    :data:`BACKGROUND_NICE` (:func:`background_priority`). The embedded worker starts before this is set, so
+    training keeps the process's priority."""
 
     nice = 0
     applied: int | None = None  # the value the render thread got (None: not set)
