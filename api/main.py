@@ -78,10 +78,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.warning("broker is not Redis: GET /sample asks the database for the latest job on every request")
         from api.compute import RenderPriority, claim_render_team, start_checker
 
+        if settings.upload_check_process:
+            start_checker()  # before the render priority: the checker's threads here (and its process) must not inherit it
         RenderPriority.nice = settings.render_nice
         claim_render_team()  # here, on the event loop, before any torch work there
-        if settings.upload_check_process:
-            start_checker()
         app.state.services = Services(settings=settings, blobs=blob_store, enqueue=enqueue,
                                       models=ModelCache(blob_store, settings.model_cache_size, pick_device(settings.serve_device)),
                                       check_broker=check_broker, latest=latest)
