@@ -84,7 +84,7 @@ _EXECUTOR = ThreadPoolExecutor(max_workers=1, thread_name_prefix="minegan-torch"
 
 async def run_torch(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     """Run ``fn(*args, **kwargs)`` on the single-threaded torch helper and await it (exceptions propagate)."""
-    _claim_render_team()  # the loop thread owns the team before the helper first sets torch's count to 1
+    claim_render_team()  # the loop thread owns the team before the helper first sets torch's count to 1
     return await asyncio.get_running_loop().run_in_executor(_EXECUTOR, functools.partial(fn, *args, **kwargs))
 
 
@@ -151,7 +151,7 @@ async def sample_on_loop(model: Sampler, n: int, seed: int, batcher: SampleBatch
     threads, in pieces of at most :data:`CHUNK_VALUES` values, yielding to the loop between pieces. Only for
     models already in memory; loads, uploads and anything else that can take long go to :func:`run_torch`.
     With a ``batcher``, a request it takes may share its forward pass with concurrent ones (api/batching.py)."""
-    _claim_render_team()
+    claim_render_team()
     chunk = max(4, CHUNK_VALUES // max(1, model.values_per_image))
     if batcher is not None and batcher.eligible(model, n, chunk):
         return await batcher.sample(model, n, seed, chunk)  # type: ignore[arg-type]
@@ -165,7 +165,7 @@ async def sample_on_loop(model: Sampler, n: int, seed: int, batcher: SampleBatch
 
 def on_loop(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     """Run short torch work (encoding a rendered grid) here, on the event-loop thread that owns the team."""
-    _claim_render_team()
+    claim_render_team()
     return fn(*args, **kwargs)
 
 
@@ -199,12 +199,8 @@ def _apply_render_priority() -> None:
 
 def claim_render_team() -> None:
     """Make the calling thread (the event loop) the one that renders: its priority (:class:`RenderPriority`) first,
-    then torch's default thread count, so that the OpenMP team its first parallel region starts inherits both.
-    The app calls it at startup, before any torch work on the loop; later calls do nothing."""
-    _claim_render_team()
-
-
-def _claim_render_team() -> None:
+    then torch's default thread count, so that the OpenMP team its first parallel region starts inherits both. The
+    app calls it at startup, before any torch work on the loop; every entry point here calls it too (once a thread)."""
     # torch.set_num_threads writes a process-wide default as well as this thread's count; once the helper
     # has set 1, a thread initialised afterwards would inherit it. Claim the default count for the
     # calling thread (the event loop) explicitly, once per thread. Its OpenMP threads are started by its first
