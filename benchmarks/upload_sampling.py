@@ -12,7 +12,10 @@ of a ``--mb`` MB zip each (random-noise 64x64 PNGs, so they do not compress) are
 to S3, its zip decoded and checked, its job inserted and enqueued. Reported: p50 and p99 of the sampling latency
 idle and during uploads (pooled over rounds, and the median over rounds of each round's p99 ratio).
 
-Usage: python benchmarks/upload_sampling.py [--rounds 5 --uploads 10 --mb 5 --idle 300]
+The uploading clients run in a process of their own (``--uploaders process``), so the sampling client does not
+wait for their GIL; ``--uploaders threads`` runs them as threads beside it (the third and fourth sessions' setup).
+
+Usage: python benchmarks/upload_sampling.py [--rounds 5 --uploads 10 --mb 5 --idle 300 --uploaders process]
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import multiprocessing
 import os
 import shlex
 import statistics
@@ -30,6 +34,7 @@ import time
 import uuid
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -71,6 +76,45 @@ def _noise_zip(mb: float, seed: int) -> bytes:
     return buf.getvalue()
 
 
+def _upload_all(url: str, auth: dict[str, str], spec: dict, zips: list[bytes], start: threading.Barrier | None = None
+                ) -> list[tuple[float, int]]:
+    """POST every zip as a job at once, one thread and connection each; (seconds, status) of each."""
+    start = start or threading.Barrier(len(zips))
+    out: list[tuple[float, int]] = []
+
+    def upload(k: int) -> None:
+        with httpx.Client(base_url=url, headers=auth, timeout=600) as c:
+            start.wait()
+            t0 = time.perf_counter()
+            r = c.post("/jobs", files={"images": ("noise.zip", zips[k], "application/zip")},
+                       data={"spec": json.dumps({**spec, "seed": k})})
+            out.append((time.perf_counter() - t0, r.status_code))
+
+    threads = [threading.Thread(target=upload, args=(k,)) for k in range(len(zips))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return out
+
+
+def _uploader_process(url: str, auth: dict[str, str], spec: dict, mb: float, n: int, ready: Any, go: Any, finished: Any,
+                      results: Any) -> None:
+    """The uploading clients in a process of their own (``--uploaders process``): their Python then does not share
+    the sampling client's GIL, as other users' uploads never share a user's client."""
+    zips = [_noise_zip(mb, s) for s in range(n)]
+    start = threading.Barrier(n + 1)
+    done: list[list[tuple[float, int]]] = []
+    runner = threading.Thread(target=lambda: done.append(_upload_all(url, auth, spec, zips, start)))
+    runner.start()
+    ready.set()
+    go.wait()
+    start.wait()
+    runner.join()
+    finished.set()  # the uploads are answered: the busy period ends here, not when this process has torn down
+    results.put(done[0])
+
+
 def _pct(xs: list[float], q: float) -> float:
     return sorted(xs)[int(q * (len(xs) - 1))]
 
@@ -81,6 +125,9 @@ def main() -> int:
     ap.add_argument("--uploads", type=int, default=10)
     ap.add_argument("--mb", type=float, default=5.0)
     ap.add_argument("--idle", type=int, default=300, help="idle sample requests per round")
+    ap.add_argument("--uploaders", choices=("process", "threads"), default="process",
+                    help="the uploading clients in a process of their own, or as threads of the sampling client's process "
+                         "(whose GIL they then share; the third and fourth sessions' figures)")
     a = ap.parse_args()
     command = "python benchmarks/upload_sampling.py " + " ".join(shlex.quote(x) for x in sys.argv[1:])
     base, stop_services = _services()
@@ -131,7 +178,7 @@ def main() -> int:
         worker.terminate()  # later jobs stay queued: no training competes with the measurement
         worker.wait(60)
         job_id = j["id"]
-        uploads = [_noise_zip(a.mb, s) for s in range(a.uploads)]
+        uploads = [_noise_zip(a.mb, s) for s in range(a.uploads)] if a.uploaders == "threads" else []
         sample = SocketClient(port, f"Authorization: Bearer {key}\r\n")
         path = f"/jobs/{job_id}/sample?n=16&seed="
         for i in range(20):
@@ -147,36 +194,44 @@ def main() -> int:
                 sample.get(path + str(i))
                 lat.append(time.perf_counter() - t0)
             idle.append(lat)
-            start = threading.Barrier(a.uploads + 1)
-
-            def upload(k: int, start: threading.Barrier = start) -> None:
-                with httpx.Client(base_url=url, headers=auth, timeout=600) as c:
-                    start.wait()
-                    t0 = time.perf_counter()
-                    r = c.post("/jobs", files={"images": ("noise.zip", uploads[k], "application/zip")},
-                               data={"spec": json.dumps({**spec, "seed": k})})
-                    upload_s.append(time.perf_counter() - t0)
-                    statuses.append(r.status_code)
-
-            threads = [threading.Thread(target=upload, args=(k,)) for k in range(a.uploads)]
             spy = None
             if os.environ.get("PROFILE_DIR") and rnd == 1:
                 spy = subprocess.Popen([str(BIN / "py-spy"), "record", "-p", str(api.pid), "-d", "2", "-f", "raw", "-r", "1000",
                                         "--nonblocking", "-t", "-o", os.environ["PROFILE_DIR"] + "/upload.txt"],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 time.sleep(0.5)
-            for t in threads:
-                t.start()
-            start.wait()
+            if a.uploaders == "process":
+                ctx = multiprocessing.get_context("spawn")
+                ready, go, finished, results = ctx.Event(), ctx.Event(), ctx.Event(), ctx.Queue()
+                child = ctx.Process(target=_uploader_process, args=(url, auth, spec, a.mb, a.uploads, ready, go, finished, results))
+                child.start()
+                ready.wait()
+                go.set()
+
+                def busy_now(finished: Any = finished, child: Any = child) -> bool:
+                    return not finished.is_set() and child.is_alive()
+            else:
+                start = threading.Barrier(a.uploads + 1)
+                mine: list[list[tuple[float, int]]] = []
+                runner = threading.Thread(target=lambda start=start, mine=mine: mine.append(_upload_all(url, auth, spec, uploads, start)))
+                runner.start()
+                start.wait()
+                busy_now = runner.is_alive
             lat = []
             i = 0
-            while any(t.is_alive() for t in threads):
+            while busy_now():
                 t0 = time.perf_counter()
                 sample.get(path + str(i))
                 lat.append(time.perf_counter() - t0)
                 i += 1
-            for t in threads:
-                t.join()
+            if a.uploaders == "process":
+                outcome = results.get(timeout=60)
+                child.join()
+            else:
+                runner.join()
+                outcome = mine[0]
+            upload_s += [t for t, _ in outcome]
+            statuses += [code for _, code in outcome]
             if spy is not None:
                 spy.wait()
             busy.append(lat)
@@ -206,7 +261,9 @@ def main() -> int:
         "(`scripts/services.sh`); the one Celery worker ran the sampled job and was then stopped, so the submitted "
         "jobs stay queued. One keep-alive socket client sends `GET /jobs/{id}/sample?n=16` (PNG) one request after "
         f"another: {a.idle} idle requests, then for as long as {a.uploads} concurrent `POST /jobs` of "
-        f"{a.mb:g} MB each (random-noise 64x64 PNGs) are in flight; {a.rounds} rounds.",
+        f"{a.mb:g} MB each (random-noise 64x64 PNGs) are in flight; {a.rounds} rounds. The uploading clients run "
+        + ("in a process of their own, so they do not share the sampling client's GIL." if a.uploaders == "process" else
+           "as threads of the sampling client's process, sharing its GIL."),
         "",
         "| `/sample?n=16` | requests | p50 | p99 |",
         "|---|---|---|---|",
