@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The checks that need a GPU (CI has none), run on a machine with CUDA, with the Python 3.12 wheels of the packages
-# that machine lacks in .whl/ and a trimmed MNIST (its test split) in .whl/site/. Writes logs, the updated
+# that machine lacks in .whl/ and a trimmed MNIST (its test split) in .whl/site/ (scripts/device_wheels.sh builds both). Writes logs, the updated
 # docs/benchmarks.md and results under $OUT (or ./device-out).
 #   bash scripts/device_check.sh [all|engine|sampling|ttq]
 #     engine:   benchmarks/engine_cuda.py (every method on CUDA beside the CPU)      -> docs/benchmarks.md "cuda"
