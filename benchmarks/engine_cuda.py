@@ -129,11 +129,12 @@ def main() -> int:
         return loaded[name]
 
     torch.zeros(1, device=a.gpu)  # CUDA context before the first timed run
-    warm = cases(tmp)[0]
+    rows_to_run = cases(tmp)
+    warm = rows_to_run[0]
     for device in (a.gpu, "cpu"):  # one untimed step on each device first (kernels, allocator, thread pools)
         run_once([source(n) for n in warm[1]], warm[2], warm[3], 1, device, tmp / f"warm-{device}")
     rows = []
-    for k, (label, names, target, opts) in enumerate(cases(tmp)):
+    for k, (label, names, target, opts) in enumerate(rows_to_run):
         if a.only and label not in a.only.split(";"):
             continue
         per_step: dict[str, float] = {}
