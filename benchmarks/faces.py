@@ -40,6 +40,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from api.main import create_app  # noqa: E402
 from core import zoo  # noqa: E402
+from core.colour import fit_colour_map  # noqa: E402
 from core.data import load_target_bytes  # noqa: E402
 from core.images import grid_png, png_bytes  # noqa: E402
 from core.metrics import evaluate  # noqa: E402
@@ -64,15 +65,21 @@ def _faces_zip() -> bytes:
     return buf.getvalue()
 
 
-# every variant spelled out (not "auto"), so a row keeps its meaning when the service's auto changes
+# every variant but "default" spelled out, so a row keeps its meaning when the service's auto changes
 VARIANTS = {
-    "aug": {"critic_init": "fresh", "augment": "color,translation,cutout", "critic_warmup": 50, "miner_init": "identity"},
-    "noaug": {"critic_init": "fresh", "augment": "", "critic_warmup": 50, "miner_init": "identity"},
-    "plain": {"critic_init": "fresh", "augment": "", "critic_warmup": 0, "miner_init": "paper"},  # the service before issue 18
-    "auto": {"critic_init": "fresh", "augment": "", "critic_warmup": 50, "miner_init": "paper"},  # the service's defaults now
+    "default": {},  # what a user gets who sets nothing: for this generator-only RGB source, the settings of "colour"
+    "colour": {"critic_init": "fresh", "augment": "", "critic_warmup": 50, "miner_init": "identity", "colour_match": "on"},
+    "paper+colour": {"critic_init": "fresh", "augment": "", "critic_warmup": 50, "miner_init": "paper", "colour_match": "on"},
+    "aug+colour": {"critic_init": "fresh", "augment": "color,translation,cutout", "critic_warmup": 50, "miner_init": "identity",
+                   "colour_match": "on"},
+    "aug": {"critic_init": "fresh", "augment": "color,translation,cutout", "critic_warmup": 50, "miner_init": "identity",
+            "colour_match": "off"},
+    "noaug": {"critic_init": "fresh", "augment": "", "critic_warmup": 50, "miner_init": "identity", "colour_match": "off"},
+    "plain": {"critic_init": "fresh", "augment": "", "critic_warmup": 0, "miner_init": "paper", "colour_match": "off"},  # before issue 18
+    "auto": {"critic_init": "fresh", "augment": "", "critic_warmup": 50, "miner_init": "paper", "colour_match": "off"},  # third session's defaults
 }
-ROWS = ("minegan++:auto,transfergan:auto,mine:auto,freezed:auto,minegan:auto,minegan++:aug,transfergan:aug,mine:aug,"
-        "minegan++:plain,transfergan:plain,mine:plain,freezed:plain,minegan:plain,minegan++:noaug,freezed:aug,minegan:aug")
+ROWS = ("mine:default,minegan++:default,minegan:default,transfergan:default,freezed:default,minegan++:aug+colour,"
+        "minegan++:paper+colour,mine:noaug,minegan++:noaug,transfergan:noaug,mine:auto")
 
 
 def main() -> int:
@@ -112,6 +119,7 @@ def main() -> int:
         before_path.write_text(json.dumps(evaluate(before, target, ["kid", "fid", "kmmd"])))
     rows = {"source": json.loads(before_path.read_text())}
     print("source", rows["source"], flush=True)
+    rows["source, colour map only (no training)"] = _colour_only(source, target, a, out, img)
 
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         settings = Settings(database_url=f"sqlite:///{tmp}/db.sqlite", storage_dir=f"{tmp}/blobs", work_dir=f"{tmp}/work",
@@ -136,7 +144,7 @@ def main() -> int:
             print(key, rows[f"{method} ({variant})"], flush=True)
             _write_docs(rows, command, a)  # after every row: an interrupted run still documents what it measured
         if onnx_diff is not None:
-            rows[f"{a.onnx} (auto), ONNX upload"] = _onnx_row(c, a, onnx_diff, target_zip, target, out, img)
+            rows[f"{a.onnx} (default), ONNX upload"] = _onnx_row(c, a, onnx_diff, target_zip, target, out, img)
             _write_docs(rows, command, a)
     _write_docs(rows, command, a)
     return 0
@@ -167,6 +175,22 @@ def _run_job(c: Any, a: argparse.Namespace, method: str, variant: str, target_zi
     return {**evaluate(after, target, ["kid", "fid", "kmmd"]), "wall_s": round(wall), "steps": j["total_steps"]}
 
 
+def _colour_only(source: zoo.SourceModel, target: torch.Tensor, a: argparse.Namespace, out: Path, img: Path) -> dict[str, Any]:
+    """The reference for colour matching: the source as uploaded, with only the colour map (Eq. MK, core/colour.py) fitted
+    to the targets as a job fits it before training, and nothing trained. What any row gains beyond it, training gained."""
+    res = out / "source-colour.json"
+    if not res.exists():
+        t0 = time.time()
+        colour = fit_colour_map(lambda u: source.G.eval()(u), 100, target)
+        with torch.no_grad():
+            x = torch.cat([colour(source.G(torch.randn(100, 100, generator=torch.Generator().manual_seed(123 + i))))
+                           for i in range(-(-a.samples // 100))])[: a.samples]
+        (img / "faces-source-colour.png").write_bytes(grid_png(x[:64], nrow=8))
+        res.write_text(json.dumps({**evaluate(x, target, ["kid", "fid", "kmmd"]), "wall_s": round(time.time() - t0, 1), "steps": 0,
+                                   "grid": "faces-source-colour.png", "colour_map": colour.as_json()}))
+    return json.loads(res.read_text())  # type: ignore[no-any-return]
+
+
 def _onnx_upload(c: Any, source: zoo.SourceModel) -> float:
     """The faces DCGAN exported with torch.onnx.export and uploaded as family onnx; returns the largest difference
     between its images and the state-dict upload's on the same 64 latents."""
@@ -191,9 +215,9 @@ def _onnx_upload(c: Any, source: zoo.SourceModel) -> float:
 
 def _onnx_row(c: Any, a: argparse.Namespace, diff: float, target_zip: bytes, target: torch.Tensor, out: Path, img: Path) -> dict[str, Any]:
     """The ``--onnx`` method (auto) run on the ONNX upload through the service."""
-    res = out / f"onnx-{a.onnx}-auto-{a.mining_steps}-{a.finetune_steps}-b{a.batch_size}.json"
+    res = out / f"onnx-{a.onnx}-default-{a.mining_steps}-{a.finetune_steps}-b{a.batch_size}.json"
     if not res.exists():
-        m = _run_job(c, a, a.onnx, "auto", target_zip, target, img / f"faces-{a.onnx}-onnx.png", source_id="dcgan-faces-onnx")
+        m = _run_job(c, a, a.onnx, "default", target_zip, target, img / f"faces-{a.onnx}-onnx.png", source_id="dcgan-faces-onnx")
         res.write_text(json.dumps({**m, "max_abs_diff_vs_state_dict": diff}))
     return json.loads(res.read_text())  # type: ignore[no-any-return]
 
@@ -214,17 +238,20 @@ def _write_docs(rows: dict[str, dict[str, Any]], command: str, a: argparse.Names
         "state dict with `POST /models` (family `dcgan64`); it ships no discriminator. Target: the 100 real faces of "
         "scikit-image's LFW subset (`skimage.data.lfw_subset()[:100]`, 25x25 grayscale, converted by the service to 64x64 "
         f"RGB). Every job: {a.mining_steps} mining + {a.finetune_steps} finetuning steps (methods without a miner train for "
-        f"the sum), batch {a.batch_size}, {a.n_critic} critic updates per step. Every critic starts fresh. `aug`: DiffAugment "
-        "(color,translation,cutout), a 50-step critic warm-up (counted in `steps`) and a miner that starts at the identity; "
-        "`noaug`: the same without DiffAugment; `auto`: the service's defaults for a generator-only source (the warm-up, "
-        "Appendix A's miner, no DiffAugment); `plain`: a fresh critic alone with Appendix A's miner (the service before "
-        f"issue 18). {a.samples} samples (seed 123) per row.", "",
+        f"the sum), batch {a.batch_size}, {a.n_critic} critic updates per step. Every critic starts fresh. Variants: "
+        "`default`: nothing set, the service's defaults, which for this generator-only RGB source are a 50-step critic "
+        "warm-up (counted in `steps`), the miner that starts at the identity, no DiffAugment and colour matching on "
+        "(core/colour.py: a linear colour transfer after G, fitted to the targets before training and again at the end); "
+        "`paper+colour`: the same with Appendix A's miner; `aug+colour`: the same with DiffAugment (color,translation,cutout); "
+        "`noaug`: the defaults without colour matching; `auto`: the third session's defaults (Appendix A's miner, no colour "
+        "matching). `source, colour map only`: the uploaded generator with only the colour map fitted, nothing trained: "
+        "what a row gains beyond it, training gained. "
+        f"{a.samples} samples (seed 123) per row.", "",
         *table, "",
         "KID is unbiased, so it can be compared across set sizes; FID on a few hundred samples against 100 targets is "
         "biased upward and noisy: compare rows, not papers.",
     ]
-    grids = [f"`{n}`:\n\n![{n}](img/faces-{n.split(' ')[0]}-{'onnx' if 'ONNX' in n else n.split('(')[1][:-1]}.png)\n"
-             for n in rows if n != "source"]
+    grids = [f"`{n}`:\n\n![{n}](img/{m.get('grid') or _grid_name(n)})\n" for n, m in rows.items() if n != "source"]
     check = Path(a.out) / "onnx_check.json"
     if check.exists():
         diff = json.loads(check.read_text())["max_abs_diff"]
@@ -244,6 +271,11 @@ def _write_docs(rows: dict[str, dict[str, Any]], command: str, a: argparse.Names
         doc += [notes.read_text()]
     (ROOT / "docs" / "faces.md").write_text("\n".join(doc))
     print("\n".join(head))
+
+
+def _grid_name(row: str) -> str:
+    method, variant = row.split(" ")[0], "onnx" if "ONNX" in row else row.split("(")[1].split(")")[0]
+    return f"faces-{method}-{variant}.png"
 
 
 def _save(ckpt: dict) -> Path:  # type: ignore[type-arg]

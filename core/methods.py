@@ -39,18 +39,21 @@ from torch import nn
 from core import checkpoints
 from core.augment import diff_augment
 from core.baselines import finetune_all_stage
+from core.colour import ColourMap, fit_colour_map
 from core.finetune import finetune_stage
 from core.fusion import FusionConfig, fuse
 from core.mining import MinedGenerator, mining_stage
 from core.multi import MultiGanModules, MultiMinedGenerator, unconditional_critic
-from core.nets import GENERATORS, JointMiner, JointMinerConfig, Miner, MinerConfig, OnnxGenerator, critic_like, new_like
+from core.nets import GENERATORS, JointMiner, JointMinerConfig, Miner, MinerConfig, OnnxGenerator, critic_like, generate, new_like
 from core.options import (
     DEFAULTS,
     FUSION_METHODS,
     METHODS,
     MINING_METHODS,
+    OPTIONS,
     MethodError,
     RunConfig,
+    SourceInfo,
     check_sources,
     resolve,
 )
@@ -209,11 +212,11 @@ def train(
         sources = [_fused_source(concrete, sources, run_dir, on_progress, should_stop, device, after_checkpoint)]
     run = mining_run(cfg, sources, target.to(device), run_dir, concrete)
     run.resume()
-    for m in (run.mods.G, run.mods.D, run.mods.M):
+    for m in (run.mods.G, run.mods.D, run.mods.M, run.mods.colour):
         if m is not None:
             m.to(device)
     run.run(_reporting(on_progress, on_preview, preview_every, run.mods), should_stop, cfg.checkpoint_every, after_checkpoint)
-    return _finish(concrete, run, run_dir)
+    return _finish(concrete, run, run_dir, target)
 
 
 def _check_inputs(cfg: RunConfig, sources: list[SourceModel], target: torch.Tensor) -> None:
@@ -229,15 +232,30 @@ def mining_run(cfg: RunConfig, sources: list[SourceModel], images: torch.Tensor,
     """The method's stages (after fusion's, for fusion methods) over freshly built modules, as a resumable run.
     ``concrete``: ``cfg`` resolved for the original sources (default: for ``sources``); the run is identified
     by ``cfg`` as given, so a checkpoint records what the user asked for."""
-    concrete = concrete or resolve(cfg, [s.info for s in sources])
+    infos = [s.info for s in sources]
+    concrete = concrete or resolve(cfg, infos)
     stages = plan(concrete)
     torch.manual_seed(cfg.seed)
     mods = build_modules(concrete, sources)
+    if concrete.colour_match == "on":  # Eq. MK fitted on the source generator (no miner): the critic sees matched colours
+        mods.colour = _fit_colour(mods.G, None, mods.z_dim, images)
     return StagedRun(mods, stages, TargetBatches(images), run_dir,
                      {"config": cfg.as_json(), "source": ",".join(s.name for s in sources)},
                      data_rng=torch.Generator().manual_seed(cfg.seed + 1), offset=cfg.pre_steps, total_steps=concrete.total_steps,
                      hooks=StageHooks(augment=diff_augment(concrete.augment)),
-                     sparse=SparseConfig(cfg.sparse_top_fraction, cfg.sparse_min_weights), identity_defaults=DEFAULTS.as_json())
+                     sparse=SparseConfig(cfg.sparse_top_fraction, cfg.sparse_min_weights), identity_defaults=DEFAULTS.as_json(),
+                     same_config=lambda a, b: _resolved_json(a, infos) == _resolved_json(b, infos))
+
+
+def _resolved_json(config: dict[str, Any], infos: list[SourceInfo]) -> dict[str, Any] | None:
+    """A stored config as it resolves for these sources (None if it no longer parses): how checkpoints compare."""
+    known = {f.name for f in OPTIONS}
+    try:
+        given: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items() if k in known}
+        cfg = RunConfig(**given)
+        return resolve(cfg, infos).as_json() | {k: v for k, v in config.items() if k not in known}
+    except (TypeError, ValueError):
+        return None
 
 
 def _reporting(on_progress: ProgressFn | None, on_preview: PreviewFn | None, preview_every: int, mods: GanModules) -> ProgressFn | None:
@@ -255,9 +273,11 @@ def _reporting(on_progress: ProgressFn | None, on_preview: PreviewFn | None, pre
     return on_progress
 
 
-def _finish(cfg: RunConfig, run: StagedRun, run_dir: Path) -> RunResult:
+def _finish(cfg: RunConfig, run: StagedRun, run_dir: Path, target: torch.Tensor) -> RunResult:
     """Write ``model.pt`` (the transferred model for sampling) and ``run.json`` (the run's summary)."""
     model = _current_model(run.mods)
+    if cfg.colour_match == "on" and isinstance(model, MinedGenerator):  # Eq. MK again, on the trained G(M(u))
+        model.colour = _fit_colour(model.G, model.M, run.mods.z_dim, target)
     model.cpu().eval()
     summary = {"method": cfg.method, "source": run.identity["source"], "steps": cfg.total_steps, "train_seconds": round(run.elapsed, 2),
                "steps_per_s": round(cfg.total_steps / max(run.elapsed, 1e-9), 3), **run.history}
@@ -265,6 +285,8 @@ def _finish(cfg: RunConfig, run: StagedRun, run_dir: Path) -> RunResult:
         summary["critic"] = {"init": "fresh", "augment": cfg.augment, "warmup": cfg.critic_warmup}
     if isinstance(model, MultiMinedGenerator):
         summary["selector_pi"] = dict(zip(model.member_names, model.pi))
+    elif model.colour is not None:
+        summary["colour_map"] = model.colour.as_json()
     save_model(model, run_dir / "model.pt", {"config": run.identity["config"], **summary})
     (run_dir / "run.json").write_text(json.dumps(summary, indent=2))
     return RunResult(model=model, run_dir=run_dir, summary=summary)
@@ -276,7 +298,21 @@ def _current_model(mods: GanModules) -> TransferredModel:
         assert isinstance(mods.G, nn.ModuleList) and isinstance(mods.M, nn.ModuleList)
         return MultiMinedGenerator(mods.G, mods.M, mods.members, mods.pi, mods.member_names)
     assert isinstance(mods.G, GENERATORS) and (mods.M is None or isinstance(mods.M, (Miner, JointMiner)))
-    return MinedGenerator(mods.G, mods.M)
+    return MinedGenerator(mods.G, mods.M, mods.colour)
+
+
+def _fit_colour(G: nn.Module, M: nn.Module | None, z_dim: int, targets: torch.Tensor) -> ColourMap:
+    """Eq. MK from G(M(u)) in eval mode (batch-norm statistics stay as they are), G and M left as they were."""
+    nets = [n for n in (G, M) if n is not None]
+    was_training = [n.training for n in nets]
+    device = next(G.parameters()).device
+    for n in nets:
+        n.eval()
+    try:
+        return fit_colour_map(lambda u: generate(G, M, u.to(device)), z_dim, targets)
+    finally:
+        for n, t in zip(nets, was_training):
+            n.train(t)
 
 
 def _with_previews(on_progress: ProgressFn | None, on_preview: PreviewFn, every: int, mods: GanModules) -> ProgressFn:
@@ -320,6 +356,8 @@ def save_model(model: TransferredModel, path: Path, meta: dict[str, Any]) -> Pat
         kind = "joint-miner" if isinstance(model.M, JointMiner) else "miner"
         obj |= {"generator": checkpoints.pack_module("generator", model.G),
                 "miner": checkpoints.pack_module(kind, model.M) if model.M is not None else {}}
+        if model.colour is not None:
+            obj["colour"] = json.dumps(model.colour.as_json())
     return checkpoints.save(obj, path)
 
 
@@ -344,7 +382,13 @@ def load_model(path: str | Path | bytes) -> tuple[TransferredModel, dict[str, An
     G = checkpoints.unpack_module(obj["generator"])
     M = checkpoints.unpack_module(obj["miner"]) if obj.get("miner") else None
     assert isinstance(G, GENERATORS) and (M is None or isinstance(M, (Miner, JointMiner)))
-    return MinedGenerator(G.eval(), M.eval() if M is not None else None), meta
+    try:
+        colour = ColourMap.from_json(json.loads(obj["colour"])) if obj.get("colour") else None
+    except (TypeError, ValueError, KeyError) as exc:
+        raise checkpoints.CheckpointError(f"the model's colour map is malformed: {exc}") from exc
+    if colour is not None and colour.W.shape[0] != G.cfg.channels:
+        raise checkpoints.CheckpointError("the model's colour map does not fit its generator's channels")
+    return MinedGenerator(G.eval(), M.eval() if M is not None else None, colour), meta
 
 
 def with_overrides(cfg: RunConfig, **kw: Any) -> RunConfig:

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from core.colour import ColourMap
 from core.nets import AnyGenerator, JointMiner, Miner, generate
 from core.trainer import StageConfig
 
@@ -29,10 +30,11 @@ def mining_stage(steps: int, *, sparse: bool = False, **opts: object) -> StageCo
 class MinedGenerator(nn.Module):
     """The transferred model used for sampling: x = G(M(u)), or G(u) for methods without a miner."""
 
-    def __init__(self, G: AnyGenerator, M: Miner | JointMiner | None) -> None:
+    def __init__(self, G: AnyGenerator, M: Miner | JointMiner | None, colour: ColourMap | None = None) -> None:
         super().__init__()
         self.G = G
         self.M = M
+        self.colour = colour  # x = clamp(W G(M(u)) + b): the fitted colour transfer (core/colour.py), if any
 
     @property
     def z_dim(self) -> int:
@@ -66,7 +68,8 @@ class MinedGenerator(nn.Module):
 
     @torch.no_grad()
     def decode(self, u: torch.Tensor) -> torch.Tensor:
-        """x = G(M(u)) in one forward pass, on the model's device, returned on the CPU: u [N, z_dim] -> [N, C, H, W].
-        Sampling and the API's batched sampling (api/batching.py) both go through it."""
+        """x = G(M(u)) in one forward pass (then the colour map, if any), on the model's device, returned on the CPU:
+        u [N, z_dim] -> [N, C, H, W]. Sampling and the API's batched sampling (api/batching.py) both go through it."""
         device = next(self.G.parameters()).device
-        return generate(self.G, self.M, u.to(device)).cpu()
+        x = generate(self.G, self.M, u.to(device))
+        return (self.colour(x) if self.colour is not None else x).cpu()

@@ -24,7 +24,8 @@ SELECTION_RULES = ("permuted", "max")
 FUSION_CRITICS = ("projection", "plain")
 FUSION_MINING = ("regions", "single")
 CRITIC_INITS = ("auto", "source", "fresh")
-MINER_INITS = ("paper", "identity")
+MINER_INITS = ("auto", "paper", "identity")
+COLOUR_MATCH = ("auto", "on", "off")
 # The warm-up "auto" gives a critic that starts fresh (a generator-only upload), chosen by measurement:
 # docs/benchmarks.md, section "fresh_critic_minegan++" (benchmarks/fresh_critic.py), where it took mnist-no-9 -> 9
 # with a fresh critic from 18.6 % to 8.2 % classifier error; DiffAugment and the identity miner did not help there.
@@ -57,8 +58,9 @@ class RunConfig:
     miner_layers: int = option(2, "fully connected layers of the miner (Appendix A: 2)", ge=1, le=8)
     miner_hidden: int = option(0, "miner width; 0: |z| (Appendix A)", ge=0, le=4096)
     miner_init_std: float = option(0.01, "std of the miner's initial weights (Appendix A: N(0, 0.01))", api=None)
-    miner_init: str = option("paper", "where the miner starts: paper (Appendix A's M(u) = MLP(u), whose N(0, 0.01) weights start it "
-                             "collapsed near z = 0) or identity (M(u) = u + MLP(u): at the source's own prior)", choices=MINER_INITS)
+    miner_init: str = option("auto", "where the miner starts: paper (Appendix A's M(u) = MLP(u), whose N(0, 0.01) weights start it "
+                             "collapsed near z = 0), identity (M(u) = u + MLP(u): at the source's own prior), or auto: paper when "
+                             "the critic's source ships a critic, identity for a generator-only upload", choices=MINER_INITS)
     lr_miner: float = option(4e-4, "Adam learning rate of the miner (Appendix A)", gt=0, le=0.1)
     lr_generator: float = option(1e-4, "Adam learning rate of the generator", gt=0, le=0.1)
     lr_critic: float = option(1e-4, "Adam learning rate of the critic", gt=0, le=0.1)
@@ -79,6 +81,9 @@ class RunConfig:
                               choices=CRITIC_INITS)
     augment: str = option("", "DiffAugment policy on every critic input: a comma-separated list of color, translation, cutout "
                           "(e.g. color,translation,cutout); '' for none")
+    colour_match: str = option("auto", "a closed-form colour transfer after the generator (core/colour.py), fitted to the targets' "
+                               "colour mean and covariance before training and again at the end: on, off, or auto: on for colour "
+                               "images from a single unconditional generator", choices=COLOUR_MATCH)
     critic_warmup: int = option(-1, "steps training the critic alone (n_critic updates each) before the first miner/generator "
                                 f"update; -1 (auto): {AUTO_WARMUP} when the critic starts fresh, 0 otherwise", ge=-1, le=100_000)
     fusion_steps: int = option(1600, "fusion, fusion++: steps training the fused G_F before mining it (Eq. 15-16)", ge=1, le=100_000,
@@ -196,13 +201,31 @@ def check_sources(cfg: RunConfig, sources: list[SourceInfo]) -> None:
                           f"({', '.join(m for m in MINING_METHODS if m not in FUSION_METHODS)})")
     if cfg.critic_source >= len(sources):
         raise MethodError(f"options.critic_source: {cfg.critic_source} is not the index of one of the {len(sources)} sources")
+    if cfg.colour_match == "on" and _is_family(cfg, sources):
+        raise MethodError("options.colour_match: on applies to a single unconditional generator (fusion with fusion_mining "
+                          "single included), not to a family of several sources or classes")
+
+
+def _is_family(cfg: RunConfig, sources: list[SourceInfo]) -> bool:
+    """Whether the run mines a family (one miner per source, class or fused region) rather than one generator."""
+    if cfg.method in FUSION_METHODS:
+        return cfg.fusion_mining == "regions"
+    return len(sources) > 1 or sources[0].conditional
 
 
 def resolve(cfg: RunConfig, sources: list[SourceInfo]) -> RunConfig:
     """``cfg`` with its "auto" settings made concrete for these sources: the critic starts fresh when asked to, or
     when the critic's source ships none (a generator-only upload), and a fresh critic gets a warm-up; one from a
-    pretrained critic gets none, as in the paper."""
+    pretrained critic gets none, as in the paper. A generator-only upload's miner starts at the identity: Appendix A's
+    miner starts collapsed near z = 0 and, against a fresh critic on the faces DCGAN, stayed collapsed (docs/faces.md);
+    a zoo source keeps it, also with ``critic_init`` fresh (it reached 8.2 % error on mnist-no-9 -> 9 there, the
+    identity 13.6 %). Colour matching is on for colour images from one unconditional generator (not for ``scratch``,
+    whose generator has no colours to start from)."""
     critic_from = sources[cfg.critic_source] if cfg.critic_source < len(sources) else sources[0]
     fresh = cfg.critic_init == "fresh" or (cfg.critic_init == "auto" and not critic_from.has_critic)
-    return replace(cfg, critic_init="fresh" if fresh else "source",
+    miner_init = cfg.miner_init if cfg.miner_init != "auto" else ("paper" if critic_from.has_critic else "identity")
+    colour = cfg.colour_match
+    if colour == "auto":
+        colour = "on" if sources[0].channels > 1 and cfg.method != "scratch" and not _is_family(cfg, sources) else "off"
+    return replace(cfg, critic_init="fresh" if fresh else "source", miner_init=miner_init, colour_match=colour,
                    critic_warmup=(AUTO_WARMUP if fresh else 0) if cfg.critic_warmup < 0 else cfg.critic_warmup)

@@ -28,6 +28,7 @@ from torch import nn
 
 from core import checkpoints
 from core.augment import Augment
+from core.colour import ColourMap
 from core.losses import critic_loss, generator_loss, gradient_penalty
 from core.nets import generate
 from core.options import DEFAULTS, MethodError
@@ -70,12 +71,15 @@ class GanModules:
     M: nn.Module | None = None
     z_dim: int = 128
     n_classes: int = 0  # > 0: conditional source; fakes use the labels of the real batch
+    colour: ColourMap | None = None  # the fitted colour map after G (core/colour.py, Eq. MK), or None
+
 
     def latent(self, n: int, gen: torch.Generator | None = None, device: str | torch.device = "cpu") -> torch.Tensor:
         return torch.randn(n, self.z_dim, generator=gen, device=device)  # u ~ N(0, I): [N, z_dim]
 
     def fake(self, u: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
-        return generate(self.G, self.M, u, c if self.n_classes else None)  # G(M(u)): [N, C, H, W]
+        x = generate(self.G, self.M, u, c if self.n_classes else None)  # G(M(u)): [N, C, H, W]
+        return self.colour(x) if self.colour is not None else x
 
     def critic(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         return self.D(x, c) if self.n_classes else self.D(x)
@@ -295,7 +299,9 @@ class StagedRun:
     optimisers and S^3 masks, both RNG states, the run's history and its ``identity`` (config and source
     names), so :meth:`resume` continues bit-identically from the newest checkpoint in this run's step range
     ``(offset, offset + steps]``; a checkpoint of another identity is refused. ``upgrade`` converts a
-    checkpoint of an older format (fusion's own, before it ran on this loop) into this one.
+    checkpoint of an older format (fusion's own, before it ran on this loop) into this one. ``same_config(saved,
+    current)`` says whether a checkpoint's config is this run's (default: equal; mining runs compare the configs as
+    resolved for their sources, so a default that became "auto" and resolves to the old value keeps its runs).
     A fresh ``sparse`` stage selects its critic filters with S^3 (Eq. 11-14) from target minibatches first.
     """
 
@@ -303,12 +309,14 @@ class StagedRun:
                  data_rng: torch.Generator, offset: int = 0, total_steps: int | None = None, hooks: StageHooks | None = None,
                  extra: dict[str, nn.Module] | None = None, sparse: SparseConfig | None = None,
                  identity_defaults: dict[str, Any] | None = None,
-                 upgrade: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None) -> None:
+                 upgrade: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None,
+                 same_config: Callable[[dict[str, Any], dict[str, Any]], bool] | None = None) -> None:
         self.mods, self.stages, self.data, self.run_dir, self.identity = mods, stages, data, run_dir, identity
         self.data_rng, self.offset, self.hooks, self.extra, self.sparse = data_rng, offset, hooks, extra or {}, sparse
         self.end = offset + sum(s.steps for s in stages)
         self.total_steps = total_steps or self.end
         self.identity_defaults, self.upgrade = identity_defaults or {}, upgrade
+        self.same_config = same_config or (lambda a, b: a == b)  # whether a checkpoint's config is this run's
         self.stage_idx = 0
         self.state: StageState | None = None
         self.elapsed = 0.0  # training time, summed over resumed attempts
@@ -347,7 +355,7 @@ class StagedRun:
             obj = self.upgrade(obj) or obj
         # options added in later versions take their defaults, so an upgrade does not orphan running jobs
         saved = {**self.identity_defaults, **dict(obj.get("config") or {})}
-        if obj.get("format") != RUN_FORMAT or saved != self.identity["config"] or obj.get("source") != self.identity["source"]:
+        if obj.get("format") != RUN_FORMAT or not self.same_config(saved, self.identity["config"]) or obj.get("source") != self.identity["source"]:
             raise MethodError(f"{path} belongs to a different run configuration; use a fresh run directory")
         self.mods.G.load_state_dict(obj["G"])
         self.mods.D.load_state_dict(obj["D"])

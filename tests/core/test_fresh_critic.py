@@ -51,11 +51,12 @@ def test_policies_are_differentiable_and_change_images_per_sample() -> None:
 
 def test_auto_follows_the_source_critic() -> None:
     info = SourceInfo("s", 8, 28, 1, False)
-    assert resolve(RunConfig(), [info]) == RunConfig(critic_init="source", critic_warmup=0)
+    assert resolve(RunConfig(), [info]) == RunConfig(critic_init="source", critic_warmup=0, miner_init="paper", colour_match="off")
     no_critic = resolve(RunConfig(), [SourceInfo("s", 8, 28, 1, False, has_critic=False)])
-    assert (no_critic.critic_init, no_critic.critic_warmup) == ("fresh", AUTO_WARMUP)
+    assert (no_critic.critic_init, no_critic.critic_warmup, no_critic.miner_init) == ("fresh", AUTO_WARMUP, "identity")
     forced = resolve(RunConfig(critic_init="fresh", augment=POLICY, critic_warmup=3), [info])
-    assert (forced.critic_init, forced.augment, forced.critic_warmup) == ("fresh", POLICY, 3)
+    # a zoo source keeps Appendix A's miner when its critic is replaced (the MNIST measurement of options.resolve)
+    assert (forced.critic_init, forced.augment, forced.critic_warmup, forced.miner_init) == ("fresh", POLICY, 3, "paper")
     assert _generator_only().info.has_critic is False and tiny_source().info.has_critic is True
 
 
