@@ -182,11 +182,12 @@ def _colour_only(source: zoo.SourceModel, target: torch.Tensor, a: argparse.Name
     if not res.exists():
         t0 = time.time()
         colour = fit_colour_map(lambda u: source.G.eval()(u), 100, target)
+        fit_s = time.time() - t0
         with torch.no_grad():
             x = torch.cat([colour(source.G(torch.randn(100, 100, generator=torch.Generator().manual_seed(123 + i))))
                            for i in range(-(-a.samples // 100))])[: a.samples]
         (img / "faces-source-colour.png").write_bytes(grid_png(x[:64], nrow=8))
-        res.write_text(json.dumps({**evaluate(x, target, ["kid", "fid", "kmmd"]), "wall_s": round(time.time() - t0, 1), "steps": 0,
+        res.write_text(json.dumps({**evaluate(x, target, ["kid", "fid", "kmmd"]), "wall_s": round(fit_s, 1), "steps": 0,
                                    "grid": "faces-source-colour.png", "colour_map": colour.as_json()}))
     return json.loads(res.read_text())  # type: ignore[no-any-return]
 

@@ -110,8 +110,9 @@ def write_doc(out: Path, a: argparse.Namespace, command: str) -> None:
         f"Command: `{command}` (2-core CPU). Target: 100 real test-split 9s (seed 0), as the main MNIST table. "
         f"{a.mining_steps} mining + {a.finetune_steps} finetuning steps; a warm-up adds its critic-only steps. "
         f"DiffAugment: `color,translation,cutout`; warm-up: 50 steps of {RunConfig().n_critic} critic updates. "
-        f"`fresh + warm-up` is exactly what `--critic-init fresh` (or a generator-only source) gets by default: a "
-        f"{AUTO_WARMUP}-step warm-up, no DiffAugment, Appendix A's miner.",
+        f"`fresh + warm-up` is exactly what `--critic-init fresh` gets by default on this zoo source: a "
+        f"{AUTO_WARMUP}-step warm-up, no DiffAugment, Appendix A's miner; a generator-only upload gets the identity miner "
+        "instead (`fresh + warm-up + identity miner`). Colour matching does not apply: the digits are one channel.",
         "",
         "| critic | classifier error on 9s | FD (classifier features) | FID (Inception, 200) | steps | wall |",
         "|---|---|---|---|---|---|",
@@ -124,8 +125,9 @@ def write_doc(out: Path, a: argparse.Namespace, command: str) -> None:
         "is what helps, and it is the default for a fresh critic. DiffAugment (the 100-shot recipe of Zhao et al. for "
         "StyleGAN2) hurts here: on 28x28 digits cutout and translation make nearly every augmented real image unlike any "
         "digit, the critic stops rewarding variety and the samples collapse onto a few clean 9s (error 0 %, FD above 400). "
-        "The identity-start miner keeps more variety (lower FD) but misses more 9s. Both stay options (`augment`, "
-        "`miner_init`), off by default; docs/faces.md measures them on 64x64 faces.",
+        "The identity-start miner keeps more variety (lower FD) but misses more 9s. DiffAugment stays an option "
+        "(`augment`), off by default. The identity miner is off for zoo sources like this one and on for generator-only "
+        "uploads (`miner_init` auto), where Appendix A's miner stayed collapsed on the faces DCGAN (docs/faces.md).",
     ])
     update_section(f"fresh_critic_{a.method}", text)
 
