@@ -10,6 +10,7 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
@@ -69,6 +70,12 @@ def test_upload_a_dcgan_and_mine_it(client: TestClient) -> None:
     assert done["status"] == "succeeded", done
     png = client.get(f"/jobs/{job['id']}/sample?n=4")
     assert Image.open(io.BytesIO(png.content)).size == (2 * 66 + 2, 2 * 66 + 2) and Image.open(io.BytesIO(png.content)).mode == "RGB"
+    # colour matching is on by default for an RGB generator-only upload: the samples take the targets' colour mean
+    r = client.get(f"/jobs/{job['id']}/sample", params={"n": 16, "seed": 3, "format": "zip"})
+    with zipfile.ZipFile(io.BytesIO(r.content)) as zf:
+        pixels = np.stack([np.asarray(Image.open(zf.open(n)).convert("RGB"), dtype=np.float64) for n in zf.namelist()])
+    want = np.array([200, np.mean([40 + 8 * i for i in range(16)]), 40])  # _rgb_zip's mean colour
+    assert np.abs(pixels.mean(axis=(0, 1, 2)) - want).max() < 12, pixels.mean(axis=(0, 1, 2))
     assert _upload(client, _state(), cfg).status_code == 409  # the id is taken
 
 
