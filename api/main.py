@@ -21,6 +21,7 @@ from api.routes import blobs, health, jobs, models, sample, ui, v2
 from api.routes import events as event_routes
 from api.services import LatestJobs, ModelCache, Services
 from api.sweeper import sweep_forever
+from api.watchdog import Watchdog, heartbeat
 from core.methods import pick_device
 from store import events
 from store.blobs import make_blob_store
@@ -88,6 +89,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # in embedded mode the queue lives in this process and cannot lose a message: only stale running jobs matter
         sweeper = asyncio.create_task(sweep_forever(settings, enqueue, requeue_queued=not settings.embedded))
         sender = asyncio.create_task(event_routes.deliver_forever(settings))  # webhook deliveries (store/webhooks.py)
+        dog = Watchdog(settings.loop_stall_warn_s) if settings.loop_stall_warn_s > 0 else None
+        if dog is not None:
+            dog.start()
+        beat = asyncio.create_task(heartbeat(dog))  # the loop's lag, and its stalls (api/watchdog.py)
         grpc = None
         if settings.grpc_port:  # on this event loop, beside HTTP: the same model cache and sampling thread
             from api import grpc_server
@@ -98,6 +103,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await grpc.stop(2)
         sweeper.cancel()
         sender.cancel()
+        beat.cancel()
+        if dog is not None:
+            dog.stop()
         if subscriber is not None:
             subscriber.stop()
         events.remove_local_listener(latest.invalidate)

@@ -224,7 +224,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
     # "auto" picks httptools + uvloop (dependencies) when importable; no per-request access log on the hot path;
     # log_config=None: uvicorn's own records go through the handler above
     uvicorn.run(create_app(settings), host=a.host, port=a.port, log_level="warning", access_log=False, http="auto", loop="auto",
-                log_config=None)
+                log_config=None, timeout_keep_alive=settings.http_keep_alive_s)
     return 0
 
 

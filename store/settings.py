@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     upload_check_process: bool = True
     # nice value of the thread that renders samples (api/compute.py, RenderPriority); below 0 needs CAP_SYS_NICE
     render_nice: int = Field(default=-5, ge=-20, le=19)
+    # warn, with the loop thread's stack, when the API's event loop has not run for this long (api/watchdog.py); 0: off
+    loop_stall_warn_s: float = Field(default=1.0, ge=0.0)
+    # how long `minegan serve` keeps an idle HTTP keep-alive connection open (uvicorn's timeout_keep_alive)
+    http_keep_alive_s: int = Field(default=5, ge=1, le=3600)
     sample_fast_path: bool = True  # GET /sample from the caches without FastAPI's routing (api/fastpath.py)
     latest_cache_s: float = Field(default=60.0, ge=0.0)  # GET /sample: the latest job is remembered this long (0: off)
     device: str = "auto"  # the worker's training device; auto: cuda if available, else cpu
