@@ -56,8 +56,10 @@ class Watchdog:
                 reported_at = last
                 self.stalls += 1
                 frame = sys._current_frames().get(self.loop_thread)
-                where = "".join(traceback.format_stack(frame)) if frame is not None else "(the loop thread has no frame)"
-                log.warning("the event loop has not run for %.1f s; every request waits. Its thread is here:\n%s", silent, where)
+                where = "".join(traceback.format_stack(frame)) if frame is not None else "(the loop thread has no frame)\n"
+                log.warning("the event loop has not run for %.1f s; every request waits. Its thread is here (a stack that ends "
+                            "in the selector's poll means it is waiting for the GIL, held by another thread, or for a CPU):\n%s",
+                            silent, where)
             elif reported_at is not None and reported_at != last:
                 log.warning("the event loop is running again after a stall of %.1f s", last - reported_at)
                 reported_at = None

@@ -123,7 +123,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         settings = Settings(database_url=f"sqlite:///{tmp}/db.sqlite", storage_dir=f"{tmp}/blobs", work_dir=f"{tmp}/work",
-                            progress_interval_s=5)
+                            progress_interval_s=5, loop_stall_warn_s=0)  # this process scores FID, which holds the GIL for seconds
         c = stack.enter_context(TestClient(create_app(settings)))
         cfg = {"id": "dcgan-faces", "family": "dcgan64", "config": {"z_dim": 100, "width": 64, "channels": 3},
                "description": "gan-face-generate DCGAN (DigiFace1M), generator only"}
@@ -151,9 +151,13 @@ def main() -> int:
 
 
 def _run_job(c: Any, a: argparse.Namespace, method: str, variant: str, target_zip: bytes, target: torch.Tensor, grid: Path,
-             source_id: str = "dcgan-faces") -> dict[str, Any]:
+             source_id: str = "dcgan-faces", seed: int | None = None) -> dict[str, Any]:
+    """One job through the API, its grid written to ``grid``, and its metrics on ``a.samples`` samples (seeds 123, ...).
+    ``seed``: the job's own seed (its minibatches, latents and initial weights); None: the service's default."""
     spec = {"sources": [source_id], "method": method, "mining_steps": a.mining_steps, "finetune_steps": a.finetune_steps,
             "batch_size": a.batch_size, "options": {"n_critic": a.n_critic, **VARIANTS[variant], **json.loads(a.options)}}
+    if seed is not None:
+        spec["seed"] = seed
     t0 = time.time()
     job = c.post("/jobs", files={"images": ("faces.zip", target_zip, "application/zip")}, data={"spec": json.dumps(spec)}).json()
     while (j := c.get(f"/jobs/{job['id']}").json())["status"] not in ("succeeded", "failed", "canceled"):
