@@ -33,6 +33,7 @@ import logging
 import multiprocessing
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -94,12 +95,23 @@ _checker_lock = threading.Lock()
 
 
 def _checker_init() -> None:
-    """Checker-process initializer: low priority for the whole process, one torch thread."""
+    """Checker-process initializer: low priority for the whole process, one torch thread, and an end with its parent."""
     try:
         os.setpriority(os.PRIO_PROCESS, 0, max(os.getpriority(os.PRIO_PROCESS, 0), BACKGROUND_NICE))
     except (AttributeError, OSError):
         pass
     torch.set_num_threads(1)
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), name="minegan-checker-parent", daemon=True).start()
+
+
+def _exit_with_parent(parent: int, every_s: float = 0.5) -> None:
+    """End this process once the API process that started it is gone. A pool worker does not notice by itself: it
+    waits on the call queue, and a spawned worker holds that queue's writing end as well, so the read never sees EOF.
+    Without this, every API process that ended, killed or stopped, left its checker running (about 350 MB each). The
+    checker is shared by every app of the process (tests start many), so it ends with the process, not with an app."""
+    while os.getppid() == parent:
+        time.sleep(every_s)
+    os._exit(0)
 
 
 def _checker() -> ProcessPoolExecutor:

@@ -227,3 +227,34 @@ def test_without_the_privilege_to_lower_its_nice_value_the_render_thread_keeps_t
     assert out["applied"] is None and out["threads"] == compute._RENDER_THREADS  # claimed all the same
     assert "MINEGAN_RENDER_NICE=-5 not applied" in caplog.text and "Operation not permitted" in caplog.text
     compute.RenderPriority.nice = 0
+
+
+def test_the_checker_process_ends_with_the_api_process_even_a_killed_one(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A killed API process (SIGKILL: no shutdown code runs) leaves no checker behind: it notices and exits."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = ("import os, signal\n"
+              "from api import compute\n"
+              "pid = compute._checker().submit(os.getpid).result(timeout=120)\n"
+              "print(pid, flush=True)\n"
+              "os.kill(os.getpid(), signal.SIGKILL)\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180,
+                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    checker = int(proc.stdout.split()[0])
+
+    def running(pid: int) -> bool:  # a process that exited stays a zombie until init reaps it
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+        except (FileNotFoundError, ProcessLookupError):
+            return False
+
+    deadline = time.time() + 10
+    while running(checker) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not running(checker), f"checker {checker} outlived its killed parent"
