@@ -1,9 +1,8 @@
 """The event loop's health: how late its timers fire (a Prometheus histogram), and where it is stuck when it stalls.
 
 Everything latency-sensitive in this API runs on one event-loop thread (api/compute.py): sample rendering, HTTP
-parsing, the gRPC server. Anything that blocks that thread delays every request, and a long stall does worse:
-uvicorn's keep-alive timers (5 s) fire on the next loop iteration before the requests already waiting in the
-sockets are read (libuv runs timers before it polls), so the clients of idle keep-alive connections find them closed.
+parsing, the gRPC server. Anything that blocks that thread delays every request, and, with a Python stack at the
+moment it happens, an operator can see which call it was.
 
 * :func:`heartbeat` is a task on the loop. It sleeps :data:`INTERVAL_S` at a time and records how much later than
   asked it woke up in ``minegan_event_loop_lag_seconds``.
