@@ -45,10 +45,10 @@ JOBS = "mine:0,mine:1,mine:2,transfergan:0,transfergan:1,transfergan:2,freezed:0
 DOC = ROOT / "docs" / "faces.md"
 
 
-def _sampling_noise(source: zoo.SourceModel, target: torch.Tensor, draws: int, n: int, out: Path) -> list[dict[str, float]]:
-    res = out / f"colour-only-draws{draws}-n{n}.json"
+def _sampling_noise(source: zoo.SourceModel, target: torch.Tensor, draws: int, n: int, out: Path, band: bool) -> list[dict[str, float]]:
+    res = out / f"colour-only-draws{draws}-n{n}{'-band' if band else ''}.json"
     if not res.exists():
-        colour = fit_colour_map(lambda u: source.G.eval()(u), 100, target)
+        colour = fit_colour_map(lambda u: source.G.eval()(u), 100, target, band=band)
         rows = []
         with torch.no_grad():
             for d in range(draws):  # latents from seeds 10000*(d+1)+i: disjoint from the jobs' sampling seeds (123, ...)
@@ -77,6 +77,8 @@ def main() -> int:
     ap.add_argument("--sample-draws", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "faces_seeds"))
+    ap.add_argument("--band", type=int, default=1, help="1: the reference row's map includes the band limit, as the "
+                    "service's defaults do since the eighth session; 0: colour only (the seventh session's table)")
     ap.add_argument("--report", action="store_true", help="only write the table from what --out holds")
     a = ap.parse_args()
     a.options = "{}"
@@ -108,14 +110,15 @@ def main() -> int:
                 m = _run_job(c, a, method, a.variant, target_zip, target, out / f"{method}-s{seed}.png", seed=seed)
                 (out / f"{method}-s{seed}-{budget}.json").write_text(json.dumps(m))
                 print(method, seed, m, flush=True)
-    noise = _sampling_noise(source, target, a.sample_draws, a.samples, out)
+    noise = _sampling_noise(source, target, a.sample_draws, a.samples, out, bool(a.band))
+    what = "colour and band map (Eq. MK, BAND)" if a.band else "colour map"
     by_method: dict[str, dict[int, dict[str, Any]]] = {}
     for f in sorted(out.glob(f"*-s*-{budget}.json")):
         method, seed = f.name[: -len(f"-{budget}.json")].rsplit("-s", 1)
         by_method.setdefault(method, {})[int(seed)] = json.loads(f.read_text())
     table = ["| row | job seeds | KID per seed | KID mean ± sd | FID per seed | FID mean ± sd | KMMD mean ± sd |",
              "|---|---|---|---|---|---|---|",
-             f"| source + colour map only, {a.sample_draws} disjoint draws of {a.samples} samples (sampling noise alone) | - | "
+             f"| source + {what} only, {a.sample_draws} disjoint draws of {a.samples} samples (sampling noise alone) | - | "
              f"{', '.join(format(r['kid'], '.4f') for r in noise)} | {_spread([r['kid'] for r in noise], '.4f')} | "
              f"{', '.join(format(r['fid'], '.1f') for r in noise)} | {_spread([r['fid'] for r in noise], '.1f')} | "
              f"{_spread([r['kmmd'] for r in noise], '.4f')} |"]
@@ -131,7 +134,7 @@ def main() -> int:
         f"LFW faces, {a.mining_steps} mining + {a.finetune_steps} finetuning steps (methods without a miner train for the "
         f"sum), batch {a.batch_size}, {a.n_critic} critic updates per step, the service's defaults (`{a.variant}`), "
         f"{a.samples} samples per job (seeds 123, 124). Each job seed draws its own minibatches, latents and fresh critic. "
-        "The first row has no training: the source with its colour map, scored on disjoint draws of samples, so its "
+        f"The first row has no training: the source with its {what} fitted as a job fits it, scored on disjoint draws of samples, so its "
         "spread is what the metric's sampling alone gives.", "",
         *table, ""])
     update_section("faces_seeds", text, DOC)

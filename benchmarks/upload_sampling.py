@@ -7,15 +7,16 @@ One Celery worker runs one small ``mnist-no-9`` job to the end and is then stopp
 queued and no training competes for the CPU: what is measured is the submit path.
 
 In ``--rounds`` rounds, one client (a keep-alive socket) sends ``GET /jobs/{id}/sample?n=16`` one after another:
-first ``--idle`` requests with nothing else going on, then for as long as ``--uploads`` concurrent ``POST /jobs``
+half of ``--idle`` requests with nothing else going on, then for as long as ``--uploads`` concurrent ``POST /jobs``
 of a ``--mb`` MB zip each (random-noise 64x64 PNGs, so they do not compress) are in flight. Each upload is stored
-to S3, its zip decoded and checked, its job inserted and enqueued. Reported: p50 and p99 of the sampling latency
+to S3, its zip decoded and checked, its job inserted and enqueued, then the other half of the idle requests, so
+that a round's idle figures bracket its busy phase on this shared machine. Reported: p50 and p99 of the sampling latency
 idle and during uploads (pooled over rounds, and the median over rounds of each round's p99 ratio).
 
 The uploading clients run in a process of their own (``--uploaders process``), so the sampling client does not
 wait for their GIL; ``--uploaders threads`` runs them as threads beside it (the third and fourth sessions' setup).
 
-Usage: python benchmarks/upload_sampling.py [--rounds 5 --uploads 10 --mb 5 --idle 300 --uploaders process]
+Usage: python benchmarks/upload_sampling.py [--rounds 5 --uploads 10 --mb 5 --idle 2000 --uploaders process]
 """
 
 from __future__ import annotations
@@ -119,12 +120,23 @@ def _pct(xs: list[float], q: float) -> float:
     return sorted(xs)[int(q * (len(xs) - 1))]
 
 
+def _idle_phase(sample: SocketClient, path: str, n: int) -> list[float]:
+    """Latencies of ``n`` sample requests one after another, with nothing else going on."""
+    lat = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        sample.get(path + str(i))
+        lat.append(time.perf_counter() - t0)
+    return lat
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--uploads", type=int, default=10)
     ap.add_argument("--mb", type=float, default=5.0)
-    ap.add_argument("--idle", type=int, default=300, help="idle sample requests per round")
+    ap.add_argument("--idle", type=int, default=2000, help="idle sample requests per round, half before the uploads and half "
+                    "after them (2000: a round's idle p99 is the 20th-largest, not a lone outlier)")
     ap.add_argument("--uploaders", choices=("process", "threads"), default="process",
                     help="the uploading clients in a process of their own, or as threads of the sampling client's process "
                          "(whose GIL they then share; the third and fourth sessions' figures)")
@@ -199,12 +211,7 @@ def main() -> int:
         for rnd in range(a.rounds):
             sample.close()
             sample = fresh_connection()
-            lat = []
-            for i in range(a.idle):
-                t0 = time.perf_counter()
-                sample.get(path + str(i))
-                lat.append(time.perf_counter() - t0)
-            idle.append(lat)
+            idle.append(_idle_phase(sample, path, a.idle // 2))
             spy = None
             if os.environ.get("PROFILE_DIR") and rnd == 1:
                 spy = subprocess.Popen([str(BIN / "py-spy"), "record", "-p", str(api.pid), "-d", "2", "-f", "raw", "-r", "1000",
@@ -250,6 +257,9 @@ def main() -> int:
             if spy is not None:
                 spy.wait()
             busy.append(lat)
+            sample.close()
+            sample = fresh_connection()
+            idle[-1] += _idle_phase(sample, path, a.idle - a.idle // 2)  # the round's idle p99 brackets its busy phase
             print(f"round {rnd}: idle p99 {1000 * _pct(idle[-1], 0.99):.2f} ms, during uploads p99 "
                   f"{1000 * _pct(lat, 0.99):.2f} ms, max {1000 * max(lat):.1f} ms ({len(lat)} requests),"
               f" uploads {sorted(statuses[-a.uploads:])}", flush=True)
@@ -276,8 +286,9 @@ def main() -> int:
         "SeaweedFS (S3) and Redis (Celery broker), API keys required, all on this machine "
         "(`scripts/services.sh`); the one Celery worker ran the sampled job and was then stopped, so the submitted "
         "jobs stay queued. One keep-alive socket client sends `GET /jobs/{id}/sample?n=16` (PNG) one request after "
-        f"another: {a.idle} idle requests, then for as long as {a.uploads} concurrent `POST /jobs` of "
-        f"{a.mb:g} MB each (random-noise 64x64 PNGs) are in flight; {a.rounds} rounds. The uploading clients run "
+        f"another: {a.idle // 2} idle requests, then for as long as {a.uploads} concurrent `POST /jobs` of "
+        f"{a.mb:g} MB each (random-noise 64x64 PNGs) are in flight, then {a.idle - a.idle // 2} idle requests again; "
+        f"{a.rounds} rounds. The uploading clients run "
         + ("in a process of their own, so they do not share the sampling client's GIL." if a.uploaders == "process" else
            "as threads of the sampling client's process, sharing its GIL."),
         "",

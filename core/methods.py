@@ -237,8 +237,8 @@ def mining_run(cfg: RunConfig, sources: list[SourceModel], images: torch.Tensor,
     stages = plan(concrete)
     torch.manual_seed(cfg.seed)
     mods = build_modules(concrete, sources)
-    if concrete.colour_match == "on":  # Eq. MK fitted on the source generator (no miner): the critic sees matched colours
-        mods.colour = _fit_colour(mods.G, None, mods.z_dim, images)
+    if "on" in (concrete.colour_match, concrete.band_match):  # Eq. MK / BAND fitted on the source generator (no miner):
+        mods.colour = _fit_colour(concrete, mods.G, None, mods.z_dim, images)  # the critic sees matched colours and band
     return StagedRun(mods, stages, TargetBatches(images), run_dir,
                      {"config": cfg.as_json(), "source": ",".join(s.name for s in sources)},
                      data_rng=torch.Generator().manual_seed(cfg.seed + 1), offset=cfg.pre_steps, total_steps=concrete.total_steps,
@@ -276,8 +276,8 @@ def _reporting(on_progress: ProgressFn | None, on_preview: PreviewFn | None, pre
 def _finish(cfg: RunConfig, run: StagedRun, run_dir: Path, target: torch.Tensor) -> RunResult:
     """Write ``model.pt`` (the transferred model for sampling) and ``run.json`` (the run's summary)."""
     model = _current_model(run.mods)
-    if cfg.colour_match == "on" and isinstance(model, MinedGenerator):  # Eq. MK again, on the trained G(M(u))
-        model.colour = _fit_colour(model.G, model.M, run.mods.z_dim, target)
+    if "on" in (cfg.colour_match, cfg.band_match) and isinstance(model, MinedGenerator):  # Eq. MK / BAND again, on G(M(u))
+        model.colour = _fit_colour(cfg, model.G, model.M, run.mods.z_dim, target)
     model.cpu().eval()
     summary = {"method": cfg.method, "source": run.identity["source"], "steps": cfg.total_steps, "train_seconds": round(run.elapsed, 2),
                "steps_per_s": round(cfg.total_steps / max(run.elapsed, 1e-9), 3), **run.history}
@@ -301,15 +301,17 @@ def _current_model(mods: GanModules) -> TransferredModel:
     return MinedGenerator(mods.G, mods.M, mods.colour)
 
 
-def _fit_colour(G: nn.Module, M: nn.Module | None, z_dim: int, targets: torch.Tensor) -> ColourMap:
-    """Eq. MK from G(M(u)) in eval mode (batch-norm statistics stay as they are), G and M left as they were."""
+def _fit_colour(cfg: RunConfig, G: nn.Module, M: nn.Module | None, z_dim: int, targets: torch.Tensor) -> ColourMap:
+    """Eq. MK and / or Eq. BAND (as ``cfg`` says) from G(M(u)) in eval mode (batch-norm statistics stay as they are),
+    G and M left as they were."""
     nets = [n for n in (G, M) if n is not None]
     was_training = [n.training for n in nets]
     device = next(G.parameters()).device
     for n in nets:
         n.eval()
     try:
-        return fit_colour_map(lambda u: generate(G, M, u.to(device)), z_dim, targets)
+        return fit_colour_map(lambda u: generate(G, M, u.to(device)), z_dim, targets, colour=cfg.colour_match == "on",
+                              band=cfg.band_match == "on")
     finally:
         for n, t in zip(nets, was_training):
             n.train(t)

@@ -84,6 +84,9 @@ class RunConfig:
     colour_match: str = option("auto", "a closed-form colour transfer after the generator (core/colour.py), fitted to the targets' "
                                "colour mean and covariance before training and again at the end: on, off, or auto: on for colour "
                                "images from a single unconditional generator", choices=COLOUR_MATCH)
+    band_match: str = option("auto", "a band limit after the generator (core/colour.py, Eq. BAND): a resample to the size whose "
+                             "power spectrum is closest to the targets' and back, fitted with the colour map: on, off, or auto: "
+                             "on where colour matching is", choices=COLOUR_MATCH)
     critic_warmup: int = option(-1, "steps training the critic alone (n_critic updates each) before the first miner/generator "
                                 f"update; -1 (auto): {AUTO_WARMUP} when the critic starts fresh, 0 otherwise", ge=-1, le=100_000)
     fusion_steps: int = option(1600, "fusion, fusion++: steps training the fused G_F before mining it (Eq. 15-16)", ge=1, le=100_000,
@@ -201,9 +204,10 @@ def check_sources(cfg: RunConfig, sources: list[SourceInfo]) -> None:
                           f"({', '.join(m for m in MINING_METHODS if m not in FUSION_METHODS)})")
     if cfg.critic_source >= len(sources):
         raise MethodError(f"options.critic_source: {cfg.critic_source} is not the index of one of the {len(sources)} sources")
-    if cfg.colour_match == "on" and _is_family(cfg, sources):
-        raise MethodError("options.colour_match: on applies to a single unconditional generator (fusion with fusion_mining "
-                          "single included), not to a family of several sources or classes")
+    for name in ("colour_match", "band_match"):
+        if getattr(cfg, name) == "on" and _is_family(cfg, sources):
+            raise MethodError(f"options.{name}: on applies to a single unconditional generator (fusion with fusion_mining "
+                              "single included), not to a family of several sources or classes")
 
 
 def _is_family(cfg: RunConfig, sources: list[SourceInfo]) -> bool:
@@ -220,12 +224,15 @@ def resolve(cfg: RunConfig, sources: list[SourceInfo]) -> RunConfig:
     miner starts collapsed near z = 0 and, against a fresh critic on the faces DCGAN, stayed collapsed (docs/faces.md);
     a zoo source keeps it, also with ``critic_init`` fresh (it reached 8.2 % error on mnist-no-9 -> 9 there, the
     identity 13.6 %). Colour matching is on for colour images from one unconditional generator (not for ``scratch``,
-    whose generator has no colours to start from)."""
+    whose generator has no colours to start from), and band matching with it (docs/faces.md, "band matching")."""
     critic_from = sources[cfg.critic_source] if cfg.critic_source < len(sources) else sources[0]
     fresh = cfg.critic_init == "fresh" or (cfg.critic_init == "auto" and not critic_from.has_critic)
     miner_init = cfg.miner_init if cfg.miner_init != "auto" else ("paper" if critic_from.has_critic else "identity")
     colour = cfg.colour_match
     if colour == "auto":
         colour = "on" if sources[0].channels > 1 and cfg.method != "scratch" and not _is_family(cfg, sources) else "off"
-    return replace(cfg, critic_init="fresh" if fresh else "source", miner_init=miner_init, colour_match=colour,
+    band = cfg.band_match
+    if band == "auto":
+        band = colour if cfg.method != "scratch" and not _is_family(cfg, sources) else "off"
+    return replace(cfg, critic_init="fresh" if fresh else "source", miner_init=miner_init, colour_match=colour, band_match=band,
                    critic_warmup=(AUTO_WARMUP if fresh else 0) if cfg.critic_warmup < 0 else cfg.critic_warmup)
