@@ -76,6 +76,8 @@ def test_upload_a_dcgan_and_mine_it(client: TestClient) -> None:
         pixels = np.stack([np.asarray(Image.open(zf.open(n)).convert("RGB"), dtype=np.float64) for n in zf.namelist()])
     want = np.array([200, np.mean([40 + 8 * i for i in range(16)]), 40])  # _rgb_zip's mean colour
     assert np.abs(pixels.mean(axis=(0, 1, 2)) - want).max() < 12, pixels.mean(axis=(0, 1, 2))
+    fitted = done["metrics"]["colour_map"]  # the job says what it fitted: Eq. MK's W, b and Eq. BAND's size (0: none)
+    assert np.asarray(fitted["W"]).shape == (3, 3) and len(fitted["b"]) == 3 and 0 <= fitted["band"] < 64
     assert _upload(client, _state(), cfg).status_code == 409  # the id is taken
 
 
