@@ -67,20 +67,23 @@ def _faces_zip() -> bytes:
 
 # every variant but "default" spelled out, so a row keeps its meaning when the service's auto changes
 VARIANTS = {
-    "default": {},  # what a user gets who sets nothing: for this generator-only RGB source, the settings of "colour"
-    "colour": {"critic_init": "fresh", "augment": "", "critic_warmup": 50, "miner_init": "identity", "colour_match": "on", "band_match": "off"},
+    "default": {},  # what a user gets who sets nothing: for this generator-only RGB source, "colour" with lr_miner 4e-5 (auto)
+    "colour": {"critic_init": "fresh", "augment": "", "critic_warmup": 50, "miner_init": "identity", "colour_match": "on",
+               "band_match": "off", "lr_miner": 4e-4},
     "colour+band": {"critic_init": "fresh", "augment": "", "critic_warmup": 50, "miner_init": "identity", "colour_match": "on",
-                    "band_match": "on"},
-    "paper+colour": {"critic_init": "fresh", "augment": "", "critic_warmup": 50, "miner_init": "paper", "colour_match": "on", "band_match": "off"},
+                    "band_match": "on", "lr_miner": 4e-4},
+    "paper+colour": {"critic_init": "fresh", "augment": "", "critic_warmup": 50, "miner_init": "paper", "colour_match": "on",
+                     "band_match": "off", "lr_miner": 4e-4},
     "aug+colour": {"critic_init": "fresh", "augment": "color,translation,cutout", "critic_warmup": 50, "miner_init": "identity",
-                   "colour_match": "on", "band_match": "off"},
+                   "colour_match": "on", "band_match": "off", "lr_miner": 4e-4},
     "aug": {"critic_init": "fresh", "augment": "color,translation,cutout", "critic_warmup": 50, "miner_init": "identity",
-            "colour_match": "off", "band_match": "off"},
-    "noaug": {"critic_init": "fresh", "augment": "", "critic_warmup": 50, "miner_init": "identity", "colour_match": "off", "band_match": "off"},
+            "colour_match": "off", "band_match": "off", "lr_miner": 4e-4},
+    "noaug": {"critic_init": "fresh", "augment": "", "critic_warmup": 50, "miner_init": "identity", "colour_match": "off",
+              "band_match": "off", "lr_miner": 4e-4},
     "plain": {"critic_init": "fresh", "augment": "", "critic_warmup": 0, "miner_init": "paper", "colour_match": "off",  # before issue 18
-              "band_match": "off"},
+              "band_match": "off", "lr_miner": 4e-4},
     "auto": {"critic_init": "fresh", "augment": "", "critic_warmup": 50, "miner_init": "paper", "colour_match": "off",  # third session's
-             "band_match": "off"},
+             "band_match": "off", "lr_miner": 4e-4},
 }
 ROWS = ("mine:default,minegan++:default,minegan:default,transfergan:default,freezed:default,minegan++:aug+colour,"
         "minegan++:paper+colour,mine:noaug,minegan++:noaug,transfergan:noaug,mine:auto")

@@ -79,9 +79,9 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "faces_seeds"))
     ap.add_argument("--band", type=int, default=1, help="1: the reference row's map includes the band limit, as the "
                     "service's defaults do since the eighth session; 0: colour only (the seventh session's table)")
+    ap.add_argument("--options", default="{}", help="more job options for every job, as JSON (part of each result's key)")
     ap.add_argument("--report", action="store_true", help="only write the table from what --out holds")
     a = ap.parse_args()
-    a.options = "{}"
     if a.threads:
         import os
 
@@ -94,7 +94,8 @@ def main() -> int:
     weights = _weights()
     source = zoo.load_source_file(_save(zoo.source_from_state_dicts("faces", "dcgan64", {"z_dim": 100, "width": 64, "channels": 3},
                                                                       weights)))
-    budget = f"{a.variant}-{a.mining_steps}-{a.finetune_steps}-b{a.batch_size}-c{a.n_critic}-n{a.samples}"
+    extra = "".join(f"-{k}={v}" for k, v in sorted(json.loads(a.options).items()))
+    budget = f"{a.variant}-{a.mining_steps}-{a.finetune_steps}-b{a.batch_size}-c{a.n_critic}-n{a.samples}{extra}"
     if not a.report:
         todo = [(m, int(s)) for m, s in (j.split(":") for j in a.jobs.split(",")) if not (out / f"{m}-s{s}-{budget}.json").exists()]
         with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:

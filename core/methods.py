@@ -55,6 +55,7 @@ from core.options import (
     RunConfig,
     SourceInfo,
     check_sources,
+    miner_lr,
     resolve,
 )
 from core.sparse import SparseConfig
@@ -72,7 +73,7 @@ TransferredModel = MinedGenerator | MultiMinedGenerator
 def plan(cfg: RunConfig) -> list[StageConfig]:
     """The stages a method runs (see the table in the module docstring)."""
     cfg.validate()
-    opts: dict[str, Any] = dict(n_critic=cfg.n_critic, batch_size=cfg.batch_size, lr_miner=cfg.lr_miner, lr_generator=cfg.lr_generator,
+    opts: dict[str, Any] = dict(n_critic=cfg.n_critic, batch_size=cfg.batch_size, lr_miner=miner_lr(cfg), lr_generator=cfg.lr_generator,
                 lr_critic=cfg.lr_critic, betas=tuple(cfg.betas), gp_weight=cfg.gp_weight, finetune_layers=cfg.finetune_layers)
     # a critic that starts fresh first learns the target alone for a while (critic_warmup, resolved by core.options.resolve)
     warmup = [StageConfig("warmup", steps=cfg.critic_warmup, train_miner=False, train_generator=False, **opts)]

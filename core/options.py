@@ -38,6 +38,17 @@ class MethodError(ValueError):
     status, code = 422, "bad_spec"
 
 
+LR_MINER_PAPER = 4e-4  # Appendix A (MNIST): Adam 4e-4
+# A miner that starts at the identity against a critic that starts fresh: 10x smaller steps (docs/faces.md, "lr_miner";
+# on the faces DCGAN, 4e-4 moved the miner away from the source's prior while the fresh critic's gradients were noise)
+LR_MINER_IDENTITY = 4e-5
+
+
+def miner_lr(cfg: RunConfig) -> float:
+    """``cfg.lr_miner``, or for 0 (auto) the rate for ``cfg.miner_init`` (resolved, or paper for auto)."""
+    return cfg.lr_miner or (LR_MINER_IDENTITY if cfg.miner_init == "identity" else LR_MINER_PAPER)
+
+
 def option(default: Any, help: str = "", *, ge: float | None = None, gt: float | None = None, le: float | None = None,
            choices: tuple[str, ...] | None = None, api: str | None = "options", cli: bool = True,
            methods: tuple[str, ...] = METHODS) -> Any:
@@ -61,7 +72,8 @@ class RunConfig:
     miner_init: str = option("auto", "where the miner starts: paper (Appendix A's M(u) = MLP(u), whose N(0, 0.01) weights start it "
                              "collapsed near z = 0), identity (M(u) = u + MLP(u): at the source's own prior), or auto: paper when "
                              "the critic's source ships a critic, identity for a generator-only upload", choices=MINER_INITS)
-    lr_miner: float = option(4e-4, "Adam learning rate of the miner (Appendix A)", gt=0, le=0.1)
+    lr_miner: float = option(0.0, f"Adam learning rate of the miner; 0 (auto): {LR_MINER_PAPER:g} for Appendix A's miner (Appendix A), "
+                             f"{LR_MINER_IDENTITY:g} for a miner that starts at the identity", ge=0, le=0.1)
     lr_generator: float = option(1e-4, "Adam learning rate of the generator", gt=0, le=0.1)
     lr_critic: float = option(1e-4, "Adam learning rate of the critic", gt=0, le=0.1)
     betas: tuple[float, float] = option((0.5, 0.999), "Adam betas (Appendix A)", api=None, cli=False)
@@ -84,9 +96,9 @@ class RunConfig:
     colour_match: str = option("auto", "a closed-form colour transfer after the generator (core/colour.py), fitted to the targets' "
                                "colour mean and covariance before training and again at the end: on, off, or auto: on for colour "
                                "images from a single unconditional generator", choices=COLOUR_MATCH)
-    band_match: str = option("auto", "a band limit after the generator (core/colour.py, Eq. BAND): a resample to the size whose "
+    band_match: str = option("off", "a band limit after the generator (core/colour.py, Eq. BAND): a resample to the size whose "
                              "power spectrum is closest to the targets' and back, fitted with the colour map: on, off, or auto: "
-                             "on where colour matching is", choices=COLOUR_MATCH)
+                             "on where colour matching is (off by default: docs/faces.md, \"band matching\")", choices=COLOUR_MATCH)
     critic_warmup: int = option(-1, "steps training the critic alone (n_critic updates each) before the first miner/generator "
                                 f"update; -1 (auto): {AUTO_WARMUP} when the critic starts fresh, 0 otherwise", ge=-1, le=100_000)
     fusion_steps: int = option(1600, "fusion, fusion++: steps training the fused G_F before mining it (Eq. 15-16)", ge=1, le=100_000,
@@ -224,7 +236,8 @@ def resolve(cfg: RunConfig, sources: list[SourceInfo]) -> RunConfig:
     miner starts collapsed near z = 0 and, against a fresh critic on the faces DCGAN, stayed collapsed (docs/faces.md);
     a zoo source keeps it, also with ``critic_init`` fresh (it reached 8.2 % error on mnist-no-9 -> 9 there, the
     identity 13.6 %). Colour matching is on for colour images from one unconditional generator (not for ``scratch``,
-    whose generator has no colours to start from), and band matching with it (docs/faces.md, "band matching")."""
+    whose generator has no colours to start from); band matching, when auto, goes with it. The miner's learning rate,
+    when auto, follows where the miner starts (``miner_lr``)."""
     critic_from = sources[cfg.critic_source] if cfg.critic_source < len(sources) else sources[0]
     fresh = cfg.critic_init == "fresh" or (cfg.critic_init == "auto" and not critic_from.has_critic)
     miner_init = cfg.miner_init if cfg.miner_init != "auto" else ("paper" if critic_from.has_critic else "identity")
@@ -235,4 +248,5 @@ def resolve(cfg: RunConfig, sources: list[SourceInfo]) -> RunConfig:
     if band == "auto":
         band = colour if cfg.method != "scratch" and not _is_family(cfg, sources) else "off"
     return replace(cfg, critic_init="fresh" if fresh else "source", miner_init=miner_init, colour_match=colour, band_match=band,
+                   lr_miner=miner_lr(replace(cfg, miner_init=miner_init)),
                    critic_warmup=(AUTO_WARMUP if fresh else 0) if cfg.critic_warmup < 0 else cfg.critic_warmup)

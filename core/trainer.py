@@ -31,7 +31,7 @@ from core.augment import Augment
 from core.colour import ColourMap
 from core.losses import critic_loss, generator_loss, gradient_penalty
 from core.nets import generate
-from core.options import DEFAULTS, MethodError
+from core.options import DEFAULTS, LR_MINER_PAPER, MethodError
 from core.sparse import SparseConfig, apply_grad_masks, select_subnetwork, trainable_fraction
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ class StageConfig:
     finetune_layers: int = DEFAULTS.finetune_layers  # weighted G layers that learn, counted back from the output (0: all)
     n_critic: int = DEFAULTS.n_critic
     batch_size: int = DEFAULTS.batch_size
-    lr_miner: float = DEFAULTS.lr_miner
+    lr_miner: float = LR_MINER_PAPER
     lr_generator: float = DEFAULTS.lr_generator
     lr_critic: float = DEFAULTS.lr_critic
     betas: tuple[float, float] = DEFAULTS.betas

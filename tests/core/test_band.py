@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -67,16 +68,17 @@ def test_a_fit_without_colour_keeps_the_colours() -> None:
     assert torch.equal(m.W, torch.eye(3)) and torch.equal(m.b, torch.zeros(3))
 
 
-def test_auto_follows_colour_matching() -> None:
+def test_off_by_default_and_auto_follows_colour_matching() -> None:
     rgb, gray = SourceInfo("c", 8, 28, 3, False, has_critic=False), SourceInfo("g", 8, 28, 1, False)
-    assert resolve(RunConfig(), [rgb]).band_match == "on"
-    assert resolve(RunConfig(), [gray]).band_match == "off"
-    assert resolve(RunConfig(method="scratch"), [rgb]).band_match == "off"
-    assert resolve(RunConfig(colour_match="off"), [rgb]).band_match == "off"
-    assert resolve(RunConfig(band_match="off"), [rgb]).band_match == "off"
+    auto = RunConfig(band_match="auto")
+    assert resolve(RunConfig(), [rgb]).band_match == "off"  # measured on the faces: no gain once trained (docs/faces.md)
+    assert resolve(auto, [rgb]).band_match == "on"
+    assert resolve(auto, [gray]).band_match == "off"
+    assert resolve(replace(auto, method="scratch"), [rgb]).band_match == "off"
+    assert resolve(replace(auto, colour_match="off"), [rgb]).band_match == "off"
     assert resolve(RunConfig(colour_match="off", band_match="on"), [rgb]).band_match == "on"
     two = [rgb, SourceInfo("d", 8, 28, 3, False, has_critic=False)]
-    assert resolve(RunConfig(method="minegan"), two).band_match == "off"
+    assert resolve(replace(auto, method="minegan"), two).band_match == "off"
     with pytest.raises(MethodError, match="band_match"):
         check_sources(RunConfig(method="minegan", band_match="on"), two)
 
@@ -85,10 +87,10 @@ def test_a_run_on_upscaled_targets_fits_saves_and_serves_the_band(tmp_path: Path
     torch.manual_seed(3)
     G = Generator(GeneratorConfig(z_dim=8, img_size=32, channels=3, width=4))
     src = SourceModel(name="rgb", G=G.eval(), D=Critic(CriticConfig(img_size=32, channels=3, width=4)), meta={"critic": "fresh"})
-    res = train(RunConfig(method="minegan++", **TINY), src, _upscaled(32), tmp_path / "run")  # type: ignore[arg-type]
+    res = train(RunConfig(method="minegan++", band_match="on", **TINY), src, _upscaled(32), tmp_path / "run")  # type: ignore[arg-type]
     assert res.model.colour is not None and 0 < res.model.colour.band < 32
     assert res.summary["colour_map"]["band"] == res.model.colour.band
     loaded, _ = load_model(tmp_path / "run" / "model.pt")
     assert torch.equal(loaded.sample(8, seed=5), res.model.sample(8, seed=5))  # the band travels with the model file
-    off = train(RunConfig(method="minegan++", band_match="off", **TINY), src, _upscaled(32), tmp_path / "off")  # type: ignore[arg-type]
+    off = train(RunConfig(method="minegan++", **TINY), src, _upscaled(32), tmp_path / "off")  # type: ignore[arg-type]
     assert off.model.colour is not None and off.model.colour.band == 0

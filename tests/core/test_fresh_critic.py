@@ -9,7 +9,7 @@ import torch
 
 from core.augment import diff_augment, parse_policy
 from core.methods import RunConfig, build_modules, plan, train
-from core.options import AUTO_WARMUP, MethodError, SourceInfo, resolve
+from core.options import AUTO_WARMUP, LR_MINER_IDENTITY, LR_MINER_PAPER, MethodError, SourceInfo, resolve
 from core.trainer import Stopped
 from core.zoo import SourceModel
 from tests.conftest import stop_after, tiny_source
@@ -52,7 +52,7 @@ def test_policies_are_differentiable_and_change_images_per_sample() -> None:
 def test_auto_follows_the_source_critic() -> None:
     info = SourceInfo("s", 8, 28, 1, False)
     assert resolve(RunConfig(), [info]) == RunConfig(critic_init="source", critic_warmup=0, miner_init="paper", colour_match="off",
-                                                     band_match="off")
+                                                     band_match="off", lr_miner=4e-4)
     no_critic = resolve(RunConfig(), [SourceInfo("s", 8, 28, 1, False, has_critic=False)])
     assert (no_critic.critic_init, no_critic.critic_warmup, no_critic.miner_init) == ("fresh", AUTO_WARMUP, "identity")
     forced = resolve(RunConfig(critic_init="fresh", augment=POLICY, critic_warmup=3), [info])
@@ -113,3 +113,15 @@ def test_finetune_layers_trains_only_the_last_weighted_layers_of_the_generator(m
             assert torch.equal(after[name], value), name  # every other weight stayed the source's
     assert len(generator_params(src.G, 0)) == len(list(src.G.parameters()))
     assert len(generator_params(src.G, 99)) == len(list(src.G.parameters()))  # more layers than it has: all
+
+
+def test_the_miners_learning_rate_follows_where_it_starts() -> None:
+    """lr_miner 0 (auto): Appendix A's 4e-4 for Appendix A's miner, 4e-5 for the identity miner of a generator-only upload."""
+    zoo_src, upload = SourceInfo("z", 8, 28, 1, False), SourceInfo("u", 8, 28, 3, False, has_critic=False)
+    assert RunConfig().lr_miner == 0
+    assert resolve(RunConfig(), [zoo_src]).lr_miner == LR_MINER_PAPER == 4e-4
+    assert resolve(RunConfig(), [upload]).lr_miner == LR_MINER_IDENTITY == 4e-5
+    assert resolve(RunConfig(miner_init="paper"), [upload]).lr_miner == LR_MINER_PAPER
+    assert resolve(RunConfig(lr_miner=1e-3), [upload]).lr_miner == 1e-3  # a rate given is kept
+    mining = [s for s in plan(RunConfig(miner_init="identity")) if s.train_miner]
+    assert mining and all(s.lr_miner == LR_MINER_IDENTITY for s in mining)  # plan() on an unresolved config too
