@@ -77,8 +77,8 @@ def main() -> int:
     ap.add_argument("--sample-draws", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "faces_seeds"))
-    ap.add_argument("--band", type=int, default=1, help="1: the reference row's map includes the band limit, as the "
-                    "service's defaults do since the eighth session; 0: colour only (the seventh session's table)")
+    ap.add_argument("--band", type=int, default=0, help="1: the reference row's map includes the band limit (Eq. BAND, "
+                    "band_match on); 0: colour only, as the service's defaults fit it")
     ap.add_argument("--options", default="{}", help="more job options for every job, as JSON (part of each result's key)")
     ap.add_argument("--report", action="store_true", help="only write the table from what --out holds")
     a = ap.parse_args()
@@ -125,7 +125,8 @@ def main() -> int:
              f"{_spread([r['kmmd'] for r in noise], '.4f')} |"]
     for method, runs in by_method.items():
         seeds = sorted(runs)
-        table.append(f"| {method} ({a.variant}) | {', '.join(map(str, seeds))} | {', '.join(format(runs[s]['kid'], '.4f') for s in seeds)} | "
+        label = f"{method} ({a.variant}{', ' + a.options if a.options != '{}' else ''})"
+        table.append(f"| {label} | {', '.join(map(str, seeds))} | {', '.join(format(runs[s]['kid'], '.4f') for s in seeds)} | "
                      f"{_spread([runs[s]['kid'] for s in seeds], '.4f')} | {', '.join(format(runs[s]['fid'], '.1f') for s in seeds)} | "
                      f"{_spread([runs[s]['fid'] for s in seeds], '.1f')} | {_spread([runs[s]['kmmd'] for s in seeds], '.4f')} |")
     text = "\n".join([
