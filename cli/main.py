@@ -339,7 +339,8 @@ def parser() -> argparse.ArgumentParser:
     ad.add_argument("--family", required=True, choices=zoo.FAMILIES)
     ad.add_argument("--config", default="{}", help='architecture as JSON; onnx: {"z_dim": 100, "img_size": 64, "channels": 3, '
                     '"z_dist": "normal", "output_range": [-1, 1]}; dcgan64: {"z_dim": 100, "width": 64, "channels": 3}')
-    ad.add_argument("--critic", default=None, help="optional critic: an ONNX graph images -> one score each (any architecture), or a state dict of this project's critic layout")
+    ad.add_argument("--critic", default=None, help="optional critic: an ONNX graph images -> one score each (any architecture), "
+                    "or a state dict of this project's critic layout")
     ad.add_argument("--description", default="")
     ad.set_defaults(fn=cmd_zoo_add)
 

@@ -99,7 +99,8 @@ class RunConfig:
                                "images from a single unconditional generator", choices=COLOUR_MATCH)
     band_match: str = option("off", "a band limit after the generator (core/colour.py, Eq. BAND): a resample to the size whose "
                              "power spectrum is closest to the targets' and back, fitted with the colour map: on, off, or auto: "
-                             "on where colour matching is (off by default: docs/faces.md, \"Band matching with the slower miner\")", choices=COLOUR_MATCH)
+                             "on where colour matching is (off by default: docs/faces.md, \"Band matching with the slower miner\")",
+                             choices=COLOUR_MATCH)
     critic_warmup: int = option(-1, "steps training the critic alone (n_critic updates each) before the first miner/generator "
                                 f"update; -1 (auto): {AUTO_WARMUP} when the critic starts fresh, 0 otherwise", ge=-1, le=100_000)
     fusion_steps: int = option(1600, "fusion, fusion++: steps training the fused G_F before mining it (Eq. 15-16)", ge=1, le=100_000,
