@@ -142,8 +142,7 @@ def main() -> int:
             (out / "onnx_check.json").write_text(json.dumps({"max_abs_diff": onnx_diff}))
         for row in a.rows.split(","):
             method, variant = row.split(":")
-            extra = "".join(f"-{k}={v}" for k, v in sorted(json.loads(a.options).items()))
-            key = f"{method}-{variant}-{a.mining_steps}-{a.finetune_steps}-b{a.batch_size}{extra}"
+            key = f"{method}-{variant}-{a.mining_steps}-{a.finetune_steps}-b{a.batch_size}{options_key(a.options)}"
             res = out / f"{key}.json"
             if not res.exists():
                 res.write_text(json.dumps(_run_job(c, a, method, variant, target_zip, target, img / f"faces-{method}-{variant}.png")))
@@ -155,6 +154,11 @@ def main() -> int:
             _write_docs(rows, command, a)
     _write_docs(rows, command, a)
     return 0
+
+
+def options_key(options: str) -> str:
+    """The part of a cached result's file name that names the extra job options (JSON): "-k=v" per option, sorted."""
+    return "".join(f"-{k}={v}" for k, v in sorted(json.loads(options).items()))
 
 
 def _run_job(c: Any, a: argparse.Namespace, method: str, variant: str, target_zip: bytes, target: torch.Tensor, grid: Path,

@@ -34,7 +34,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from api.main import create_app  # noqa: E402
 from benchmarks._doc import update_section  # noqa: E402
-from benchmarks.faces import _faces_zip, _run_job, _save, _weights  # noqa: E402
+from benchmarks.faces import _faces_zip, _run_job, _save, _weights, options_key  # noqa: E402
 from core import zoo  # noqa: E402
 from core.colour import fit_colour_map  # noqa: E402
 from core.data import load_target_bytes  # noqa: E402
@@ -94,8 +94,7 @@ def main() -> int:
     weights = _weights()
     source = zoo.load_source_file(_save(zoo.source_from_state_dicts("faces", "dcgan64", {"z_dim": 100, "width": 64, "channels": 3},
                                                                       weights)))
-    extra = "".join(f"-{k}={v}" for k, v in sorted(json.loads(a.options).items()))
-    budget = f"{a.variant}-{a.mining_steps}-{a.finetune_steps}-b{a.batch_size}-c{a.n_critic}-n{a.samples}{extra}"
+    budget = f"{a.variant}-{a.mining_steps}-{a.finetune_steps}-b{a.batch_size}-c{a.n_critic}-n{a.samples}{options_key(a.options)}"
     if not a.report:
         todo = [(m, int(s)) for m, s in (j.split(":") for j in a.jobs.split(",")) if not (out / f"{m}-s{s}-{budget}.json").exists()]
         with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:

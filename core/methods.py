@@ -238,7 +238,7 @@ def mining_run(cfg: RunConfig, sources: list[SourceModel], images: torch.Tensor,
     stages = plan(concrete)
     torch.manual_seed(cfg.seed)
     mods = build_modules(concrete, sources)
-    if "on" in (concrete.colour_match, concrete.band_match):  # Eq. MK / BAND fitted on the source generator (no miner):
+    if _fits_map(concrete):  # Eq. MK / BAND fitted on the source generator (no miner):
         mods.colour = _fit_colour(concrete, mods.G, None, mods.z_dim, images)  # the critic sees matched colours and band
     return StagedRun(mods, stages, TargetBatches(images), run_dir,
                      {"config": cfg.as_json(), "source": ",".join(s.name for s in sources)},
@@ -277,7 +277,7 @@ def _reporting(on_progress: ProgressFn | None, on_preview: PreviewFn | None, pre
 def _finish(cfg: RunConfig, run: StagedRun, run_dir: Path, target: torch.Tensor) -> RunResult:
     """Write ``model.pt`` (the transferred model for sampling) and ``run.json`` (the run's summary)."""
     model = _current_model(run.mods)
-    if "on" in (cfg.colour_match, cfg.band_match) and isinstance(model, MinedGenerator):  # Eq. MK / BAND again, on G(M(u))
+    if _fits_map(cfg) and isinstance(model, MinedGenerator):  # Eq. MK / BAND again, on G(M(u))
         model.colour = _fit_colour(cfg, model.G, model.M, run.mods.z_dim, target)
     model.cpu().eval()
     summary = {"method": cfg.method, "source": run.identity["source"], "steps": cfg.total_steps, "train_seconds": round(run.elapsed, 2),
@@ -300,6 +300,11 @@ def _current_model(mods: GanModules) -> TransferredModel:
         return MultiMinedGenerator(mods.G, mods.M, mods.members, mods.pi, mods.member_names)
     assert isinstance(mods.G, GENERATORS) and (mods.M is None or isinstance(mods.M, (Miner, JointMiner)))
     return MinedGenerator(mods.G, mods.M, mods.colour)
+
+
+def _fits_map(cfg: RunConfig) -> bool:
+    """Whether a (resolved) run fits a colour map after G: colour matching (Eq. MK), band matching (Eq. BAND), or both."""
+    return "on" in (cfg.colour_match, cfg.band_match)
 
 
 def _fit_colour(cfg: RunConfig, G: nn.Module, M: nn.Module | None, z_dim: int, targets: torch.Tensor) -> ColourMap:
