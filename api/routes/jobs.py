@@ -17,7 +17,7 @@ from api.deps import JobDep, ServicesDep, TenantDep
 from api.errors import ApiError, describe_errors
 from api.schemas import Artifact, JobList, JobPublic, JobSpec, Preview
 from api.services import Services
-from api.uploads import read_upload, validate_target, validate_target_off_process
+from api.uploads import UploadRoute, read_upload, validate_target, validate_target_off_process
 from api.views import job_public
 from core.data import load_target_bytes
 from core.images import grid_png
@@ -28,7 +28,7 @@ from store import logs, webhooks
 from store import sources as registry
 from store.models import Job
 
-router = APIRouter(tags=["jobs"])
+router = APIRouter(tags=["jobs"], route_class=UploadRoute)
 
 
 def _parse_spec(raw: str) -> JobSpec:

@@ -13,14 +13,14 @@ from api.deps import ServicesDep, TenantDep
 from api.errors import ApiError, describe_errors
 from api.schemas import ModelInfo
 from api.services import Services
-from api.uploads import read_upload
+from api.uploads import UploadRoute, read_upload
 from core import checkpoints, zoo
 from core.checkpoints import CheckpointError
 from core.formats import ModelFormatError
 from store import jobs as jobs_dao
 from store import sources as registry
 
-router = APIRouter(tags=["models"])
+router = APIRouter(tags=["models"], route_class=UploadRoute)
 
 
 class RegisterModel(BaseModel):
