@@ -127,6 +127,7 @@ def main() -> int:
     rows = {"source": json.loads(before_path.read_text())}
     print("source", rows["source"], flush=True)
     rows["source, colour map only (no training)"] = _colour_only(source, target, a, out, img)
+    rows["source, colour and band map only (no training)"] = _colour_only(source, target, a, out, img, band=True)
 
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         settings = Settings(database_url=f"sqlite:///{tmp}/db.sqlite", storage_dir=f"{tmp}/blobs", work_dir=f"{tmp}/work",
@@ -190,20 +191,23 @@ def _run_job(c: Any, a: argparse.Namespace, method: str, variant: str, target_zi
     return {**evaluate(after, target, ["kid", "fid", "kmmd"]), "wall_s": round(wall), "steps": j["total_steps"]}
 
 
-def _colour_only(source: zoo.SourceModel, target: torch.Tensor, a: argparse.Namespace, out: Path, img: Path) -> dict[str, Any]:
-    """The reference for colour matching: the source as uploaded, with only the colour map (Eq. MK, core/colour.py) fitted
-    to the targets as a job fits it before training, and nothing trained. What any row gains beyond it, training gained."""
-    res = out / "source-colour.json"
+def _colour_only(source: zoo.SourceModel, target: torch.Tensor, a: argparse.Namespace, out: Path, img: Path,
+                 band: bool = False) -> dict[str, Any]:
+    """The reference for colour matching: the source as uploaded, with only the colour map (Eq. MK, core/colour.py; with
+    ``band``, Eq. BAND too) fitted to the targets as a job fits it before training, and nothing trained. What any row
+    gains beyond it, training gained."""
+    name = "faces-source-colour-band" if band else "faces-source-colour"
+    res = out / f"{name.removeprefix('faces-')}.json"
     if not res.exists():
         t0 = time.time()
-        colour = fit_colour_map(lambda u: source.G.eval()(u), 100, target)
+        colour = fit_colour_map(lambda u: source.G.eval()(u), 100, target, band=band)
         fit_s = time.time() - t0
         with torch.no_grad():
             x = torch.cat([colour(source.G(torch.randn(100, 100, generator=torch.Generator().manual_seed(123 + i))))
                            for i in range(-(-a.samples // 100))])[: a.samples]
-        (img / "faces-source-colour.png").write_bytes(grid_png(x[:64], nrow=8))
+        (img / f"{name}.png").write_bytes(grid_png(x[:64], nrow=8))
         res.write_text(json.dumps({**evaluate(x, target, ["kid", "fid", "kmmd"]), "wall_s": round(fit_s, 1), "steps": 0,
-                                   "grid": "faces-source-colour.png", "colour_map": colour.as_json()}))
+                                   "grid": f"{name}.png", "colour_map": colour.as_json()}))
     return json.loads(res.read_text())  # type: ignore[no-any-return]
 
 
@@ -258,12 +262,15 @@ def _write_docs(rows: dict[str, dict[str, Any]], command: str, a: argparse.Names
         "`default`: nothing set, the service's defaults, which for this generator-only RGB source are a 50-step critic "
         "warm-up (counted in `steps`), the miner that starts at the identity with its learning rate at 4e-5 (`lr_miner` "
         "auto), no DiffAugment, colour matching on (core/colour.py: a linear colour transfer after G, fitted to the targets "
-        "before training and again at the end) and band matching off. The other variants spell every option out, "
+        "before training and again at the end) and, for mine, minegan and minegan++, band matching on (Eq. BAND: a resample "
+        "to the size whose power spectrum is closest to the targets' and back; transfergan and freezed keep it off). "
+        "The other variants spell every option out, "
         "`lr_miner` 4e-4 included: `colour`: the sixth session's defaults; `paper+colour`: with Appendix A's miner; "
         "`aug+colour`: with DiffAugment (color,translation,cutout); `colour+band`: with band matching; `noaug`: without "
         "colour matching; `auto`: the third session's defaults (Appendix A's miner, no colour "
         "matching). `source, colour map only`: the uploaded generator with only the colour map fitted, nothing trained: "
-        "what a row gains beyond it, training gained. "
+        "what a row gains beyond it, training gained; `source, colour and band map only`: the same with the band limit, "
+        "where mine, minegan and minegan++ start. "
         f"{a.samples} samples (seed 123) per row.", "",
         *table, "",
         "KID is unbiased, so it can be compared across set sizes; FID on a few hundred samples against 100 targets is "

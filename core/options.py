@@ -20,6 +20,11 @@ from typing import Any
 METHODS = ("mine", "minegan", "minegan++", "scratch", "transfergan", "transfergan++", "freezed", "fusion", "fusion++")
 FUSION_METHODS = ("fusion", "fusion++")
 MINING_METHODS = ("mine", "minegan", "minegan++", *FUSION_METHODS)
+# band matching's auto (Eq. BAND): the methods it was measured to help on the faces DCGAN, over job seeds where it
+# mattered (docs/faces.md: mine, KID 0.0519 -> 0.0464; minegan++ and minegan, seed 0, 0.0657 -> 0.0634 and 0.0672 ->
+# 0.0659). transfergan got worse with it (0.0638 -> 0.0693 over seeds 0-2), freezed no better (0.0550 -> 0.0568); fusion
+# was not measured.
+BAND_METHODS = ("mine", "minegan", "minegan++")
 SELECTION_RULES = ("permuted", "max")
 FUSION_CRITICS = ("projection", "plain")
 FUSION_MINING = ("regions", "single")
@@ -97,10 +102,10 @@ class RunConfig:
     colour_match: str = option("auto", "a closed-form colour transfer after the generator (core/colour.py), fitted to the targets' "
                                "colour mean and covariance before training and again at the end: on, off, or auto: on for colour "
                                "images from a single unconditional generator", choices=COLOUR_MATCH)
-    band_match: str = option("off", "a band limit after the generator (core/colour.py, Eq. BAND): a resample to the size whose "
+    band_match: str = option("auto", "a band limit after the generator (core/colour.py, Eq. BAND): a resample to the size whose "
                              "power spectrum is closest to the targets' and back, fitted with the colour map: on, off, or auto: "
-                             "on where colour matching is (off by default: docs/faces.md, \"Band matching with the slower miner\")",
-                             choices=COLOUR_MATCH)
+                             f"on where colour matching is, for {', '.join(BAND_METHODS)}; off for the methods without a miner, "
+                             "where it measured no better (docs/faces.md)", choices=COLOUR_MATCH)
     critic_warmup: int = option(-1, "steps training the critic alone (n_critic updates each) before the first miner/generator "
                                 f"update; -1 (auto): {AUTO_WARMUP} when the critic starts fresh, 0 otherwise", ge=-1, le=100_000)
     fusion_steps: int = option(1600, "fusion, fusion++: steps training the fused G_F before mining it (Eq. 15-16)", ge=1, le=100_000,
@@ -238,7 +243,8 @@ def resolve(cfg: RunConfig, sources: list[SourceInfo]) -> RunConfig:
     miner starts collapsed near z = 0 and, against a fresh critic on the faces DCGAN, stayed collapsed (docs/faces.md);
     a zoo source keeps it, also with ``critic_init`` fresh (it reached 8.2 % error on mnist-no-9 -> 9 there, the
     identity 13.6 %). Colour matching is on for colour images from one unconditional generator (not for ``scratch``,
-    whose generator has no colours to start from); band matching, when auto, goes with it. The miner's learning rate,
+    whose generator has no colours to start from); band matching, when auto, goes with it for the methods in
+    ``BAND_METHODS``. The miner's learning rate,
     when auto, follows where the miner starts (``miner_lr``)."""
     critic_from = sources[cfg.critic_source] if cfg.critic_source < len(sources) else sources[0]
     fresh = cfg.critic_init == "fresh" or (cfg.critic_init == "auto" and not critic_from.has_critic)
@@ -248,7 +254,7 @@ def resolve(cfg: RunConfig, sources: list[SourceInfo]) -> RunConfig:
         colour = "on" if sources[0].channels > 1 and cfg.method != "scratch" and not _is_family(cfg, sources) else "off"
     band = cfg.band_match
     if band == "auto":
-        band = colour if cfg.method != "scratch" and not _is_family(cfg, sources) else "off"
+        band = colour if cfg.method in BAND_METHODS and not _is_family(cfg, sources) else "off"
     return replace(cfg, critic_init="fresh" if fresh else "source", miner_init=miner_init, colour_match=colour, band_match=band,
                    lr_miner=miner_lr(replace(cfg, miner_init=miner_init)),
                    critic_warmup=(AUTO_WARMUP if fresh else 0) if cfg.critic_warmup < 0 else cfg.critic_warmup)

@@ -68,11 +68,15 @@ def test_a_fit_without_colour_keeps_the_colours() -> None:
     assert torch.equal(m.W, torch.eye(3)) and torch.equal(m.b, torch.zeros(3))
 
 
-def test_off_by_default_and_auto_follows_colour_matching() -> None:
+def test_auto_by_default_follows_colour_matching_for_the_mining_methods_it_helped() -> None:
     rgb, gray = SourceInfo("c", 8, 28, 3, False, has_critic=False), SourceInfo("g", 8, 28, 1, False)
     auto = RunConfig(band_match="auto")
-    assert resolve(RunConfig(), [rgb]).band_match == "off"  # measured on the faces: no gain once trained (docs/faces.md)
-    assert resolve(auto, [rgb]).band_match == "on"
+    assert RunConfig().band_match == "auto"
+    for method in ("mine", "minegan", "minegan++"):  # measured on the faces (docs/faces.md)
+        assert resolve(replace(auto, method=method), [rgb]).band_match == "on"
+    for method in ("transfergan", "freezed", "fusion"):  # worse, no better, not measured
+        assert resolve(replace(auto, method=method), [rgb]).band_match == "off"
+    assert resolve(replace(auto, method="transfergan", band_match="on"), [rgb]).band_match == "on"  # asked for, it is on
     assert resolve(auto, [gray]).band_match == "off"
     assert resolve(replace(auto, method="scratch"), [rgb]).band_match == "off"
     assert resolve(replace(auto, colour_match="off"), [rgb]).band_match == "off"
@@ -92,5 +96,5 @@ def test_a_run_on_upscaled_targets_fits_saves_and_serves_the_band(tmp_path: Path
     assert res.summary["colour_map"]["band"] == res.model.colour.band
     loaded, _ = load_model(tmp_path / "run" / "model.pt")
     assert torch.equal(loaded.sample(8, seed=5), res.model.sample(8, seed=5))  # the band travels with the model file
-    off = train(RunConfig(method="minegan++", **TINY), src, _upscaled(32), tmp_path / "off")  # type: ignore[arg-type]
+    off = train(RunConfig(method="minegan++", band_match="off", **TINY), src, _upscaled(32), tmp_path / "off")  # type: ignore[arg-type]
     assert off.model.colour is not None and off.model.colour.band == 0
