@@ -22,7 +22,7 @@ FUSION_METHODS = ("fusion", "fusion++")
 MINING_METHODS = ("mine", "minegan", "minegan++", *FUSION_METHODS)
 # band matching's auto (Eq. BAND): the methods it was measured to help on the faces DCGAN, over job seeds where it
 # mattered (docs/faces.md: mine, KID 0.0519 -> 0.0464; minegan++ and minegan, seed 0, 0.0657 -> 0.0634 and 0.0672 ->
-# 0.0659). transfergan got worse with it (0.0638 -> 0.0693 over seeds 0-2), freezed no better (0.0550 -> 0.0568); fusion
+# 0.0659). transfergan got worse with it (0.0637 -> 0.0693 over seeds 0-2), freezed no better (0.0558 -> 0.0568); fusion
 # was not measured.
 BAND_METHODS = ("mine", "minegan", "minegan++")
 SELECTION_RULES = ("permuted", "max")
