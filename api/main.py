@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -84,13 +83,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             start_checker()  # before the render priority: the checker's threads here (and its process) must not inherit it
         RenderPriority.nice = settings.render_nice
         claim_render_team()  # here, on the event loop, before any torch work there
-        switch = sys.getswitchinterval()
-        if settings.gil_switch_ms > 0:
-            # The loop renders samples in torch ops that drop the GIL and take it back, op by op. Each time it wants the
-            # GIL back while a thread that stores an upload holds it, it waits up to this interval (Python's 5 ms). At
-            # 0.5 ms the p99 of /sample?n=16 during 10 concurrent 5 MB uploads fell from 9.9-11.6 ms to 8.8-9.5 ms (three
-            # interleaved pairs on the real stack, docs/benchmarks.md, "upload_sampling"); the uploads take longer.
-            sys.setswitchinterval(settings.gil_switch_ms / 1000)
         app.state.services = Services(settings=settings, blobs=blob_store, enqueue=enqueue,
                                       models=ModelCache(blob_store, settings.model_cache_size, pick_device(settings.serve_device)),
                                       check_broker=check_broker, latest=latest)
@@ -119,7 +111,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         events.remove_local_listener(latest.invalidate)
         if worker is not None:
             worker.stop()
-        sys.setswitchinterval(switch)
 
     app = FastAPI(title="MineGAN-as-a-service", version=VERSION, lifespan=lifespan,
                   description="Few-shot GAN transfer by mining (MineGAN / MineGAN++). POST a zip of target images "

@@ -278,17 +278,13 @@ def main() -> int:
     ratio = statistics.median(_pct(b, 0.99) / _pct(i, 0.99) for i, b in zip(idle, busy, strict=True))
     pooled = _pct(pooled_busy, 0.99) / _pct(pooled_idle, 0.99)
     ok = sum(s == 202 for s in statuses)
-    from store.settings import Settings
-
-    switch_ms = env.get("MINEGAN_GIL_SWITCH_MS", f"{Settings.model_fields['gil_switch_ms'].default:g}")
     lines = [
         "## Sampling while uploads are submitted, real stack (issue 20)",
         "",
         f"Command: `{command}`  ",
         f"Machine: {os.cpu_count()} CPU cores, torch {torch.__version__}, no GPU. `minegan serve` with PostgreSQL, "
         "SeaweedFS (S3) and Redis (Celery broker), API keys required, all on this machine "
-        f"(`scripts/services.sh`), its GIL switch interval {switch_ms} ms (`MINEGAN_GIL_SWITCH_MS`); the one Celery "
-        "worker ran the sampled job and was then stopped, so the submitted "
+        "(`scripts/services.sh`); the one Celery worker ran the sampled job and was then stopped, so the submitted "
         "jobs stay queued. One keep-alive socket client sends `GET /jobs/{id}/sample?n=16` (PNG) one request after "
         f"another: {a.idle // 2} idle requests, then for as long as {a.uploads} concurrent `POST /jobs` of "
         f"{a.mb:g} MB each (random-noise 64x64 PNGs) are in flight, then {a.idle - a.idle // 2} idle requests again; "

@@ -62,10 +62,6 @@ class Settings(BaseSettings):
     render_nice: int = Field(default=-5, ge=-20, le=19)
     # warn, with the loop thread's stack, when the API's event loop has not run for this long (api/watchdog.py); 0: off
     loop_stall_warn_s: float = Field(default=1.0, ge=0.0)
-    # the API process's GIL switch interval in ms (sys.setswitchinterval; 0: Python's own, 5 ms): how long a thread that
-    # wants the GIL waits before the holder is asked to drop it. Shorter, the sampling loop waits less for the threads
-    # that store uploads (api/main.py; docs/benchmarks.md, "upload_sampling")
-    gil_switch_ms: float = Field(default=0.5, ge=0.0, le=100.0)
     # how long `minegan serve` keeps an idle HTTP keep-alive connection open (uvicorn's timeout_keep_alive)
     http_keep_alive_s: int = Field(default=5, ge=1, le=3600)
     sample_fast_path: bool = True  # GET /sample from the caches without FastAPI's routing (api/fastpath.py)
