@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 import torch
 from prometheus_client import Histogram
 
+from api.procs import render_begin, render_end
 from core.mining import MinedGenerator
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,11 @@ class SampleBatcher:
         u = next(model.latent_blocks(n, seed))  # n <= 256: the one block [n, z_dim]
         limit = self._limit(model, n, self.cap(chunk))
         if limit <= n:  # rows not batch-invariant, or no larger batch is cheaper per image
-            return model.decode(u)
+            render_begin()
+            try:
+                return model.decode(u)
+            finally:
+                render_end()
         key = id(model)
         batch = self._open.get(key)
         if batch is not None and batch.images + n <= batch.limit:
@@ -131,6 +136,7 @@ class SampleBatcher:
     def _run(self, model: MinedGenerator, batch: _Batch) -> torch.Tensor:
         """One forward pass for every member; each joined member's future gets its rows. Returns the leader's."""
         members = len(batch.latents)
+        render_begin()
         try:
             x = model.decode(batch.latents[0] if members == 1 else torch.cat(batch.latents))  # [sum n_i, C, H, W]
         except BaseException as e:
@@ -138,6 +144,8 @@ class SampleBatcher:
                 if f is not None and not f.done():
                     f.set_exception(e)
             raise
+        finally:
+            render_end()
         self._last[id(model)] = (members, time.monotonic())
         self.batches += 1
         self.requests += members

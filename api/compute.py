@@ -42,6 +42,7 @@ from typing import ParamSpec, Protocol, TypeVar
 import torch
 
 from api.batching import SampleBatcher
+from api.procs import render_begin, render_end
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -167,10 +168,18 @@ async def sample_on_loop(model: Sampler, n: int, seed: int, batcher: SampleBatch
     chunk = max(4, CHUNK_VALUES // max(1, model.values_per_image))
     if batcher is not None and batcher.eligible(model, n, chunk):
         return await batcher.sample(model, n, seed, chunk)  # type: ignore[arg-type]
-    parts = []
-    for i, part in enumerate(model.sample_chunks(n, seed, chunk=chunk)):
-        if i:
+    parts: list[torch.Tensor] = []
+    pieces = model.sample_chunks(n, seed, chunk=chunk)
+    while True:
+        if parts:
             await asyncio.sleep(0)  # let the loop serve others between pieces
+        render_begin()  # the thread count, when API processes share the cores (api/procs.py)
+        try:
+            part = next(pieces, None)
+        finally:
+            render_end()
+        if part is None:
+            break
         parts.append(part)
     return parts[0] if len(parts) == 1 else torch.cat(parts) if parts else torch.empty(0)
 
@@ -222,6 +231,11 @@ def claim_render_team() -> None:
         torch.set_num_threads(_RENDER_THREADS)
         torch.get_num_threads()
         _claimed.done = True
+
+
+def render_threads() -> int:
+    """torch's default intra-op thread count, which the rendering thread uses (api/procs.py shares it out)."""
+    return _RENDER_THREADS
 
 
 def torch_helper_ident() -> int:

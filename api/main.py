@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
-from api import contract, errors, metrics
+from api import contract, errors, metrics, procs
 from api.fastpath import SampleFastPath
 from api.limits import BodyLimitMiddleware
 from api.routes import blobs, health, jobs, models, sample, ui, v2
@@ -54,55 +54,67 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         upgrade(settings.database_url)  # Alembic migrations, never create_all
         blob_store = make_blob_store(settings)
+        # several processes on one port (minegan serve --workers): one of them, the primary, runs what runs once
+        multi = settings.api_workers > 1
+        primary_lock = procs.claim_primary(settings.work_dir) if multi else None
+        primary = not multi or primary_lock is not None
         worker = None
-        if settings.embedded:
+        if settings.embedded and primary:
             from store import jobs as jobs_dao
             from worker.embedded import EmbeddedWorker
 
-            worker = EmbeddedWorker(settings)
+            worker = EmbeddedWorker(settings, poll_s=settings.embedded_poll_s if multi else 0.0)
             worker.start(jobs_dao.unfinished(settings.database_url))
             enqueue, check_broker = worker.enqueue, (lambda: None)
             log.warning("embedded mode: SQLite/local storage and a built-in worker (each job in a child process)")
+        elif settings.embedded:  # the primary's worker takes the jobs this process queues from the database
+            enqueue, check_broker = (lambda job_id: None), (lambda: None)
         else:
             enqueue, check_broker = _celery_services(settings)
-        if not settings.auth_required:
+        if not settings.auth_required and primary:
             log.warning("authentication is OFF: every caller is tenant 'default' (set MINEGAN_AUTH=required to need API keys)")
         latest = LatestJobs(settings.latest_cache_s)
         subscriber = None
-        if settings.embedded:  # the worker is in this process: it tells the cache directly
+        if settings.embedded and primary:  # the worker is in this process: it tells the cache directly
             events.add_local_listener(latest.invalidate)
             latest.set_live(True)
+        elif settings.embedded:  # another process's worker finishes the jobs and cannot tell this cache
+            latest.set_live(False)
         elif (url := events.redis_url(settings)) is not None:
             subscriber = events.Subscriber(url, latest.invalidate, latest.set_live)
             subscriber.start()
         else:
             log.warning("broker is not Redis: GET /sample asks the database for the latest job on every request")
-        from api.compute import RenderPriority, claim_render_team, start_checker
+        from api.compute import RenderPriority, claim_render_team, render_threads, start_checker
 
         if settings.upload_check_process:
             start_checker()  # before the render priority: the checker's threads here (and its process) must not inherit it
         RenderPriority.nice = settings.render_nice
         claim_render_team()  # here, on the event loop, before any torch work there
+        if multi:  # all cores for a lone render, one each when processes render at once (api/procs.py)
+            procs.activate(procs.CoreShare(settings.work_dir, render_threads()), settings.api_workers)
         app.state.services = Services(settings=settings, blobs=blob_store, enqueue=enqueue,
                                       models=ModelCache(blob_store, settings.model_cache_size, pick_device(settings.serve_device)),
                                       check_broker=check_broker, latest=latest)
-        # in embedded mode the queue lives in this process and cannot lose a message: only stale running jobs matter
-        sweeper = asyncio.create_task(sweep_forever(settings, enqueue, requeue_queued=not settings.embedded))
-        sender = asyncio.create_task(event_routes.deliver_forever(settings))  # webhook deliveries (store/webhooks.py)
+        background = []
+        if primary:
+            # in embedded mode the queue lives in this process and cannot lose a message: only stale running jobs matter
+            background.append(asyncio.create_task(sweep_forever(settings, enqueue, requeue_queued=not settings.embedded)))
+            background.append(asyncio.create_task(event_routes.deliver_forever(settings)))  # webhooks (store/webhooks.py)
         dog = Watchdog(settings.loop_stall_warn_s) if settings.loop_stall_warn_s > 0 else None
         if dog is not None:
             dog.start()
         beat = asyncio.create_task(heartbeat(dog))  # the loop's lag, and its stalls (api/watchdog.py)
         grpc = None
-        if settings.grpc_port:  # on this event loop, beside HTTP: the same model cache and sampling thread
+        if settings.grpc_port and primary:  # on this event loop, beside HTTP: the same model cache and sampling thread
             from api import grpc_server
 
             grpc = await grpc_server.start(app.state.services, settings.grpc_host, settings.grpc_port, VERSION)
         yield
         if grpc is not None:
             await grpc.stop(2)
-        sweeper.cancel()
-        sender.cancel()
+        for task in background:
+            task.cancel()
         beat.cancel()
         if dog is not None:
             dog.stop()
@@ -111,6 +123,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         events.remove_local_listener(latest.invalidate)
         if worker is not None:
             worker.stop()
+        procs.activate(None)
+        if primary_lock is not None:
+            primary_lock.close()
 
     app = FastAPI(title="MineGAN-as-a-service", version=VERSION, lifespan=lifespan,
                   description="Few-shot GAN transfer by mining (MineGAN / MineGAN++). POST a zip of target images "
@@ -118,7 +133,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_request_bytes)
     app.add_middleware(SampleFastPath)  # a cached sample request skips the rest (api/fastpath.py)
-    app.add_middleware(metrics.RequestMiddleware)  # outermost: every request (the fast path's too) gets an id and is timed
+    app.add_middleware(metrics.RequestMiddleware)  # every request (the fast path's too) gets an id and is timed
+    app.add_middleware(procs.BalanceConnections)  # outermost: several processes keep their connections even (api/procs.py)
     jobs_registry = CollectorRegistry()  # collected at scrape time only (the database is migrated at startup)
     jobs_registry.register(metrics.JobsCollector(settings.database_url))
     app.add_route("/metrics", metrics.endpoint(jobs_registry), include_in_schema=False)
@@ -126,3 +142,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(r)
     contract.install(app)  # every operation documents its error statuses and body (api/contract.py)
     return app
+
+
+def served_app() -> FastAPI:
+    """The app of each process of ``minegan serve --workers N`` (uvicorn's factory, called in every process): settings
+    from the environment, which the command filled, and its log format and level (cli/main.py, cmd_serve)."""
+    import os
+
+    from store import logs
+
+    settings = get_settings()
+    logs.setup(settings.log_format, int(os.environ.get("MINEGAN_SERVE_LOG_LEVEL", logging.WARNING)))
+    return create_app(settings)

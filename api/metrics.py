@@ -12,6 +12,7 @@ Two sources:
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC
@@ -125,12 +126,26 @@ def _buckets(values: list[float]) -> tuple[list[tuple[str, float]], float]:
     return out, float(sum(values))
 
 
+def _all_processes() -> bytes:
+    """The API metrics of every process of this server, summed (``prometheus_client``'s multiprocess mode: each process
+    writes its values to files in ``PROMETHEUS_MULTIPROC_DIR``, which ``minegan serve --workers`` sets)."""
+    from prometheus_client import multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return generate_latest(registry)
+
+
 def endpoint(jobs: CollectorRegistry) -> Callable[[Request], Awaitable[Response]]:
     """``GET /metrics``: this process's metrics, then the jobs' (read off the event loop)."""
     from starlette.concurrency import run_in_threadpool
 
     async def metrics(_: Request) -> Response:
-        body = generate_latest(REGISTRY) + await run_in_threadpool(generate_latest, jobs)
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # several API processes (api/procs.py): all of theirs, from files
+            own = await run_in_threadpool(_all_processes)
+        else:
+            own = generate_latest(REGISTRY)
+        body = own + await run_in_threadpool(generate_latest, jobs)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     return metrics

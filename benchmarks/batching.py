@@ -57,11 +57,17 @@ def _port() -> int:
 
 
 class SocketClient:
-    """The thinnest HTTP/1.1 client: one keep-alive TCP socket, a fixed request line, Content-Length framing."""
+    """The thinnest HTTP/1.1 client: one keep-alive TCP socket, a fixed request line, Content-Length framing. An answer
+    with ``Connection: close`` (a server of several processes balancing its connections, api/procs.py) ends the
+    connection, and the next request opens a new one, as HTTP/1.1 asks."""
 
     def __init__(self, port: int, headers: str = "") -> None:
-        self.headers = headers  # extra header lines, each ending in \r\n
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+        self.port, self.headers = port, headers  # extra header lines, each ending in \r\n
+        self.reconnects = 0
+        self._connect()
+
+    def _connect(self) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", self.port), timeout=60)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.pending = bytearray()
 
@@ -72,6 +78,9 @@ class SocketClient:
         self.pending.extend(chunk)
 
     def get(self, path: str) -> bytes:
+        if self.sock is None:
+            self._connect()
+            self.reconnects += 1
         self.sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{self.headers}\r\n".encode())
         while (end := self.pending.find(b"\r\n\r\n")) < 0:
             self._more()
@@ -83,10 +92,14 @@ class SocketClient:
             self._more()
         body = bytes(self.pending[end + 4 : end + 4 + length])
         del self.pending[: end + 4 + length]
+        if any(h.lower().replace(b" ", b"") == b"connection:close" for h in head[1:]):
+            self.sock.close()
+            self.sock = None  # type: ignore[assignment]
         return body
 
     def close(self) -> None:
-        self.sock.close()
+        if self.sock is not None:
+            self.sock.close()
 
 
 class HttpxClient:
@@ -105,11 +118,11 @@ class HttpxClient:
 CLIENTS: dict[str, Callable[[int], SocketClient | HttpxClient]] = {"socket": SocketClient, "httpx": HttpxClient}
 
 
-def _serve(tmp: Path, port: int, extra: dict[str, str]) -> subprocess.Popen[bytes]:
+def _serve(tmp: Path, port: int, extra: dict[str, str], args: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
     env = {**os.environ, "MINEGAN_DATABASE_URL": f"sqlite:///{tmp}/db.sqlite", "MINEGAN_STORAGE_DIR": str(tmp / "blobs"),
            "MINEGAN_WORK_DIR": str(tmp / "work"), **extra}
     env.pop("MINEGAN_BROKER_URL", None)
-    proc = subprocess.Popen([str(BIN / "minegan"), "serve", "--port", str(port)], env=env,
+    proc = subprocess.Popen([str(BIN / "minegan"), "serve", "--port", str(port), *args], env=env,
                             stdout=open(tmp / f"server-{port}.log", "wb"), stderr=subprocess.STDOUT)
     for _ in range(240):
         try:
@@ -185,6 +198,7 @@ def main() -> int:
     ap.add_argument("--wrk-seconds", type=int, default=2, help="length of a wrk measurement (wrk rows when wrk is installed)")
     ap.add_argument("--on-env", action="append", default=[], metavar="K=V",
                     help="more environment for the server with batching on (e.g. MINEGAN_SAMPLE_BATCH_MAX_IMAGES=32)")
+    ap.add_argument("--workers", type=int, default=1, help="API processes of the server with batching on (minegan serve --workers)")
     ap.add_argument("--off-env", action="append", default=[], metavar="K=V",
                     help="more environment for the server with batching off")
     a = ap.parse_args()
@@ -193,7 +207,7 @@ def main() -> int:
     target = write_mnist_zip(tmp / "nines.zip", [9], 100, seed=0)
     on_port, off_port = _port(), _port()
     on_env = {"MINEGAN_SAMPLE_BATCH_WINDOW_MS": "2", **dict(kv.split("=", 1) for kv in a.on_env)}
-    on = _serve(tmp, on_port, on_env)
+    on = _serve(tmp, on_port, on_env, ("--workers", str(a.workers)))
     off = None
     try:
         spec = {"sources": ["mnist-no-9"], "method": "minegan++", "mining_steps": a.job_steps, "finetune_steps": a.job_steps, "seed": 0}

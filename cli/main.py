@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -219,12 +221,41 @@ def cmd_serve(a: argparse.Namespace) -> int:
     auth = "API keys required" if settings.auth_required else "NO authentication (every caller is tenant 'default')"
     where = f"database {settings.database_url}" + (f", files in {Path(settings.storage_dir).resolve()}" if settings.embedded else "")
     grpc = f"; gRPC (Open Inference Protocol) on {settings.grpc_host}:{settings.grpc_port}" if settings.grpc_port else ""
-    logs.setup(settings.log_format, logging.INFO if a.verbose else logging.WARNING)  # JSON lines by default (store/logs.py)
-    logging.getLogger("minegan.serve").warning("minegan serve: %s; %s; %s; http://%s:%d/docs%s", mode, auth, where, a.host, a.port, grpc)
+    level = logging.INFO if a.verbose else logging.WARNING
+    logs.setup(settings.log_format, level)  # JSON lines by default (store/logs.py)
+    workers = a.workers if a.workers is not None else settings.api_workers
+    if not 1 <= workers <= 64:
+        raise MethodError(f"--workers: 1 to 64, not {workers}")
+    procs = f"; {workers} processes sharing the port" if workers > 1 else ""
+    logging.getLogger("minegan.serve").warning("minegan serve: %s; %s; %s; http://%s:%d/docs%s%s", mode, auth, where, a.host, a.port,
+                                               grpc, procs)
     # "auto" picks httptools + uvloop (dependencies) when importable; no per-request access log on the hot path;
     # log_config=None: uvicorn's own records go through the handler above
-    uvicorn.run(create_app(settings), host=a.host, port=a.port, log_level="warning", access_log=False, http="auto", loop="auto",
-                log_config=None, timeout_keep_alive=settings.http_keep_alive_s)
+    opts: dict[str, Any] = dict(host=a.host, port=a.port, log_level="warning", access_log=False, http="auto", loop="auto",
+                                log_config=None, timeout_keep_alive=settings.http_keep_alive_s)
+    if workers == 1:
+        uvicorn.run(create_app(settings), **opts)
+        return 0
+    # several processes (api/procs.py): uvicorn starts each with a fresh interpreter that builds the app from the
+    # environment, so this command's own settings travel there
+    env = {"MINEGAN_API_WORKERS": str(workers), "MINEGAN_SERVE_LOG_LEVEL": str(level)}
+    if a.grpc_port is not None:
+        env.update(MINEGAN_GRPC_PORT=str(a.grpc_port), MINEGAN_GRPC_HOST=a.host)
+    metrics_dir = None
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:  # one /metrics for all processes (api/metrics.py)
+        metrics_dir = Path(settings.work_dir).resolve() / f"metrics-{os.getpid()}"
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir(parents=True)
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    os.environ.update(env)
+    from store.db import upgrade
+
+    upgrade(settings.database_url)  # once, here: processes migrating one new database at once would collide
+    try:
+        uvicorn.run("api.main:served_app", factory=True, workers=workers, **opts)
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
 
 
@@ -349,6 +380,8 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("--port", type=int, default=8000)
     v.add_argument("--grpc-port", type=int, default=None, help="also serve gRPC (Open Inference Protocol v2, health, reflection) "
                    "on this port, on --host (default: $MINEGAN_GRPC_PORT, 0 = off)")
+    v.add_argument("--workers", type=int, default=None, help="API processes sharing the port (default: $MINEGAN_API_WORKERS, 1); "
+                   "on an N-core machine that serves many concurrent sample requests, N")
     v.set_defaults(fn=cmd_serve)
 
     k = sub.add_parser("keys", help="API keys and tenants (service database)").add_subparsers(dest="keys_cmd", required=True)

@@ -132,6 +132,12 @@ def unfinished(url: str) -> list[str]:
         return list(s.scalars(q))
 
 
+def queued(url: str) -> list[str]:
+    """Ids of the queued jobs, oldest first."""
+    with session_scope(url) as s:
+        return list(s.scalars(select(Job.id).where(Job.status == "queued").order_by(Job.created_at)))
+
+
 def latest_model(url: str, tenant: str) -> tuple[str, str] | None:
     """(job id, model key) of the tenant's most recently finished successful job: two columns, no ORM objects."""
     q = (select(Job.id, Job.model_key).where(Job.tenant == tenant, Job.status == "succeeded")

@@ -64,6 +64,10 @@ class Settings(BaseSettings):
     loop_stall_warn_s: float = Field(default=1.0, ge=0.0)
     # how long `minegan serve` keeps an idle HTTP keep-alive connection open (uvicorn's timeout_keep_alive)
     http_keep_alive_s: int = Field(default=5, ge=1, le=3600)
+    # API processes on one port (`minegan serve --workers N`); they share the cores (api/procs.py). 1: one process
+    api_workers: int = Field(default=1, ge=1, le=64)
+    # with several API processes, how often the embedded worker looks for jobs that another process queued
+    embedded_poll_s: float = Field(default=0.5, gt=0.0)
     sample_fast_path: bool = True  # GET /sample from the caches without FastAPI's routing (api/fastpath.py)
     latest_cache_s: float = Field(default=60.0, ge=0.0)  # GET /sample: the latest job is remembered this long (0: off)
     device: str = "auto"  # the worker's training device; auto: cuda if available, else cpu

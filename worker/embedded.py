@@ -36,7 +36,11 @@ _CTX = multiprocessing.get_context("spawn")
 
 def _child(job_id: str, settings: Settings, zoo_dir: str, interrupt: Any) -> None:
     """The job's process: run it to an end state (or until ``interrupt``) and exit."""
+    import os
     import signal
+
+    # with several API processes their metrics are files in this directory (api/metrics.py); the job's are not API metrics
+    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: interrupt.set())
@@ -70,19 +74,42 @@ def _child(job_id: str, settings: Settings, zoo_dir: str, interrupt: Any) -> Non
 
 
 class EmbeddedWorker:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, poll_s: float = 0.0) -> None:
         self.settings = settings  # the child opens the blob store and the database from these
         self.jobs: queue.Queue[str | None] = queue.Queue()
         self.thread = threading.Thread(target=self._loop, name="minegan-worker", daemon=True)
         self.interrupt = _CTX.Event()
+        # poll_s > 0: also take the jobs that other API processes of this server queued (api/procs.py), from the database
+        self.poll_s = poll_s
+        self._known: set[str] = set()  # put on the queue and not yet run to its end here
+        self._lock = threading.Lock()
+        self._poller = threading.Thread(target=self._poll, name="minegan-worker-poll", daemon=True)
 
     def start(self, pending: list[str] | None = None) -> None:
         for job_id in pending or []:  # jobs left queued/running by a previous process resume
-            self.jobs.put(job_id)
+            self.enqueue(job_id)
         self.thread.start()
+        if self.poll_s > 0:
+            self._poller.start()
 
     def enqueue(self, job_id: str) -> None:
+        with self._lock:
+            self._known.add(job_id)
         self.jobs.put(job_id)
+
+    def _poll(self) -> None:
+        from store import jobs as jobs_dao
+
+        while not self.interrupt.wait(self.poll_s):
+            try:
+                queued = jobs_dao.queued(self.settings.database_url)
+            except Exception:  # noqa: BLE001 - the database may be busy for a moment: the next round sees the jobs
+                log.warning("embedded worker: could not look for queued jobs", exc_info=True)
+                continue
+            with self._lock:
+                new = [j for j in queued if j not in self._known]
+            for job_id in new:
+                self.enqueue(job_id)
 
     def stop(self, timeout: float = 60.0) -> None:
         """Stop taking jobs; a running job stops at its next step and is left queued, to resume from its
@@ -104,6 +131,9 @@ class EmbeddedWorker:
             except Exception:  # noqa: BLE001 - e.g. the child could not be started; keep the worker alive
                 log.exception("job %s could not be run", job_id)
                 self._fail(job_id, "internal_error", "the job could not be started; see server logs")
+            finally:
+                with self._lock:  # a job queued again later is taken again (a duplicate is dropped by its claim)
+                    self._known.discard(job_id)
 
     def _run(self, job_id: str) -> None:
         from core import zoo
