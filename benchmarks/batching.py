@@ -14,7 +14,10 @@ Every concurrent answer of the batching server is compared byte for byte with th
 server without batching. Two clients: the minimal socket client of benchmarks/sampling.py (what the service costs
 with the least client work) and httpx (a typical Python client), both in threads of this process.
 
-Usage: python benchmarks/batching.py [--rounds 7 --requests 400 --clients 8 --lone 200]
+``--workers N`` starts the server with batching as ``minegan serve --workers N`` (api/procs.py); the one without stays
+a single process.
+
+Usage: python benchmarks/batching.py [--rounds 7 --requests 400 --clients 8 --lone 200 --workers 2]
 """
 
 from __future__ import annotations
@@ -294,10 +297,12 @@ def main() -> int:
         f"Command: `{command}`  ",
         f"Machine: {os.cpu_count()} CPU cores, torch {torch.__version__}, no GPU. Two embedded servers (`minegan serve`) on "
         "the same SQLite database and storage on loopback, one with batching (`MINEGAN_SAMPLE_BATCH_WINDOW_MS=2`, the "
-        "default" + (f"; here also {', '.join(f'`{kv}`' for kv in a.on_env)}" if a.on_env else "")
+        "default" + (f"; `--workers {a.workers}`: {a.workers} API processes sharing the port and the cores, api/procs.py"
+                     if a.workers > 1 else "")
+        + (f"; here also {', '.join(f'`{kv}`' for kv in a.on_env)}" if a.on_env else "")
         + ") and one without (`0`, the service before this change"
         + (f"; here also {', '.join(f'`{kv}`' for kv in a.off_env)}" if a.off_env else "")
-        + "), and the clients, all on this machine's cores. "
+        + ", one process), and the clients, all on this machine's cores. "
         f"{a.rounds} rounds; each runs every throughput variant once ({a.requests} requests of "
         f"`GET /jobs/{{id}}/sample?n=16`, PNG, own seeds, {a.clients} concurrent clients on keep-alive connections; the "
         "order rotates per round), then lone requests alternating between the servers in blocks of 10. Ratios are "
