@@ -2,25 +2,26 @@
 
 Why processes. The event loop renders samples and speaks HTTP on one thread (api/compute.py), so one process
 uses the second core of a 2-core machine only inside torch's forward pass, and its PNG encoding and HTTP work
-leave that core to the clients. More threads do not help: their Python work and the loop's share the GIL
-(a forward pass on its own thread, pipelined with the loop, measured 0.61-0.73x of the in-process loop against
-0.87-0.93x without it; docs/benchmarks.md, "batching"). Processes do: two of them on two cores served 8
-concurrent clients of ``n=16`` at 1.14-1.34x the in-process loop where one process served 0.82-0.89x (four
-rounds of one measurement, each process with one torch thread).
+leave that core to the clients. More threads do not help: their Python work and the loop's share the GIL (batched
+forward passes on a thread of their own, pipelined with the loop, gave 0.61-0.73x of the in-process loop against
+0.87-0.93x without; docs/benchmarks.md, "batching"). Processes do: with 8 concurrent clients of ``n=16``, 4 on each
+of two single-threaded processes, 1.05-1.40x the in-process loop, where one process gave 0.79-1.10x (four
+interleaved rounds).
 
-What one process does alone:
+How the processes divide the work:
 
 * **The primary.** The process holding an exclusive lock on ``{work_dir}/api-primary.lock`` runs what must run
   once per server: the embedded worker, the stale-job sweeper, webhook deliveries and gRPC. The others answer
   HTTP. The lock goes with its process: when uvicorn replaces a process that died, the replacement (or another
   process, when it next starts) takes it.
 * **Cores** (:class:`CoreShare`). Two processes that each run torch with all cores put two OpenMP teams on
-  them, and the teams' spinning workers then take the cores from each other: 56-100 requests/s instead of
-  about 500 (same measurement). A team whose threads sleep instead (``OMP_WAIT_POLICY=PASSIVE``) costs a lone
-  request's forward pass most of what the second thread gains (in-process ``n=16``: 2.25-3.0 ms against 1.35).
-  So each process renders with all cores while no other process has rendered in the last
+  them, and each team's workers spin on a core the other needs: 56-100 requests/s where one thread each gave
+  516-590 (same measurement). Teams that sleep instead of spinning (``OMP_WAIT_POLICY=PASSIVE``) cost a lone
+  request's forward pass what the second thread gains (in-process ``n=16``: 2.25-3.0 ms against 1.35, one
+  thread 2.26-2.36). So each process renders with all cores while no other process has rendered in the last
   :data:`LINGER_S`, and with one thread while another has: a lone request gets the forward pass it gets from a
   single process, and under load every process runs one thread on its own core.
+* **Connections** (:class:`Connections`): spread evenly over the processes.
 """
 
 from __future__ import annotations

@@ -231,8 +231,9 @@ def main() -> int:
 
         costs = forward_cost(model.eval(), [16, 32, 64, 128], reps=20)  # what the batcher's sizing sees, on this thread
         ports = {"on": on_port, "off": off_port}
-        for p in ports.values():  # load the model into each server's cache
+        for p in ports.values():  # load the model into each server's cache: every process's, under the same concurrent load
             SocketClient(p).get(f"/jobs/{job_id}/sample?n=16&seed=0")
+            _concurrent(p, "socket", job_id, a.clients, 8 * a.clients, 10**6)  # (each process also times its batch sizes)
         in_process(0)
         rps: dict[str, list[float]] = {}
         lone: dict[str, list[float]] = {"on": [], "off": []}

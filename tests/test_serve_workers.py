@@ -131,7 +131,19 @@ def _get(sock: socket.socket, path: str) -> tuple[bytes, bool]:
     return body, any(x.lower() == b"connection: close" for x in lines)
 
 
-def test_two_processes_in_an_empty_folder_run_jobs_once_serve_samples_from_both_and_report_metrics_together(tmp_path: Path) -> None:
+def _holders(path: Path) -> list[int]:
+    """Processes with ``path`` open (each API process opens the primary's lock; only the primary keeps it open)."""
+    pids = []
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        try:
+            if any(os.readlink(fd) == str(path) for fd in fd_dir.iterdir()):
+                pids.append(int(fd_dir.parent.name))
+        except OSError:  # gone, or not ours to read
+            continue
+    return pids
+
+
+def test_two_processes_in_an_empty_folder_run_jobs_once_serve_samples_from_both_report_metrics_together_and_survive_the_primary(tmp_path: Path) -> None:
     folder = tmp_path / "empty"
     folder.mkdir()
     port = free_port()
@@ -191,6 +203,24 @@ def test_two_processes_in_an_empty_folder_run_jobs_once_serve_samples_from_both_
         assert misses >= 2  # each process loaded the model for itself
         jobs = {s.labels["status"]: s.value for s in fams["minegan_jobs"].samples if s.labels.get("method") == "mine"}
         assert jobs.get("succeeded") == 3
+
+        # the primary killed: uvicorn starts another process, which takes the primary's work, and a new job runs
+        lock = folder / "var" / "work" / "api-primary.lock"
+        primary = _holders(lock)
+        assert len(primary) == 1, primary
+        os.kill(primary[0], 9)
+        deadline = time.time() + 120
+        while not (holders := _holders(lock)) or holders == primary:
+            assert time.time() < deadline and proc.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.3)
+        r = httpx.post(f"{url}/jobs", files={"images": ("t.zip", target_zip_bytes(), "application/zip")},
+                       data={"spec": json.dumps(spec)}, headers={"Connection": "close"})
+        assert r.status_code == 202, r.text
+        ids.append(r.json()["id"])
+        while (job := httpx.get(f"{url}/jobs/{ids[-1]}").json())["status"] not in ("succeeded", "failed", "canceled"):
+            assert time.time() < deadline, job
+            time.sleep(0.3)
+        assert job["status"] == "succeeded", job
     finally:
         proc.terminate()
         proc.wait(30)
