@@ -143,7 +143,7 @@ def _holders(path: Path) -> list[int]:
     return pids
 
 
-def test_two_processes_in_an_empty_folder_run_jobs_once_serve_samples_from_both_report_metrics_together_and_survive_the_primary(tmp_path: Path) -> None:
+def test_two_processes_in_an_empty_folder_run_jobs_once_share_samples_and_metrics_and_survive_the_primary(tmp_path: Path) -> None:
     folder = tmp_path / "empty"
     folder.mkdir()
     port = free_port()
