@@ -153,7 +153,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     }
     (tmp / "api-tmp").mkdir()
     api_log = open(tmp / "api.log", "ab")
-    api = subprocess.Popen([str(BIN / "minegan"), "serve", "--port", str(port)], cwd=ROOT, env=env, stdout=api_log,
+    # two API processes on the port, as docker-compose.yml runs the API (api/procs.py)
+    workers = os.environ.get("MINEGAN_IT_API_WORKERS", "2")
+    api = subprocess.Popen([str(BIN / "minegan"), "serve", "--port", str(port), "--workers", workers], cwd=ROOT, env=env, stdout=api_log,
                            stderr=subprocess.STDOUT, start_new_session=True)
     st = Stack(url=f"http://127.0.0.1:{port}", env=env, database_url=database_url, bucket=bucket, worker=None,  # type: ignore[arg-type]
                api=api, tmp=tmp, grpc=f"127.0.0.1:{grpc_port}")
