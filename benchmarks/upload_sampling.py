@@ -133,6 +133,7 @@ def _idle_phase(sample: SocketClient, path: str, n: int) -> list[float]:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--workers", type=int, default=1, help="API processes (minegan serve --workers, api/procs.py)")
     ap.add_argument("--uploads", type=int, default=10)
     ap.add_argument("--mb", type=float, default=5.0)
     ap.add_argument("--idle", type=int, default=2000, help="idle sample requests per round, half before the uploads and half "
@@ -160,7 +161,7 @@ def main() -> int:
            "MINEGAN_MAX_CONCURRENT_JOBS": "1000", "MINEGAN_LOG_FORMAT": "json"}
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        api = subprocess.Popen([str(BIN / "minegan"), "-v", "serve", "--port", str(port)], cwd=ROOT, env=env,
+        api = subprocess.Popen([str(BIN / "minegan"), "-v", "serve", "--port", str(port), "--workers", str(a.workers)], cwd=ROOT, env=env,
                                stdout=open(tmp / "api.log", "wb"), stderr=subprocess.STDOUT)
         procs.append(api)
         url = f"http://127.0.0.1:{port}"
@@ -282,7 +283,8 @@ def main() -> int:
         "## Sampling while uploads are submitted, real stack (issue 20)",
         "",
         f"Command: `{command}`  ",
-        f"Machine: {os.cpu_count()} CPU cores, torch {torch.__version__}, no GPU. `minegan serve` with PostgreSQL, "
+        f"Machine: {os.cpu_count()} CPU cores, torch {torch.__version__}, no GPU. `minegan serve`"
+        + (f" (`--workers {a.workers}`: {a.workers} API processes, api/procs.py)" if a.workers > 1 else "") + " with PostgreSQL, "
         "SeaweedFS (S3) and Redis (Celery broker), API keys required, all on this machine "
         "(`scripts/services.sh`); the one Celery worker ran the sampled job and was then stopped, so the submitted "
         "jobs stay queued. One keep-alive socket client sends `GET /jobs/{id}/sample?n=16` (PNG) one request after "
