@@ -170,6 +170,11 @@ def test_two_processes_in_an_empty_folder_run_jobs_once_share_samples_and_metric
                 time.sleep(0.3)
             assert job["status"] == "succeeded", job
 
+        newest = max((httpx.get(f"{url}/jobs/{j}").json() for j in ids), key=lambda j: j["finished_at"])["id"]
+        for _ in range(6):  # GET /sample: the newest job, whichever process answers (a new connection each)
+            r = httpx.get(f"{url}/sample?n=4", headers={"Connection": "close"})
+            assert r.status_code == 200 and r.headers["x-job-id"] == newest
+
         # 8 keep-alive connections at once, 6 requests each, the same seed everywhere
         lone, _ = _get(socket.create_connection(("127.0.0.1", port)), f"/jobs/{ids[0]}/sample?n=16&seed=5")
         bodies: list[bytes] = []
@@ -221,6 +226,9 @@ def test_two_processes_in_an_empty_folder_run_jobs_once_share_samples_and_metric
             assert time.time() < deadline, job
             time.sleep(0.3)
         assert job["status"] == "succeeded", job
+        for _ in range(6):  # the new job is the newest everywhere: the new primary's cache and the other's database
+            r = httpx.get(f"{url}/sample?n=4", headers={"Connection": "close"})
+            assert r.status_code == 200 and r.headers["x-job-id"] == ids[-1]
     finally:
         proc.terminate()
         proc.wait(30)
