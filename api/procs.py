@@ -78,7 +78,7 @@ class CoreShare:
     def __init__(self, directory: str | Path, all_threads: int) -> None:
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        self.all_threads = all_threads
+        self.dir, self.all_threads = d, all_threads
         self._held: IO[bytes] | None = None
         for k in range(SLOTS):
             held = _lock(d / f"api-slot-{k}.lock")
@@ -114,6 +114,20 @@ class CoreShare:
         """After a render: busy for :data:`LINGER_S` more, the gap between renders of a loaded process."""
         self._mark(time.monotonic() + LINGER_S)
 
+    def live(self) -> int:
+        """How many processes hold a slot now (this one included): a slot's lock is free once its process is gone."""
+        held = 0
+        for path in self.dir.glob("api-slot-*.lock"):
+            if path.name == f"api-slot-{self.slot}.lock":
+                held += 1
+                continue
+            probe = _lock(path)
+            if probe is None:
+                held += 1
+            else:
+                probe.close()
+        return held
+
     def publish_connections(self, n: int) -> None:
         struct.pack_into("d", self._map, _CONNS + 8 * self.slot, float(n))
 
@@ -144,9 +158,10 @@ class Connections:
     ACTIVE_S = 1.0
 
     def __init__(self, share: CoreShare, processes: int) -> None:
-        self.share, self.processes = share, processes
+        self.share = share
+        self.processes = processes  # the processes alive, counted again every ACTIVE_S (one that died is not waited for)
         self._seen: dict[tuple[object, ...], float] = {}
-        self._pruned = 0.0
+        self._pruned = self._counted = 0.0
         self.closed = 0  # connections this process asked to close (tests read it)
 
     def should_close(self, client: tuple[object, ...]) -> bool:
@@ -157,6 +172,9 @@ class Connections:
             self._pruned = now
             for c in [c for c, t in self._seen.items() if now - t > self.ACTIVE_S]:
                 del self._seen[c]
+        if now - self._counted > self.ACTIVE_S:
+            self._counted = now
+            self.processes = self.share.live()
         mine = len(self._seen)
         self.share.publish_connections(mine)
         if mine <= 1 or mine <= -(-self.share.total_connections() // self.processes):

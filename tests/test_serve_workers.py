@@ -65,8 +65,12 @@ def test_a_process_with_more_than_its_share_of_connections_closes_them_until_it_
             closes_by_round.append(closes)
         assert sorted([where.count(0), where.count(1)]) == [4, 4]  # spread evenly
         assert closes_by_round[-2:] == [0, 0], closes_by_round  # and then left alone
-        lone = procs.Connections(procs.CoreShare(tmp_path / "lone", 2), processes=2)
-        assert not any(lone.should_close(("127.0.0.1", 1)) for _ in range(5))  # one client alone: never closed
+        # a process alone, whatever the setting said (the other died, or never started): it keeps every connection
+        alone = procs.CoreShare(tmp_path / "lone", 2)
+        lone = procs.Connections(alone, processes=2)
+        assert not any(lone.should_close(("127.0.0.1", 30000 + k)) for k in range(8))
+        assert lone.processes == 1
+        alone.close()
     finally:
         a.close()
         b.close()
