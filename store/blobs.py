@@ -118,12 +118,18 @@ class S3BlobStore:
         )
 
     def ensure_bucket(self) -> None:
+        """Create the bucket unless it exists. Several processes start at once (``minegan serve --workers``, API
+        replicas, workers): when another one created it between our check and our create, that is success too."""
         from botocore.exceptions import ClientError
 
         try:
             self.client.head_bucket(Bucket=self.bucket)
         except ClientError:
-            self.client.create_bucket(Bucket=self.bucket)
+            try:
+                self.client.create_bucket(Bucket=self.bucket)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") != "BucketAlreadyOwnedByYou":
+                    raise
 
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
         self.client.put_object(Bucket=self.bucket, Key=_safe_key(key), Body=data, ContentType=content_type)
