@@ -42,7 +42,7 @@ from typing import ParamSpec, Protocol, TypeVar
 import torch
 
 from api.batching import SampleBatcher
-from api.procs import render_begin, render_end
+from api.procs import rendering
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -173,11 +173,8 @@ async def sample_on_loop(model: Sampler, n: int, seed: int, batcher: SampleBatch
     while True:
         if parts:
             await asyncio.sleep(0)  # let the loop serve others between pieces
-        render_begin()  # the thread count, when API processes share the cores (api/procs.py)
-        try:
+        with rendering():  # the thread count, when API processes share the cores (api/procs.py)
             part = next(pieces, None)
-        finally:
-            render_end()
         if part is None:
             break
         parts.append(part)

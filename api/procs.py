@@ -31,6 +31,8 @@ import mmap
 import os
 import struct
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
@@ -236,3 +238,13 @@ def render_begin() -> None:
 def render_end() -> None:
     if _active is not None:
         _active.end()
+
+
+@contextmanager
+def rendering() -> Iterator[None]:
+    """Around a forward pass on the rendering thread: :func:`render_begin` before, :func:`render_end` after."""
+    render_begin()
+    try:
+        yield
+    finally:
+        render_end()
