@@ -33,7 +33,6 @@ mining then treats like any other source; its file can be registered as a new zo
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -44,6 +43,7 @@ import torch
 from torch import nn
 
 from core import checkpoints
+from core.adapt import ema_update, frozen_copy
 from core.augment import diff_augment
 from core.nets import Critic, critic_like, new_like
 from core.options import DEFAULTS, FUSION_CRITICS, RunConfig, check_sources
@@ -214,7 +214,7 @@ def fuse(
         mods = FusionModules(G=G, D=D, z_dim=g0.cfg.z_dim, means=means)
     # Weight averaging (not in the paper, whose fusion recipe stops at Eq. 15-16): G_ema follows G_F's weights
     # with decay ``ema`` after every generator step and is what fused.pt holds; BatchNorm statistics are copied.
-    G_ema = copy.deepcopy(G).eval().requires_grad_(False) if cfg.ema else None
+    G_ema = frozen_copy(G).eval() if cfg.ema else None
     names = [s.name for s in sources]
     dev = torch.device(device)
     run = StagedRun(mods, [cfg], PseudoRealBatches(sources, dev), run_dir, {"config": cfg.as_json(), "source": ",".join(names)},
@@ -250,9 +250,9 @@ def _fusion_hooks(cfg: FusionConfig, mods: FusionModules, sources: list[SourceMo
         for group in st.opt_g.param_groups:
             group["lr"] = cfg.lr_generator * factor
 
-    def average() -> None:
+    def average(_stage: StageConfig) -> None:
         assert G_ema is not None
-        _ema_update(G_ema, mods.G, cfg.ema)
+        ema_update(G_ema, mods.G, cfg.ema)
 
     return StageHooks(before_step=decay if cfg.lr_decay else None, augment=diff_augment(cfg.augment),
                       generator_term=paired_term(mods, sources, cfg.distill) if cfg.distill else None,
@@ -285,15 +285,6 @@ def _upgrade_checkpoint(obj: dict[str, Any]) -> dict[str, Any] | None:
             "stage_step": obj["step"], "elapsed": 0.0, "G": obj["G"], "D": obj["D"], "M": {}, "opt_d": obj["opt_d"],
             "opt_g": obj["opt_g"], "masks": {}, "rng": obj["rng"], "data_rng": obj["gen"], "history": '{"stages": []}',
             "selector": "", "extra": {"G_ema": obj["G_ema"]} if "G_ema" in obj else {}}
-
-
-@torch.no_grad()
-def _ema_update(avg: nn.Module, live: nn.Module, decay: float) -> None:
-    """avg <- decay * avg + (1 - decay) * live for parameters; buffers (BatchNorm statistics) copied."""
-    for pa, pl in zip(avg.parameters(), live.parameters()):
-        pa.lerp_(pl, 1.0 - decay)
-    for ba, bl in zip(avg.buffers(), live.buffers()):
-        ba.copy_(bl)
 
 
 @torch.no_grad()

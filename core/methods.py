@@ -37,16 +37,19 @@ import torch
 from torch import nn
 
 from core import checkpoints
+from core.adapt import adaptation_hooks
 from core.augment import diff_augment
 from core.baselines import finetune_all_stage
 from core.colour import ColourMap, fit_colour_map
 from core.finetune import finetune_stage
 from core.fusion import FusionConfig, fuse
+from core.keep_best import KeepBest
 from core.mining import MinedGenerator, mining_stage
 from core.multi import MultiGanModules, MultiMinedGenerator, unconditional_critic
 from core.nets import GENERATORS, JointMiner, JointMinerConfig, Miner, MinerConfig, OnnxGenerator, critic_like, generate, new_like
 from core.options import (
     DEFAULTS,
+    FINETUNE_METHODS,
     FUSION_METHODS,
     METHODS,
     MINING_METHODS,
@@ -59,7 +62,7 @@ from core.options import (
     resolve,
 )
 from core.sparse import SparseConfig
-from core.trainer import GanModules, ProgressFn, StageConfig, StagedRun, StageHooks, StopFn, TargetBatches
+from core.trainer import GanModules, ProgressFn, StageConfig, StagedRun, StopFn, TargetBatches
 from core.zoo import SourceModel, load_source_file
 
 log = logging.getLogger(__name__)
@@ -213,7 +216,7 @@ def train(
         sources = [_fused_source(concrete, sources, run_dir, on_progress, should_stop, device, after_checkpoint)]
     run = mining_run(cfg, sources, target.to(device), run_dir, concrete)
     run.resume()
-    for m in (run.mods.G, run.mods.D, run.mods.M, run.mods.colour):
+    for m in (run.mods.G, run.mods.D, run.mods.M, run.mods.colour, *run.extra.values()):
         if m is not None:
             m.to(device)
     run.run(_reporting(on_progress, on_preview, preview_every, run.mods), should_stop, cfg.checkpoint_every, after_checkpoint)
@@ -240,21 +243,28 @@ def mining_run(cfg: RunConfig, sources: list[SourceModel], images: torch.Tensor,
     mods = build_modules(concrete, sources)
     if _fits_map(concrete):  # Eq. MK / BAND fitted on the source generator (no miner):
         mods.colour = _fit_colour(concrete, mods.G, None, mods.z_dim, images)  # the critic sees matched colours and band
+    hooks, extra = adaptation_hooks(concrete, mods, diff_augment(concrete.augment))
+    keeper = None
+    if concrete.keep_best and concrete.method in FINETUNE_METHODS:
+        keeper = KeepBest(mods, images, lambda n, seed: _current_model(mods).sample(n, seed=seed))
+        extra["keep_best"] = keeper.state
     return StagedRun(mods, stages, TargetBatches(images), run_dir,
                      {"config": cfg.as_json(), "source": ",".join(s.name for s in sources)},
                      data_rng=torch.Generator().manual_seed(cfg.seed + 1), offset=cfg.pre_steps, total_steps=concrete.total_steps,
-                     hooks=StageHooks(augment=diff_augment(concrete.augment)),
+                     hooks=hooks, extra=extra,
                      sparse=SparseConfig(cfg.sparse_top_fraction, cfg.sparse_min_weights), identity_defaults=DEFAULTS.as_json(),
-                     same_config=lambda a, b: _resolved_json(a, infos) == _resolved_json(b, infos))
+                     same_config=lambda a, b: _resolved_json(a, infos) == _resolved_json(b, infos), before_checkpoint=keeper)
 
 
 def _resolved_json(config: dict[str, Any], infos: list[SourceInfo]) -> dict[str, Any] | None:
-    """A stored config as it resolves for these sources (None if it no longer parses): how checkpoints compare."""
+    """A stored config as it resolves for these sources (None if it no longer parses): how checkpoints compare.
+    ``keep_best`` says what is published, not how training goes, so it is left out."""
     known = {f.name for f in OPTIONS}
     try:
         given: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items() if k in known}
         cfg = RunConfig(**given)
-        return resolve(cfg, infos).as_json() | {k: v for k, v in config.items() if k not in known}
+        resolved = resolve(cfg, infos).as_json() | {k: v for k, v in config.items() if k not in known}
+        return {k: v for k, v in resolved.items() if k != "keep_best"}
     except (TypeError, ValueError):
         return None
 
@@ -275,13 +285,17 @@ def _reporting(on_progress: ProgressFn | None, on_preview: PreviewFn | None, pre
 
 
 def _finish(cfg: RunConfig, run: StagedRun, run_dir: Path, target: torch.Tensor) -> RunResult:
-    """Write ``model.pt`` (the transferred model for sampling) and ``run.json`` (the run's summary)."""
+    """Write ``model.pt`` (the transferred model for sampling) and ``run.json`` (the run's summary): the best candidate's
+    weights when the run keeps the best (core/keep_best.py), else the last."""
+    kept = run.before_checkpoint.restore_best(run) if isinstance(run.before_checkpoint, KeepBest) else None
     model = _current_model(run.mods)
     if _fits_map(cfg) and isinstance(model, MinedGenerator):  # Eq. MK / BAND again, on G(M(u))
         model.colour = _fit_colour(cfg, model.G, model.M, run.mods.z_dim, target)
     model.cpu().eval()
     summary = {"method": cfg.method, "source": run.identity["source"], "steps": cfg.total_steps, "train_seconds": round(run.elapsed, 2),
                "steps_per_s": round(cfg.total_steps / max(run.elapsed, 1e-9), 3), **run.history}
+    if kept is not None:
+        summary["keep_best"] = kept
     if cfg.critic_init == "fresh":
         summary["critic"] = {"init": "fresh", "augment": cfg.augment, "warmup": cfg.critic_warmup}
     if isinstance(model, MultiMinedGenerator):
@@ -295,11 +309,12 @@ def _finish(cfg: RunConfig, run: StagedRun, run_dir: Path, target: torch.Tensor)
 
 def _current_model(mods: GanModules) -> TransferredModel:
     """A sampling view of the modules being trained (shares their parameters)."""
+    G = mods.G_ema if mods.G_ema is not None else mods.G  # the moving average, when the run keeps one (core/adapt.py)
     if isinstance(mods, MultiGanModules):
-        assert isinstance(mods.G, nn.ModuleList) and isinstance(mods.M, nn.ModuleList)
-        return MultiMinedGenerator(mods.G, mods.M, mods.members, mods.pi, mods.member_names)
-    assert isinstance(mods.G, GENERATORS) and (mods.M is None or isinstance(mods.M, (Miner, JointMiner)))
-    return MinedGenerator(mods.G, mods.M, mods.colour)
+        assert isinstance(G, nn.ModuleList) and isinstance(mods.M, nn.ModuleList)
+        return MultiMinedGenerator(G, mods.M, mods.members, mods.pi, mods.member_names)
+    assert isinstance(G, GENERATORS) and (mods.M is None or isinstance(mods.M, (Miner, JointMiner)))
+    return MinedGenerator(G, mods.M, mods.colour)
 
 
 def _fits_map(cfg: RunConfig) -> bool:
@@ -329,7 +344,7 @@ def _with_previews(on_progress: ProgressFn | None, on_preview: PreviewFn, every:
             on_progress(phase, step, total, stats)
         if phase == "select" or not (step % every == 0 or step == total):
             return
-        nets = [m for m in (mods.G, mods.M) if m is not None]
+        nets = [m for m in (mods.G, mods.G_ema, mods.M) if m is not None]
         was_training = [m.training for m in nets]
         for m in nets:
             m.eval()  # batch-norm statistics must not move because of a preview

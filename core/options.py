@@ -20,6 +20,7 @@ from typing import Any
 METHODS = ("mine", "minegan", "minegan++", "scratch", "transfergan", "transfergan++", "freezed", "fusion", "fusion++")
 FUSION_METHODS = ("fusion", "fusion++")
 MINING_METHODS = ("mine", "minegan", "minegan++", *FUSION_METHODS)
+FINETUNE_METHODS = tuple(m for m in METHODS if m != "mine")  # the methods whose generator learns
 # band matching's auto (Eq. BAND): the methods it was measured to help on the faces DCGAN, over job seeds where it
 # mattered (docs/faces.md: mine, KID 0.0519 -> 0.0464; minegan++ and minegan, seed 0, 0.0657 -> 0.0634 and 0.0672 ->
 # 0.0659). transfergan got worse with it (0.0637 -> 0.0693 over seeds 0-2), freezed no better (0.0558 -> 0.0568); fusion
@@ -35,6 +36,12 @@ COLOUR_MATCH = ("auto", "on", "off")
 # docs/benchmarks.md, section "fresh_critic_minegan++" (benchmarks/fresh_critic.py), where it took mnist-no-9 -> 9
 # with a fresh critic from 18.6 % to 8.2 % classifier error; DiffAugment and the identity miner did not help there.
 AUTO_WARMUP = 50
+# The few-shot adaptation options' auto (core/adapt.py), by where the critic starts: a pretrained critic runs the paper's
+# recipe unchanged; a fresh one gets what docs/faces.md's adaptation table chose.
+ADAPT_AUTO: dict[str, dict[str, float]] = {
+    "source": {"g_ema": 0.0, "cdc_weight": 0.0, "r1_weight": 0.0, "lecam_weight": 0.0},
+    "fresh": {"g_ema": 0.0, "cdc_weight": 0.0, "r1_weight": 0.0, "lecam_weight": 0.0},
+}
 
 
 class MethodError(ValueError):
@@ -106,6 +113,19 @@ class RunConfig:
                              "power spectrum is closest to the targets' and back, fitted with the colour map: on, off, or auto: "
                              f"on where colour matching is, for {', '.join(BAND_METHODS)}; off for the methods without a miner, "
                              "where it measured no better (docs/faces.md)", choices=COLOUR_MATCH)
+    # few-shot adaptation (core/adapt.py); -1 (auto): the value for where the critic starts (ADAPT_AUTO)
+    g_ema: float = option(-1.0, "decay of an exponential moving average of G's weights while G learns (Eq. EMA, StyleGAN's G_ema), "
+                          "published as the generator; 0: off; -1 (auto): see ADAPT_AUTO", ge=-1, le=0.9999, methods=FINETUNE_METHODS)
+    cdc_weight: float = option(-1.0, "weight of the cross-domain correspondence term (CDC, Ojha et al. 2021, Eq. 3-4) that keeps "
+                               "the pairwise similarities of a batch as the source G drew it; 0: off; -1 (auto)", ge=-1, le=10_000,
+                               methods=FINETUNE_METHODS)
+    r1_weight: float = option(-1.0, "gamma of the R1 penalty on the critic's gradient at the real images (Mescheder et al. 2018, "
+                              "Eq. 9); 0: off; -1 (auto)", ge=-1, le=10_000)
+    lecam_weight: float = option(-1.0, "weight of the LeCam regulariser of the critic (Tseng et al. 2021, Eq. 3); 0: off; -1 (auto)",
+                                 ge=-1, le=10_000)
+    keep_best: bool = option(True, "publish the best of the end of mining and each finetuning checkpoint by a pixel-space kernel "
+                             "statistic against the targets (core/keep_best.py, Eq. PMMD) instead of the last; false: the last",
+                             methods=FINETUNE_METHODS)
     critic_warmup: int = option(-1, "steps training the critic alone (n_critic updates each) before the first miner/generator "
                                 f"update; -1 (auto): {AUTO_WARMUP} when the critic starts fresh, 0 otherwise", ge=-1, le=100_000)
     fusion_steps: int = option(1600, "fusion, fusion++: steps training the fused G_F before mining it (Eq. 15-16)", ge=1, le=100_000,
@@ -255,6 +275,7 @@ def resolve(cfg: RunConfig, sources: list[SourceInfo]) -> RunConfig:
     band = cfg.band_match
     if band == "auto":
         band = colour if cfg.method in BAND_METHODS and not _is_family(cfg, sources) else "off"
-    return replace(cfg, critic_init="fresh" if fresh else "source", miner_init=miner_init, colour_match=colour, band_match=band,
+    adapt = {k: v if getattr(cfg, k) < 0 else getattr(cfg, k) for k, v in ADAPT_AUTO["fresh" if fresh else "source"].items()}
+    return replace(cfg, critic_init="fresh" if fresh else "source", miner_init=miner_init, colour_match=colour, band_match=band, **adapt,
                    lr_miner=miner_lr(replace(cfg, miner_init=miner_init)),
                    critic_warmup=(AUTO_WARMUP if fresh else 0) if cfg.critic_warmup < 0 else cfg.critic_warmup)

@@ -72,6 +72,7 @@ class GanModules:
     z_dim: int = 128
     n_classes: int = 0  # > 0: conditional source; fakes use the labels of the real batch
     colour: ColourMap | None = None  # the fitted colour map after G (core/colour.py, Eq. MK), or None
+    G_ema: nn.Module | None = None  # a moving average of G's weights, published instead of G (core/adapt.py), or None
 
 
     def latent(self, n: int, gen: torch.Generator | None = None, device: str | torch.device = "cpu") -> torch.Tensor:
@@ -156,12 +157,16 @@ def set_trainable(mods: GanModules, cfg: StageConfig) -> None:
         mods.M.requires_grad_(cfg.train_miner)
 
 
+CriticTerm = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, float]]]
+
+
 def critic_step(
     mods: GanModules, st: StageState, cfg: StageConfig, real: torch.Tensor, labels: torch.Tensor | None,
-    augment: Augment | None = None,
+    augment: Augment | None = None, extra: CriticTerm | None = None,
 ) -> dict[str, float]:
     """One critic update: Eq. 3 (L_D = E[D(G(M(u)))] - E[D(x)]) plus the gradient penalty; with ``augment`` T
-    (DiffAugment, ``core/augment.py``) the critic sees T(x) and T(G(M(u))), and the penalty is taken between them."""
+    (DiffAugment, ``core/augment.py``) the critic sees T(x) and T(G(M(u))), and the penalty is taken between them.
+    ``extra(real, labels, D(real), D(fake)) -> (term, stats)`` adds a regulariser to L_D (R1, LeCam: core/adapt.py)."""
     n = real.shape[0]
     with torch.no_grad():
         fake = mods.critic_fakes(n, labels, real.device)  # [N, C, H, W]
@@ -171,12 +176,16 @@ def critic_step(
     d_fake = mods.critic(fake, labels)
     loss_w = critic_loss(d_fake, d_real)
     gp = gradient_penalty(mods.D, real, fake, labels if mods.n_classes else None, cfg.gp_weight)
+    total, stats = loss_w + gp, {"d_loss": loss_w.item(), "gp": gp.item(), "wdist": -loss_w.item()}
+    if extra is not None:
+        term, more = extra(real, labels, d_real, d_fake)
+        total, stats = total + term, stats | more
     st.opt_d.zero_grad(set_to_none=True)
-    (loss_w + gp).backward()
+    total.backward()
     if st.masks:
         apply_grad_masks(mods.D, st.masks)
     st.opt_d.step()
-    return {"d_loss": loss_w.item(), "gp": gp.item(), "wdist": -loss_w.item()}
+    return stats
 
 
 GeneratorTerm = Callable[[torch.Tensor, torch.Tensor | None], tuple[torch.Tensor, dict[str, float]]]
@@ -241,8 +250,9 @@ class StageHooks:
     """What varies between stages beyond their config (see the module docstring)."""
 
     before_step: Callable[[StageState, StageConfig], None] | None = None  # e.g. a learning-rate schedule
-    generator_term: GeneratorTerm | None = None  # added to L_G, e.g. fusion's paired distillation term
-    after_step: Callable[[], None] | None = None  # after the generator update, e.g. weight averaging
+    generator_term: GeneratorTerm | None = None  # added to L_G, e.g. fusion's paired distillation term, CDC
+    critic_term: CriticTerm | None = None  # added to L_D, e.g. R1, LeCam (core/adapt.py)
+    after_step: Callable[[StageConfig], None] | None = None  # after the generator update, e.g. weight averaging
     augment: Augment | None = None  # DiffAugment on every critic input (core/augment.py)
 
 
@@ -274,12 +284,12 @@ def run_stage(
             hooks.before_step(st, cfg)
         for _ in range(cfg.n_critic):
             real, labels = data.real(cfg.batch_size, rng)
-            stats = critic_step(mods, st, cfg, real, labels, hooks.augment)
+            stats = critic_step(mods, st, cfg, real, labels, hooks.augment, hooks.critic_term)
         if st.opt_g is not None:
             labels = data.fake_labels(cfg.batch_size, rng)
             stats |= generator_step(mods, st, cfg.batch_size, labels, data.device, hooks.generator_term, hooks.augment)
         if hooks.after_step is not None:
-            hooks.after_step()
+            hooks.after_step(cfg)
         st.step += 1
         elapsed = time.perf_counter() - t0
         stats["steps_per_s"] = (st.step - start) / max(elapsed, 1e-9)
@@ -310,7 +320,9 @@ class StagedRun:
                  extra: dict[str, nn.Module] | None = None, sparse: SparseConfig | None = None,
                  identity_defaults: dict[str, Any] | None = None,
                  upgrade: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None,
-                 same_config: Callable[[dict[str, Any], dict[str, Any]], bool] | None = None) -> None:
+                 same_config: Callable[[dict[str, Any], dict[str, Any]], bool] | None = None,
+                 before_checkpoint: Callable[[StagedRun], None] | None = None) -> None:
+        self.before_checkpoint = before_checkpoint  # e.g. scoring a candidate (core/keep_best.py)
         self.mods, self.stages, self.data, self.run_dir, self.identity = mods, stages, data, run_dir, identity
         self.data_rng, self.offset, self.hooks, self.extra, self.sparse = data_rng, offset, hooks, extra or {}, sparse
         self.end = offset + sum(s.steps for s in stages)
@@ -362,7 +374,8 @@ class StagedRun:
         if self.mods.M is not None:
             self.mods.M.load_state_dict(obj["M"])
         for k, m in self.extra.items():
-            m.load_state_dict(obj["extra"][k])
+            if k in obj.get("extra", {}):  # a module of a later version (an average) starts where it was built
+                m.load_state_dict(obj["extra"][k])
         self.stage_idx, self.elapsed = int(obj["stage_idx"]), float(obj["elapsed"])
         self.history = json.loads(obj["history"])
         if obj.get("selector"):
@@ -390,6 +403,8 @@ class StagedRun:
             now = time.perf_counter()
             self.elapsed += now - t_mark
             t_mark = now
+            if self.before_checkpoint is not None:
+                self.before_checkpoint(self)
             path = self.checkpoint()
             if after_checkpoint is not None:
                 after_checkpoint(path)

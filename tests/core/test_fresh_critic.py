@@ -9,14 +9,14 @@ import torch
 
 from core.augment import diff_augment, parse_policy
 from core.methods import RunConfig, build_modules, plan, train
-from core.options import AUTO_WARMUP, LR_MINER_IDENTITY, LR_MINER_PAPER, MethodError, SourceInfo, resolve
+from core.options import ADAPT_AUTO, AUTO_WARMUP, LR_MINER_IDENTITY, LR_MINER_PAPER, MethodError, SourceInfo, resolve
 from core.trainer import Stopped
 from core.zoo import SourceModel
 from tests.conftest import stop_after, tiny_source
 
 POLICY = "color,translation,cutout"
 
-TINY = dict(mining_steps=2, finetune_steps=1, batch_size=8, n_critic=2, checkpoint_every=1)
+TINY = dict(mining_steps=2, finetune_steps=1, batch_size=8, n_critic=2, checkpoint_every=1, keep_best=False)  # the last step is published
 
 
 def _generator_only(name: str = "upload") -> SourceModel:
@@ -52,7 +52,7 @@ def test_policies_are_differentiable_and_change_images_per_sample() -> None:
 def test_auto_follows_the_source_critic() -> None:
     info = SourceInfo("s", 8, 28, 1, False)
     assert resolve(RunConfig(), [info]) == RunConfig(critic_init="source", critic_warmup=0, miner_init="paper", colour_match="off",
-                                                     band_match="off", lr_miner=4e-4)
+                                                     band_match="off", lr_miner=4e-4, **ADAPT_AUTO["source"])
     no_critic = resolve(RunConfig(), [SourceInfo("s", 8, 28, 1, False, has_critic=False)])
     assert (no_critic.critic_init, no_critic.critic_warmup, no_critic.miner_init) == ("fresh", AUTO_WARMUP, "identity")
     forced = resolve(RunConfig(critic_init="fresh", augment=POLICY, critic_warmup=3), [info])

@@ -165,13 +165,13 @@ def test_plain_fusion_critic_still_runs_and_unknown_ones_are_refused(tmp_path: P
 def test_weight_averaged_fusion_keeps_the_average_and_resumes_it(tmp_path: Path) -> None:
     from dataclasses import replace
 
-    from core.fusion import _ema_update
+    from core.adapt import ema_update
 
     a, b = torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2)
     avg, live = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2)), torch.nn.Sequential(a, b)
     before = [p.clone() for p in avg.parameters()]
     live[1].running_mean.fill_(3.0)
-    _ema_update(avg, live, 0.9)
+    ema_update(avg, live, 0.9)
     for p0, pa, pl in zip(before, avg.parameters(), live.parameters()):
         assert torch.allclose(pa, 0.9 * p0 + 0.1 * pl)
     assert torch.equal(avg[1].running_mean, live[1].running_mean)  # statistics are copied, not averaged
