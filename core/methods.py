@@ -245,7 +245,7 @@ def mining_run(cfg: RunConfig, sources: list[SourceModel], images: torch.Tensor,
         mods.colour = _fit_colour(concrete, mods.G, None, mods.z_dim, images)  # the critic sees matched colours and band
     hooks, extra = adaptation_hooks(concrete, mods, diff_augment(concrete.augment))
     keeper = None
-    if concrete.keep_best and concrete.method in FINETUNE_METHODS:
+    if concrete.keep_best == "on" and concrete.method in FINETUNE_METHODS:
         keeper = KeepBest(mods, images, lambda n, seed: _current_model(mods).sample(n, seed=seed))
         extra["keep_best"] = keeper.state
     return StagedRun(mods, stages, TargetBatches(images), run_dir,

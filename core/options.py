@@ -40,7 +40,7 @@ AUTO_WARMUP = 50
 # recipe unchanged; a fresh one gets what docs/faces.md's adaptation table chose.
 ADAPT_AUTO: dict[str, dict[str, float]] = {
     "source": {"g_ema": 0.0, "cdc_weight": 0.0, "r1_weight": 0.0, "lecam_weight": 0.0},
-    "fresh": {"g_ema": 0.0, "cdc_weight": 0.0, "r1_weight": 0.0, "lecam_weight": 0.0},
+    "fresh": {"g_ema": 0.995, "cdc_weight": 0.0, "r1_weight": 0.0, "lecam_weight": 0.0},
 }
 
 
@@ -123,9 +123,10 @@ class RunConfig:
                               "Eq. 9); 0: off; -1 (auto)", ge=-1, le=10_000)
     lecam_weight: float = option(-1.0, "weight of the LeCam regulariser of the critic (Tseng et al. 2021, Eq. 3); 0: off; -1 (auto)",
                                  ge=-1, le=10_000)
-    keep_best: bool = option(True, "publish the best of the end of mining and each finetuning checkpoint by a pixel-space kernel "
-                             "statistic against the targets (core/keep_best.py, Eq. PMMD) instead of the last; false: the last",
-                             methods=FINETUNE_METHODS)
+    keep_best: str = option("auto", "publish the best of the end of mining and each finetuning checkpoint by a pixel-space kernel "
+                            "statistic against the targets (core/keep_best.py, Eq. PMMD) instead of the last: on, off (the last), or "
+                            "auto: on when the critic starts fresh, off with the source's critic (the paper's recipe)",
+                            choices=COLOUR_MATCH, methods=FINETUNE_METHODS)
     critic_warmup: int = option(-1, "steps training the critic alone (n_critic updates each) before the first miner/generator "
                                 f"update; -1 (auto): {AUTO_WARMUP} when the critic starts fresh, 0 otherwise", ge=-1, le=100_000)
     fusion_steps: int = option(1600, "fusion, fusion++: steps training the fused G_F before mining it (Eq. 15-16)", ge=1, le=100_000,
@@ -276,6 +277,8 @@ def resolve(cfg: RunConfig, sources: list[SourceInfo]) -> RunConfig:
     if band == "auto":
         band = colour if cfg.method in BAND_METHODS and not _is_family(cfg, sources) else "off"
     adapt = {k: v if getattr(cfg, k) < 0 else getattr(cfg, k) for k, v in ADAPT_AUTO["fresh" if fresh else "source"].items()}
+    keep = cfg.keep_best if cfg.keep_best != "auto" else ("on" if fresh else "off")
     return replace(cfg, critic_init="fresh" if fresh else "source", miner_init=miner_init, colour_match=colour, band_match=band, **adapt,
+                   keep_best=keep,
                    lr_miner=miner_lr(replace(cfg, miner_init=miner_init)),
                    critic_warmup=(AUTO_WARMUP if fresh else 0) if cfg.critic_warmup < 0 else cfg.critic_warmup)

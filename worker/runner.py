@@ -302,6 +302,8 @@ def _job_metrics(samples: torch.Tensor, target: torch.Tensor, summary: dict[str,
         out["s3_trainable_fraction"] = fr[-1]
     if summary.get("selector_pi"):
         out["selector_pi"] = summary["selector_pi"]
+    if summary.get("keep_best"):  # which candidate was published and every candidate's score (core/keep_best.py)
+        out["keep_best"] = summary["keep_best"]
     if summary.get("colour_map"):  # the fitted colour map and band limit (core/colour.py, Eq. MK and BAND)
         out["colour_map"] = summary["colour_map"]
     if tuple(samples.shape[1:]) == (1, 28, 28) and target.shape[0] >= 2:

@@ -38,7 +38,7 @@ OLD_CHECKPOINTS = FIXTURES / "v1_checkpoints"
 TIMING_KEYS = ("train_seconds", "steps_per_s")
 
 # keep_best off: these runs publish their last step, as every run did when they were recorded
-BASE = dict(mining_steps=2, finetune_steps=2, batch_size=8, n_critic=2, checkpoint_every=1, fusion_steps=3, keep_best=False)
+BASE = dict(mining_steps=2, finetune_steps=2, batch_size=8, n_critic=2, checkpoint_every=1, fusion_steps=3, keep_best="off")
 
 # case name -> (sources, RunConfig options)
 CASES: dict[str, tuple[list[str], dict[str, Any]]] = {

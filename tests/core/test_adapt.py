@@ -16,7 +16,7 @@ from core.options import MethodError
 from core.trainer import Stopped
 from tests.conftest import stop_after, tiny_source
 
-TINY = dict(mining_steps=2, finetune_steps=2, batch_size=8, n_critic=1, checkpoint_every=1, keep_best=False)
+TINY = dict(mining_steps=2, finetune_steps=2, batch_size=8, n_critic=1, checkpoint_every=1, keep_best="off")
 
 
 def test_similarity_distribution_is_the_softmax_of_cosines_over_the_others() -> None:
@@ -116,20 +116,20 @@ def test_keep_best_publishes_the_mining_checkpoint_when_finetuning_only_gets_wor
     # 0.1 throws G off them in a few steps: every finetuning candidate scores worse
     with torch.no_grad():
         target = source.G(torch.randn(64, source.G.cfg.z_dim, generator=torch.Generator().manual_seed(0)))
-    cfg = dict(TINY, finetune_steps=3, lr_generator=0.1, keep_best=True)
+    cfg = dict(TINY, finetune_steps=3, lr_generator=0.1, keep_best="on")
     res = train(RunConfig(method="minegan", **cfg), source, target, tmp_path / "best")
     kept = res.summary["keep_best"]
     assert kept["published_step"] == 2 and kept["last_step"] == 5 and set(kept["scores"]) == {"2", "3", "4", "5"}
     assert all(kept["scores"]["2"] < kept["scores"][s] for s in ("3", "4", "5"))
     for k, v in res.model.G.state_dict().items():  # mining leaves G as the source: the published G is the source's
         assert torch.equal(v, source.G.state_dict()[k])
-    last = train(RunConfig(method="minegan", **dict(cfg, keep_best=False)), source, target, tmp_path / "last")
+    last = train(RunConfig(method="minegan", **dict(cfg, keep_best="off")), source, target, tmp_path / "last")
     assert "keep_best" not in last.summary
     assert any(not torch.equal(v, source.G.state_dict()[k]) for k, v in last.model.G.state_dict().items())
 
 
 def test_keep_best_resumes_across_the_selection(source, target, tmp_path: Path) -> None:
-    cfg = RunConfig(method="minegan++", **dict(TINY, finetune_steps=3, lr_generator=0.1, keep_best=True, g_ema=0.5))
+    cfg = RunConfig(method="minegan++", **dict(TINY, finetune_steps=3, lr_generator=0.1, keep_best="on", g_ema=0.5))
     full = train(cfg, source, target, tmp_path / "full")
     with pytest.raises(Stopped):
         train(cfg, source, target, tmp_path / "cut", should_stop=stop_after(4))  # stopped after the first finetuning step

@@ -16,7 +16,7 @@ from tests.conftest import stop_after, tiny_source
 
 POLICY = "color,translation,cutout"
 
-TINY = dict(mining_steps=2, finetune_steps=1, batch_size=8, n_critic=2, checkpoint_every=1, keep_best=False)  # the last step is published
+TINY = dict(mining_steps=2, finetune_steps=1, batch_size=8, n_critic=2, checkpoint_every=1, keep_best="off")  # the last step is published
 
 
 def _generator_only(name: str = "upload") -> SourceModel:
@@ -52,9 +52,10 @@ def test_policies_are_differentiable_and_change_images_per_sample() -> None:
 def test_auto_follows_the_source_critic() -> None:
     info = SourceInfo("s", 8, 28, 1, False)
     assert resolve(RunConfig(), [info]) == RunConfig(critic_init="source", critic_warmup=0, miner_init="paper", colour_match="off",
-                                                     band_match="off", lr_miner=4e-4, **ADAPT_AUTO["source"])
+                                                     band_match="off", lr_miner=4e-4, keep_best="off", **ADAPT_AUTO["source"])
     no_critic = resolve(RunConfig(), [SourceInfo("s", 8, 28, 1, False, has_critic=False)])
     assert (no_critic.critic_init, no_critic.critic_warmup, no_critic.miner_init) == ("fresh", AUTO_WARMUP, "identity")
+    assert (no_critic.keep_best, no_critic.g_ema) == ("on", ADAPT_AUTO["fresh"]["g_ema"])  # a fresh critic's adaptation
     forced = resolve(RunConfig(critic_init="fresh", augment=POLICY, critic_warmup=3), [info])
     # a zoo source keeps Appendix A's miner when its critic is replaced (the MNIST measurement of options.resolve)
     assert (forced.critic_init, forced.augment, forced.critic_warmup, forced.miner_init) == ("fresh", POLICY, 3, "paper")

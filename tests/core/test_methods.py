@@ -96,7 +96,7 @@ def test_mining_moves_samples_towards_the_target(target, tmp_path: Path) -> None
     torch.manual_seed(0)
     src = tiny_source(width=8, z_dim=16)
     cfg = RunConfig(method="minegan", mining_steps=40, finetune_steps=40, batch_size=16, n_critic=2,
-                    lr_generator=1e-3, lr_critic=1e-3, checkpoint_every=0, keep_best=False)
+                    lr_generator=1e-3, lr_critic=1e-3, checkpoint_every=0, keep_best="off")
     res = train(cfg, src, target, tmp_path)
     tgt_mean = target.mean(0)
     before = (src.G(torch.randn(64, 16)).detach().mean(0) - tgt_mean).abs().mean()

@@ -11,7 +11,7 @@ from core.multi import MultiGanModules, MultiMinedGenerator, Selector, unconditi
 from core.trainer import Stopped
 from tests.conftest import tiny_source
 
-TINY = dict(mining_steps=2, finetune_steps=2, batch_size=8, n_critic=2, checkpoint_every=1, keep_best=False)  # the last step is published
+TINY = dict(mining_steps=2, finetune_steps=2, batch_size=8, n_critic=2, checkpoint_every=1, keep_best="off")  # the last step is published
 
 
 def test_selector_averages_win_fractions_over_the_last_window() -> None:
