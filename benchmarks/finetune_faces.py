@@ -39,7 +39,6 @@ sys.path.insert(0, str(ROOT))
 from benchmarks._doc import update_section  # noqa: E402
 from benchmarks.faces import _faces_zip, _weights  # noqa: E402
 from core.data import load_target_bytes  # noqa: E402
-from core.images import grid_png  # noqa: E402
 from core.metrics import evaluate  # noqa: E402
 from store.settings import Settings  # noqa: E402
 
@@ -140,7 +139,8 @@ def _report(a: argparse.Namespace, out: Path) -> None:
         ms = [m for _, m in runs]
         kept = ", ".join(f"step {m['keep_best']['published_step']} of {m['keep_best']['last_step']}" if m.get("keep_best") else "last"
                          for m in ms)
-        lines.append(f"| {method} | {', '.join(str(s) for s, _ in runs)} | {', '.join(f'{m['kid']:.4f}' for m in ms)} | "
+        kids = ", ".join(f"{m['kid']:.4f}" for m in ms)
+        lines.append(f"| {method} | {', '.join(str(s) for s, _ in runs)} | {kids} | "
                      f"**{statistics.median(m['kid'] for m in ms):.4f}** | {statistics.median(m['fid'] for m in ms):.1f} | "
                      f"{100 * statistics.median(m['faces'] for m in ms):.0f} % | {kept} | "
                      f"{statistics.median(m['wall_s'] for m in ms):.0f} s |")
