@@ -110,6 +110,9 @@ class ModelInfo(BaseModel):
     origin: str = Field(default="built-in", description="built-in zoo, or the job a registered source came from")
     critic: bool = Field(default=True, description="ships a pretrained critic; false for a generator-only upload, whose jobs "
                          "start a fresh critic with a warm-up unless the options say otherwise")
+    job_defaults: dict[str, Any] = Field(default_factory=dict, description="what a job on this source runs when its spec sets "
+                                         "nothing: the default method and the options whose default depends on the source "
+                                         "(where the critic starts, the miner, the few-shot adaptation, keep_best)")
 
 
 class Preview(BaseModel):

@@ -55,6 +55,10 @@ def cmd_train(a: argparse.Namespace) -> int:
     finally:
         bar.close()
     print(f"done in {time.time() - t0:.0f}s: {result.run_dir / 'model.pt'}", file=sys.stderr)
+    if "keep_best" in result.summary:  # core/keep_best.py: which candidate is published, and every candidate's score
+        kept = result.summary["keep_best"]
+        curve = ", ".join(f"{s}: {v:.4f}" for s, v in kept["scores"].items())
+        print(f"published step {kept['published_step']} of {kept['last_step']} (keep_best, {kept['criterion']}: {curve})", file=sys.stderr)
     if "selector_pi" in result.summary:
         print("selector pi: " + ", ".join(f"{k} {v:.3f}" for k, v in result.summary["selector_pi"].items()), file=sys.stderr)
     print(json.dumps(result.summary))

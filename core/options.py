@@ -282,3 +282,14 @@ def resolve(cfg: RunConfig, sources: list[SourceInfo]) -> RunConfig:
                    keep_best=keep,
                    lr_miner=miner_lr(replace(cfg, miner_init=miner_init)),
                    critic_warmup=(AUTO_WARMUP if fresh else 0) if cfg.critic_warmup < 0 else cfg.critic_warmup)
+
+
+SOURCE_DEPENDENT = ("critic_init", "critic_warmup", "miner_init", "lr_miner", "colour_match", "band_match", "g_ema", "cdc_weight",
+                    "r1_weight", "lecam_weight", "keep_best")
+
+
+def source_defaults(info: SourceInfo) -> dict[str, Any]:
+    """What a job on this source runs when it sets nothing (the default method, every "auto" resolved): the options whose
+    default depends on the source (``GET /models`` shows them)."""
+    cfg = resolve(DEFAULTS, [info])
+    return {"method": cfg.method, **{k: getattr(cfg, k) for k in SOURCE_DEPENDENT}}

@@ -103,8 +103,11 @@ def test_zoo_add_an_onnx_generator_and_mine_it(tmp_path: Path, monkeypatch: pyte
     target.write_bytes(target_zip_bytes())
     assert main(["train", "--source", "my-onnx", "--target", str(target), "--method", "minegan", "--critic-warmup", "1",
                  "--out", str(tmp_path / "r"), *TINY]) == 0
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    cap = capsys.readouterr()
+    summary = json.loads(cap.out.strip().splitlines()[-1])
     assert summary["critic"]["init"] == "fresh" and summary["steps"] == 4  # auto: a fresh critic; 1 warm-up + 3 steps
+    kept = summary["keep_best"]  # a fresh critic: the best of the end of mining and each finetuning checkpoint is published
+    assert kept["last_step"] == 4 and str(kept["published_step"]) in kept["scores"] and "published step" in cap.err
     (tmp_path / "bad.onnx").write_bytes(onnx_generator(out_rank=2))
     assert main(["zoo", "add", str(tmp_path / "bad.onnx"), "--id", "bad", "--family", "onnx", "--config", cfg]) == 2
     assert "rank 2" in capsys.readouterr().err and not (tmp_path / "models" / "bad.pt").exists()

@@ -17,6 +17,7 @@ from api.uploads import UploadRoute, read_upload
 from core import checkpoints, zoo
 from core.checkpoints import CheckpointError
 from core.formats import ModelFormatError
+from core.options import SourceInfo, source_defaults
 from store import jobs as jobs_dao
 from store import sources as registry
 
@@ -30,7 +31,7 @@ class RegisterModel(BaseModel):
 
 @router.get("/models", response_model=list[ModelInfo], summary="Source models you can mine")
 def list_models(svc: ServicesDep, tenant: TenantDep) -> list[ModelInfo]:
-    return [ModelInfo(**m) for m in registry.known(svc.blobs, tenant).values()]
+    return [model_info(m) for m in registry.known(svc.blobs, tenant).values()]
 
 
 class UploadConfig(BaseModel):
@@ -102,7 +103,7 @@ async def _upload_model(request: Request, svc: ServicesDep, tenant: str) -> Mode
             raise ApiError(422, exc.code, str(exc)) from exc
         except ValueError as exc:
             raise ApiError(422, "invalid_request", str(exc)) from exc
-        return ModelInfo(**info)
+        return model_info(info)
 
     return await run_torch(build)
 
@@ -121,4 +122,10 @@ def register_model(body: RegisterModel, svc: Services, tenant: str) -> ModelInfo
         raise ApiError(409, "model_exists", str(exc)) from exc
     except (ValueError, CheckpointError) as exc:
         raise ApiError(422, "invalid_request", str(exc)) from exc
-    return ModelInfo(**info)
+    return model_info(info)
+
+
+def model_info(m: dict[str, Any]) -> ModelInfo:
+    """A registry entry as the API shows it, with what a job on it runs by default (``core.options.source_defaults``)."""
+    info = SourceInfo(m["id"], m["z_dim"], m["resolution"], m["channels"], m["conditional"], m.get("critic", True))
+    return ModelInfo(**m, job_defaults=source_defaults(info))

@@ -204,6 +204,7 @@ def test_an_onnx_critic_is_the_sources_critic_and_is_finetuned_with_s3(client: T
                                       "critic": ("d.onnx", critic, "application/octet-stream")}, data={"config": json.dumps(cfg)})
     assert r.status_code == 201, r.text
     assert r.json()["critic"] is True
+    assert r.json()["job_defaults"]["critic_init"] == "source" and r.json()["job_defaults"]["keep_best"] == "off"  # the paper's recipe
     src = registry.load(client.app.state.services.blobs, "with-critic", tmp_path, "default")  # type: ignore[attr-defined]
     assert isinstance(src.D, OnnxCritic) and src.has_critic
     x = torch.rand(5, 1, 28, 28) * 2 - 1

@@ -30,6 +30,8 @@ def test_every_hostile_model_file_gets_its_error_and_nothing_is_stored(client: T
     r = client.post("/models", files={"generator": ("g.onnx", good, "application/octet-stream")}, data={"config": __import__("json").dumps(cfg)})
     assert r.status_code == 201, r.text
     assert r.json()["critic"] is False and r.json()["z_dim"] == 8
+    defaults = r.json()["job_defaults"]  # a generator-only source: fresh critic, G_ema, the best candidate published
+    assert (defaults["critic_init"], defaults["keep_best"], defaults["g_ema"] > 0) == ("fresh", "on", True)
 
 
 def test_docs_table_matches_the_model_corpus() -> None:

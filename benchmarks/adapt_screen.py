@@ -1,0 +1,113 @@
+"""Which finetuning mechanism keeps a generator-only source intact -> docs/faces.md section "adapt_screen" (issue 32).
+
+The faces pair of benchmarks/faces.py (the ``gan-face-generate`` DCGAN without a critic -> the 100 LFW faces), method
+``minegan++`` at 200 mining + 100 finetuning steps, batch 16, seed ``--seed``. Every variant starts its finetuning from the
+same end-of-mining checkpoint (step 250: 50 warm-up + 200 mining steps, the service's defaults for this source at the
+time: no adaptation option on), so variants differ only in what the finetuning stage does; the critic regularisers
+(r1_weight, lecam_weight) therefore act from the start of finetuning only. Per variant: KID (Inception, 250 samples:
+a screen, not the final table) and the share of 200 samples in which OpenCV's Haar cascade finds a face, at the end of
+finetuning (the last candidate: ``keep_best`` off).
+
+Usage:  python benchmarks/adapt_screen.py [--variants NAME=JSON;...] [--seed 0] [--out DIR] [--report]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks._doc import update_section  # noqa: E402
+from benchmarks.faces import _faces_zip, _weights  # noqa: E402
+from benchmarks.finetune_faces import DOC, face_rate  # noqa: E402
+from core import checkpoints, zoo  # noqa: E402
+from core import methods as engine  # noqa: E402
+from core.data import load_target_bytes  # noqa: E402
+from core.metrics import evaluate  # noqa: E402
+from core.options import RunConfig, resolve  # noqa: E402
+
+OFF = {"g_ema": 0, "cdc_weight": 0, "r1_weight": 0, "lecam_weight": 0, "keep_best": "off"}
+VARIANTS = ('none={};ema99={"g_ema":0.99};ema995={"g_ema":0.995};ema999={"g_ema":0.999};lrg1e5={"lr_generator":1e-5};'
+            'fl2={"finetune_layers":2};aug={"augment":"color,translation,cutout"};cdc100={"cdc_weight":100};'
+            'cdc1000={"cdc_weight":1000};r1={"r1_weight":10};lecam={"lecam_weight":0.1};'
+            'ema99cdc={"g_ema":0.99,"cdc_weight":1000};ema99aug={"g_ema":0.99,"augment":"color,translation,cutout"}')
+
+
+def _source() -> zoo.SourceModel:
+    src = zoo.source_from_state_dicts("faces", "dcgan64", {"z_dim": 100, "width": 64, "channels": 3}, _weights())
+    path = Path(tempfile.mkdtemp()) / "faces.pt"
+    checkpoints.save(src, path)
+    return zoo.load_source_file(path)
+
+
+def _mined(source: zoo.SourceModel, target: torch.Tensor, seed: int, out: Path) -> Path:
+    """The end-of-mining checkpoint every variant starts from (a run with nothing on, stopped after mining)."""
+    path = out / f"mined-s{seed}.pt"
+    if not path.exists():
+        cfg = RunConfig(method="minegan++", mining_steps=200, finetune_steps=0, batch_size=16, seed=seed, **OFF)
+        with tempfile.TemporaryDirectory() as tmp:
+            engine.train(cfg, source, target, tmp, after_checkpoint=lambda p: shutil.copy(p, path) if p.name == "ckpt-250.pt" else None)
+    return path
+
+
+def _variant(name: str, opts: dict, source: zoo.SourceModel, target: torch.Tensor, mined: Path, seed: int) -> dict:  # type: ignore[type-arg]
+    cfg = RunConfig(method="minegan++", mining_steps=200, finetune_steps=100, batch_size=16, seed=seed, **{**OFF, **opts})
+    with tempfile.TemporaryDirectory() as tmp:
+        run = engine.mining_run(cfg, [source], target, Path(tmp), resolve(cfg, [source.info]))
+        run.same_config = lambda a, b: True  # the mining checkpoint was written by another config: only finetuning differs
+        shutil.copy(mined, Path(tmp) / "ckpt-250.pt")
+        run.resume()
+        t0 = time.time()
+        run.run(checkpoint_every=50)
+        model = engine._finish(resolve(cfg, [source.info]), run, Path(tmp), target).model
+        x = torch.cat([model.sample(250, seed=123), model.sample(250, seed=124)])
+    return {"opts": opts, "kid": evaluate(x[:250], target, ["kid"])["kid"], "faces": face_rate(x[:200]), "wall_s": round(time.time() - t0)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--variants", default=VARIANTS, help="name=JSON options, separated by ';'")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "adapt_screen"))
+    ap.add_argument("--report", action="store_true")
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    target = load_target_bytes(_faces_zip(), 3, 64).images
+    if not a.report:
+        source = _source()
+        mined = _mined(source, target, a.seed, out)
+        for item in a.variants.split(";"):
+            name, opts = item.split("=", 1)
+            res = out / f"{name}-s{a.seed}.json"
+            if not res.exists():
+                res.write_text(json.dumps(_variant(name, json.loads(opts), source, target, mined, a.seed)))
+            print(name, res.read_text(), flush=True)
+    rows = ["| finetuning variant (options) | KID (250 samples) | faces found (Haar, 200 samples) |", "|---|---|---|"]
+    for item in VARIANTS.split(";"):
+        name = item.split("=", 1)[0]
+        res = out / f"{name}-s{a.seed}.json"
+        if res.exists():
+            m = json.loads(res.read_text())
+            rows.append(f"| {name} `{json.dumps(m['opts'])}` | {m['kid']:.4f} | {100 * m['faces']:.0f} % |")
+    cmd = "python benchmarks/adapt_screen.py " + " ".join(shlex.quote(x) for x in sys.argv[1:])
+    update_section("adapt_screen", "\n".join([
+        f"Command: `{cmd}` ({datetime.date.today().isoformat()}, 2-core CPU). `minegan++`, seed {a.seed}, every variant "
+        "finetuned for 100 steps from the same end-of-mining checkpoint; the published model is the last step.", "", *rows]), DOC)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
