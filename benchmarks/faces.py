@@ -294,7 +294,11 @@ def _write_docs(rows: dict[str, dict[str, Any]], command: str, a: argparse.Names
     notes = ROOT / "docs" / "faces_notes.md"
     if notes.exists():
         doc += [notes.read_text()]
-    (ROOT / "docs" / "faces.md").write_text("\n".join(doc))
+    faces = ROOT / "docs" / "faces.md"
+    import re
+
+    kept = re.findall(r"<!-- BEGIN \S+ -->.*?<!-- END \S+ -->", faces.read_text(), re.S) if faces.exists() else []
+    faces.write_text("\n".join(doc + kept))  # the sections other benchmarks write into faces.md stay
     print("\n".join(head))
 
 

@@ -138,7 +138,7 @@ _JOB = """
  <div id="stats" style="color:#555;font-size:12px"></div><div id="error"></div></div>
 <h3>Target images</h3><div class="grid"><img id="target" alt="target images"></div>
 <h3>Previews during training <small>(fixed seed)</small></h3><div class="grid" id="previews"></div>
-<h3>Samples</h3><div id="samplebox">available when the job has succeeded</div>
+<h3>Samples</h3><div id="samplebox">available when the job has succeeded</div><div id="kept"></div>
 <h3>Plots</h3><div class="grid" id="plots"></div>
 <h3>Artifacts</h3><ul id="artifacts"></ul>
 <script>
@@ -177,6 +177,10 @@ async function refresh() {{
       document.getElementById('samplebox').innerHTML = `<div class="grid"><img id="samples" alt="samples"></div>
         <button id="again" onclick="sampleAgain()">sample again</button> seed <span id="seed">0</span>`;
       await imgFromApi(document.getElementById('samples'), `/jobs/${{ID}}/sample?n=16&seed=0`);
+      const kept = (j.metrics || {{}}).keep_best;  // which candidate was published (core/keep_best.py) and the score curve
+      if (kept) document.getElementById('kept').innerHTML = `<div class="box">published: step <b id="published">${{kept.published_step}}</b>
+        of ${{kept.last_step}} (keep_best, ${{esc(kept.criterion)}}, lower is better): ` +
+        Object.entries(kept.scores).map(([s, v]) => `step ${{esc(s)}}: ${{(+v).toPrecision(4)}}`).join(', ') + '</div>';
     }}
   }}
 }}
