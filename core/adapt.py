@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -43,7 +44,10 @@ def ema_update(avg: nn.Module, live: nn.Module, decay: float) -> None:
         ba.copy_(bl)
 
 
-def frozen_copy(G: nn.Module) -> nn.Module:
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
+
+
+def frozen_copy(G: ModuleT) -> ModuleT:
     """A copy of G that never learns (the EMA's average, CDC's source)."""
     return copy.deepcopy(G).requires_grad_(False)
 
@@ -120,6 +124,9 @@ class LeCam(nn.Module):
     def __init__(self, decay: float = 0.99) -> None:
         super().__init__()
         self.decay = decay
+        self.alpha_real: torch.Tensor
+        self.alpha_fake: torch.Tensor
+        self.seen: torch.Tensor
         self.register_buffer("alpha_real", torch.zeros(()))
         self.register_buffer("alpha_fake", torch.zeros(()))
         self.register_buffer("seen", torch.zeros((), dtype=torch.long))
@@ -129,7 +136,7 @@ class LeCam(nn.Module):
             first = bool(self.seen == 0)
             for alpha, d in ((self.alpha_real, d_real), (self.alpha_fake, d_fake)):
                 alpha.copy_(d.mean() if first else torch.lerp(d.mean(), alpha, self.decay))
-            self.seen += 1
+            self.seen.add_(1)
         return (d_real - self.alpha_fake).pow(2).mean() + (d_fake - self.alpha_real).pow(2).mean()
 
 
@@ -176,7 +183,7 @@ def _sum_terms(terms: list[CriticTerm]) -> CriticTerm | None:
 
     def total(real: torch.Tensor, labels: torch.Tensor | None, d_real: torch.Tensor, d_fake: torch.Tensor,
               ) -> tuple[torch.Tensor, dict[str, float]]:
-        out, stats = torch.zeros((), device=real.device), {}
+        out, stats = torch.zeros((), device=real.device), dict[str, float]()
         for term in terms:
             t, s = term(real, labels, d_real, d_fake)
             out, stats = out + t, stats | s

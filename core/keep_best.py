@@ -37,7 +37,7 @@ def pixel_mmd(x: torch.Tensor, y: torch.Tensor) -> float:
     a, b = (F.adaptive_avg_pool2d(t.float(), POOL).flatten(1) for t in (x, y))
     d = torch.cdist(torch.cat([a, b]), torch.cat([a, b])).pow(2)  # [N+M, N+M]
     m = d[d > 0].median() if (d > 0).any() else torch.tensor(1.0)
-    k = sum(torch.exp(-d / (s * m)) for s in SCALES)
+    k = torch.stack([torch.exp(-d / (s * m)) for s in SCALES]).sum(0)
     n, mm = len(a), len(b)
     kxx, kyy, kxy = k[:n, :n], k[n:, n:], k[:n, n:]
     return float((kxx.sum() - kxx.diag().sum()) / (n * (n - 1)) + (kyy.sum() - kyy.diag().sum()) / (mm * (mm - 1)) - 2 * kxy.mean())

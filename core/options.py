@@ -276,7 +276,7 @@ def resolve(cfg: RunConfig, sources: list[SourceInfo]) -> RunConfig:
     band = cfg.band_match
     if band == "auto":
         band = colour if cfg.method in BAND_METHODS and not _is_family(cfg, sources) else "off"
-    adapt = {k: v if getattr(cfg, k) < 0 else getattr(cfg, k) for k, v in ADAPT_AUTO["fresh" if fresh else "source"].items()}
+    adapt: dict[str, Any] = {k: v if getattr(cfg, k) < 0 else getattr(cfg, k) for k, v in ADAPT_AUTO["fresh" if fresh else "source"].items()}
     keep = cfg.keep_best if cfg.keep_best != "auto" else ("on" if fresh else "off")
     return replace(cfg, critic_init="fresh" if fresh else "source", miner_init=miner_init, colour_match=colour, band_match=band, **adapt,
                    keep_best=keep,
