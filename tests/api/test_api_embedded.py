@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from api.main import create_app
+from core.options import SourceInfo, source_defaults
 from store.blobs import LocalBlobStore
 from store.settings import Settings
 from tests.helpers import TINY_SPEC, target_zip_bytes, wait_for, write_tiny_zoo
@@ -132,7 +133,8 @@ def test_models_and_readiness(client: TestClient) -> None:
     models = {m["id"]: m for m in client.get("/models").json()}
     assert models["tiny-src"] == {"id": "tiny-src", "resolution": 28, "channels": 1, "conditional": False, "n_classes": 0,
                                   "z_dim": 8, "description": "tiny test source", "origin": "built-in",
-                                  "critic": True}
+                                  "critic": True, "job_defaults": source_defaults(SourceInfo("tiny-src", 8, 28, 1, False))}
+    assert models["tiny-src"]["job_defaults"]["critic_init"] == "source"  # a zoo source: its own critic, the paper's recipe
     assert models["tiny-cond"]["conditional"] and models["tiny-cond"]["n_classes"] == 3 and set(models) == {"tiny-src", "tiny-b", "tiny-cond"}
     ready = client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["checks"] == {"database": "ok", "broker": "ok", "storage": "ok"}
