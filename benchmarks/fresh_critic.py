@@ -37,7 +37,7 @@ from core.options import AUTO_WARMUP  # noqa: E402
 
 # name -> options; "auto" rows use the service's defaults for a source without a critic
 OFF = {"g_ema": 0.0, "keep_best": "off"}  # the rows below the first fresh one keep their meaning: no adaptation
-DEFAULTS_ROW = "fresh, defaults (--critic-init fresh)"
+DEFAULTS_ROW = "fresh: defaults (--critic-init fresh)"
 VARIANTS: dict[str, dict[str, object]] = {
     DEFAULTS_ROW: {"critic_init": "fresh"},
     "source critic": {"critic_init": "source"},
@@ -103,7 +103,7 @@ def main() -> int:
 def _key(a: argparse.Namespace, name: str, seed: int) -> str:
     """A result's file name: method, budget, variant, and the job seed but for seed 0."""
     key = f"{a.method}-{a.mining_steps}-{a.finetune_steps}-" + name.replace(" ", "_").replace("+", "").replace("(", "").replace(")", "")
-    return key.replace(",", "").replace("--", "") + (f"-s{seed}" if seed else "")
+    return key.replace(":", "").replace("--", "") + (f"-s{seed}" if seed else "")
 
 
 def write_doc(out: Path, a: argparse.Namespace, command: str, names: list[str]) -> None:
@@ -135,7 +135,7 @@ def write_doc(out: Path, a: argparse.Namespace, command: str, names: list[str]) 
         *rows,
         "",
         "Lower is better everywhere. A row with several job seeds gives their medians (`--seed`) and each seed's error; one "
-        "seed: differences of a few points of classifier error are within run-to-run spread. `fresh, defaults` is what "
+        "seed: differences of a few points of classifier error are within run-to-run spread. `fresh: defaults` is what "
         "`--critic-init fresh` runs today: the warm-up, and G_ema (`g_ema` 0.995) and `keep_best` (on) as for every fresh "
         "critic; the other fresh rows turn both off.",
         "",
