@@ -136,8 +136,8 @@ def write_doc(out: Path, a: argparse.Namespace, command: str, names: list[str]) 
         "",
         "Lower is better everywhere. A row with several job seeds gives their medians (`--seed`) and each seed's error; one "
         "seed: differences of a few points of classifier error are within run-to-run spread. `fresh: defaults` is what "
-        "`--critic-init fresh` runs today: the warm-up, and G_ema (`g_ema` 0.995) and `keep_best` (on) as for every fresh "
-        "critic; the other fresh rows turn both off.",
+        "`--critic-init fresh` runs today on this zoo source: the warm-up and `keep_best` (on for every fresh critic; "
+        "`g_ema` stays off for a source that ships a critic); the other fresh rows turn both off.",
         "",
         "Reading: with the source's critic this is the main table's setting. Without it, the fresh critic alone leaves the "
         "miner with a weak signal (error 18.6 % in the first run); a warm-up of the critic alone before the first miner update "
