@@ -144,7 +144,10 @@ def _report(a: argparse.Namespace, out: Path) -> None:
                      f"**{statistics.median(m['kid'] for m in ms):.4f}** | {statistics.median(m['fid'] for m in ms):.1f} | "
                      f"{100 * statistics.median(m['faces'] for m in ms):.0f} % | {kept} | "
                      f"{statistics.median(m['wall_s'] for m in ms):.0f} s |")
-    cmd = "python benchmarks/finetune_faces.py " + " ".join(shlex.quote(x) for x in sys.argv[1:])
+    jobs = ",".join(f"{method}:{seed}" for method, runs in rows.items() for seed, _ in runs)
+    extra = [shlex.quote(x) for x in sys.argv[1:] if x not in ("--report",)]
+    extra = [x for i, x in enumerate(extra) if x != "--jobs" and (i == 0 or extra[i - 1] != "--jobs")]
+    cmd = " ".join(["python benchmarks/finetune_faces.py", "--jobs", jobs, *extra])
     text = "\n".join([
         "### Finetuning at the service's defaults, 200 + 100 steps", "",
         f"Command: `{cmd}` ({datetime.date.today().isoformat()}, 2-core CPU, one thread per job). Every job: `POST /jobs` with "
