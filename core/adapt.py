@@ -26,10 +26,7 @@ from torch.nn import functional as F
 from core.augment import Augment
 from core.nets import Miner, generate
 from core.options import MethodError, RunConfig
-from core.trainer import CriticTerm, GanModules, StageConfig, StageHooks
-
-WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
-
+from core.trainer import WEIGHTED, CriticTerm, GanModules, StageConfig, StageHooks
 
 # --- EMA of G ------------------------------------------------------------------------------------------------------
 
