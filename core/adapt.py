@@ -25,8 +25,9 @@ from torch.nn import functional as F
 
 from core.augment import Augment
 from core.nets import Miner, generate
+from core.nets.layers import WEIGHTED
 from core.options import MethodError, RunConfig
-from core.trainer import WEIGHTED, CriticTerm, GanModules, StageConfig, StageHooks
+from core.trainer import CriticTerm, GanModules, StageConfig, StageHooks
 
 # --- EMA of G ------------------------------------------------------------------------------------------------------
 

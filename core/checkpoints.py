@@ -20,7 +20,16 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from core.formats import OnnxCritic, OnnxCriticConfig, OnnxGenerator, OnnxGeneratorConfig
+from core.formats import (
+    OnnxCritic,
+    OnnxCriticConfig,
+    OnnxGenerator,
+    OnnxGeneratorConfig,
+    Pt2Critic,
+    Pt2CriticConfig,
+    Pt2Generator,
+    Pt2GeneratorConfig,
+)
 from core.nets import (
     Classifier,
     ClassifierConfig,
@@ -52,6 +61,8 @@ _KINDS: dict[str, tuple[type, type]] = {
     "dcgan-generator": (DCGANGenerator, DCGANGeneratorConfig),
     "onnx-generator": (OnnxGenerator, OnnxGeneratorConfig),  # rebuilt from its graph bytes (a buffer): from_state
     "onnx-critic": (OnnxCritic, OnnxCriticConfig),
+    "pt2-generator": (Pt2Generator, Pt2GeneratorConfig),  # rebuilt from its archive bytes (a buffer): from_state
+    "pt2-critic": (Pt2Critic, Pt2CriticConfig),
 }
 _KIND_OF = {module_cls: kind for kind, (module_cls, _) in _KINDS.items()}
 

@@ -20,6 +20,7 @@ An ONNX critic maps images [N, C, H, W] in [-1, 1] to one score per image ([N] o
 
 from __future__ import annotations
 
+import importlib.machinery
 import json
 import math
 import struct
@@ -30,6 +31,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from core.pt2 import Pt2Error, load_program
 
 MAX_TENSOR_ELEMENTS = 256 * 2**20  # one declared tensor; far above any generator that fits an upload
 ONNX_OPSET = 17  # the newest default-domain opset onnx2torch converts every common operator of
@@ -127,6 +130,8 @@ def _onnx2torch() -> Any:
             import torchvision  # noqa: F401
         except Exception:  # noqa: BLE001 - absent or broken: use the stand-in
             stand_in, ops = types.ModuleType("torchvision"), types.ModuleType("torchvision.ops")
+            stand_in.__spec__ = importlib.machinery.ModuleSpec("torchvision", None)  # torch.onnx looks for it
+            ops.__spec__ = importlib.machinery.ModuleSpec("torchvision.ops", None)
 
             def unavailable(*_: Any, **__: Any) -> Any:
                 raise NotImplementedError("torchvision operators are not available")
@@ -141,10 +146,19 @@ def _onnx2torch() -> Any:
 
 
 def _register_extra_converters() -> None:
-    """Converters for standard ONNX operators that onnx2torch lacks and generators use: OneHot (what
-    ``F.one_hot`` of a one-hot conditional generator exports to). Registered once, for each opset that defines it."""
+    """Converters for what onnx2torch lacks and generators use, registered once:
+
+    * ``OneHot`` (what ``F.one_hot`` of a one-hot conditional generator exports to);
+    * ``RandomNormalLike`` / ``RandomUniformLike`` (StyleGAN-type noise inputs), drawn from torch's generator;
+    * ``minegan.Conv``: a convolution whose weights the graph computes (a modulated, demodulated convolution),
+      which :func:`normalise` writes for a ``Conv`` with a non-constant weight input;
+    * ``minegan.Reshape``: ``Reshape`` with ``allowzero=1`` and a shape computed in the graph (a zero in it is a
+      zero-sized dimension, as in ``torch.reshape``)."""
     from onnx2torch.node_converters.registry import _CONVERTER_REGISTRY, OperationDescription, add_converter
-    from onnx2torch.utils.common import OnnxToTorchModule, OperationConverterResult, onnx_mapping_from_node
+    from onnx2torch.utils.common import OnnxMapping, OnnxToTorchModule, OperationConverterResult, onnx_mapping_from_node
+
+    if OperationDescription(MINEGAN_DOMAIN, "Conv", 1) in _CONVERTER_REGISTRY:
+        return
 
     class OnnxOneHot(nn.Module, OnnxToTorchModule):  # type: ignore[misc]
         """OneHot(indices, depth, values[off, on]) along ``axis``; negative indices count from depth, as the spec says."""
@@ -161,13 +175,134 @@ def _register_extra_converters() -> None:
             out = values[0] + (values[1] - values[0]) * hot
             return out.movedim(-1, self.axis) if self.axis not in (-1, out.dim() - 1) else out
 
-    def convert(node: Any, graph: Any) -> Any:  # noqa: ARG001 - the registry's signature
+    class OnnxRandomLike(nn.Module, OnnxToTorchModule):  # type: ignore[misc]
+        """RandomNormalLike (mean + scale * N(0, 1)) or RandomUniformLike (U(low, high)) of the input's shape."""
+
+        def __init__(self, normal: bool, a: float, b: float) -> None:
+            super().__init__()
+            self.normal, self.a, self.b = normal, a, b
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if self.normal:
+                return self.a + self.b * torch.randn_like(x)
+            return self.a + (self.b - self.a) * torch.rand_like(x)
+
+    class OnnxComputedConv(nn.Module, OnnxToTorchModule):  # type: ignore[misc]
+        """Conv(x, w[, b]) with w an input (ONNX Conv semantics, auto_pad NOTSET): pads [begin..., end...]."""
+
+        def __init__(self, strides: list[int], pads: list[int], dilations: list[int], group: int) -> None:
+            super().__init__()
+            self.strides, self.pads, self.dilations, self.group = strides, pads, dilations, group
+
+        def forward(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+            dims = w.dim() - 2
+            pads = self.pads or [0] * (2 * dims)
+            begin, end = pads[:dims], pads[dims:]
+            if begin != end:  # F.pad takes the last dimension first
+                x = nn.functional.pad(x, [p for i in reversed(range(dims)) for p in (begin[i], end[i])])
+                begin = [0] * dims
+            conv = (nn.functional.conv1d, nn.functional.conv2d, nn.functional.conv3d)[dims - 1]
+            return conv(x, w, b, self.strides or 1, begin, self.dilations or 1, self.group)  # type: ignore[no-any-return]
+
+    class OnnxLiteralReshape(nn.Module, OnnxToTorchModule):  # type: ignore[misc]
+        def forward(self, x: torch.Tensor, shape: torch.Tensor) -> torch.Tensor:
+            return x.reshape([int(d) for d in shape.tolist()])
+
+    def one_hot(node: Any, graph: Any) -> Any:  # noqa: ARG001 - the registry's signature
         return OperationConverterResult(torch_module=OnnxOneHot(int(node.attributes.get("axis", -1))),
                                         onnx_mapping=onnx_mapping_from_node(node=node))
 
+    def random_like(normal: bool) -> Any:
+        def convert(node: Any, graph: Any) -> Any:  # noqa: ARG001
+            at = node.attributes
+            a, b = (at.get("mean", 0.0), at.get("scale", 1.0)) if normal else (at.get("low", 0.0), at.get("high", 1.0))
+            return OperationConverterResult(torch_module=OnnxRandomLike(normal, float(a), float(b)),
+                                            onnx_mapping=OnnxMapping(inputs=node.input_values[:1], outputs=node.output_values))
+        return convert
+
+    def computed_conv(node: Any, graph: Any) -> Any:  # noqa: ARG001
+        at = node.attributes
+        module = OnnxComputedConv(list(at.get("strides", [])), list(at.get("pads", [])), list(at.get("dilations", [])),
+                                  int(at.get("group", 1)))
+        return OperationConverterResult(torch_module=module, onnx_mapping=onnx_mapping_from_node(node=node))
+
+    def literal_reshape(node: Any, graph: Any) -> Any:  # noqa: ARG001
+        return OperationConverterResult(torch_module=OnnxLiteralReshape(), onnx_mapping=onnx_mapping_from_node(node=node))
+
     for version in (9, 11):
         if OperationDescription("", "OneHot", version) not in _CONVERTER_REGISTRY:
-            add_converter(operation_type="OneHot", version=version)(convert)
+            add_converter(operation_type="OneHot", version=version)(one_hot)
+    for op, normal in (("RandomNormalLike", True), ("RandomUniformLike", False)):
+        if OperationDescription("", op, 1) not in _CONVERTER_REGISTRY:
+            add_converter(operation_type=op, version=1)(random_like(normal))
+    add_converter(operation_type="Conv", version=1, domain=MINEGAN_DOMAIN)(computed_conv)
+    add_converter(operation_type="Reshape", version=1, domain=MINEGAN_DOMAIN)(literal_reshape)
+
+
+MINEGAN_DOMAIN = "minegan"  # the two operators normalise() writes for the converter (see _register_extra_converters)
+
+
+def normalise(model: Any) -> Any:
+    """What ONNX exporters write today, rewritten into graphs the converter reads, with the same meaning:
+
+    * onnxscript's optimiser (the one ``torch.onnx`` itself uses): constant folding, ``Constant`` nodes as
+      initializers, ``Identity`` nodes and unused values removed;
+    * omitted optional inputs (empty names) at the end of a node's inputs dropped; ``Clip`` with only a maximum
+      gets the lowest float as its minimum;
+    * ``Reshape`` with ``allowzero=1``: ``allowzero=0`` where the target shape is constant and holds no zero (the
+      two then mean the same), else ``minegan.Reshape``;
+    * ``Conv`` whose weights are computed in the graph (modulated convolutions): ``minegan.Conv``, the functional
+      convolution.
+    """
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+    from onnxscript import ir, optimizer
+    from onnxscript.optimizer import common_passes
+
+    try:  # folding only: onnxscript's rewrite rules (fusions) would change the weights' numbers
+        graph = ir.serde.deserialize_model(model)
+        optimizer.fold_constants(graph)
+        optimizer.remove_unused_nodes(graph)
+        common_passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(graph)
+        model = ir.serde.serialize_model(graph)
+    except Exception:  # noqa: BLE001 - the optimiser is an aid: an unoptimised graph is checked and converted as it is
+        pass
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), ONNX_OPSET)
+    if opset > ONNX_OPSET:
+        try:
+            model = onnx.version_converter.convert_version(model, ONNX_OPSET)
+        except Exception:  # noqa: BLE001 - the ops check names what cannot be converted
+            pass
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    custom = False
+    for node in g.node:
+        while node.input and node.input[-1] == "":
+            node.input.pop()
+        if node.op_type == "Clip" and len(node.input) == 3 and node.input[1] == "":
+            low = f"{node.name or node.output[0]}_minegan_low"
+            g.initializer.append(numpy_helper.from_array(np.array(np.finfo(np.float32).min, np.float32), low))
+            node.input[1] = low
+        if node.domain not in ("", "ai.onnx"):
+            continue
+        if node.op_type == "Reshape" and any(a.name == "allowzero" and a.i == 1 for a in node.attribute):
+            shape = inits.get(node.input[1])
+            if shape is not None and 0 not in numpy_helper.to_array(shape).tolist():
+                for a in node.attribute:
+                    if a.name == "allowzero":
+                        a.i = 0
+            else:
+                node.domain, custom = MINEGAN_DOMAIN, True
+                del node.attribute[:]
+        if node.op_type == "Conv" and len(node.input) > 1 and node.input[1] not in inits:
+            if any(a.name == "auto_pad" and a.s not in (b"", b"NOTSET") for a in node.attribute):
+                raise ModelFormatError(f"node {node.name!r} (Conv with weights computed in the graph) uses auto_pad; "
+                                       "export with explicit pads, or as .pt2 (torch.export.save)")
+            node.domain, custom = MINEGAN_DOMAIN, True
+    if custom and not any(o.domain == MINEGAN_DOMAIN for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(MINEGAN_DOMAIN, 1))
+    return model
 
 
 _NOT_FOR_GENERATORS = {"NonMaxSuppression", "RoiAlign", "If", "Loop", "Scan"}
@@ -211,14 +346,11 @@ def check_onnx(data: bytes, z_dim: int | None = None, n_classes: int = 0, class_
         _check_critic_io(inputs, g.output, image_shape)
     else:
         _check_generator_io(inputs, g.output, z_dim, n_classes, class_input)
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), ONNX_OPSET)
-    if opset > ONNX_OPSET:
-        try:
-            model = onnx.version_converter.convert_version(model, ONNX_OPSET)
-            opset = ONNX_OPSET
-        except Exception:  # noqa: BLE001 - the ops check below names what cannot be converted
-            pass
-    _check_ops(model, opset)
+    foreign = sorted({f"{n.op_type} ({n.domain})" for n in g.node if n.domain not in ("", "ai.onnx")})
+    if foreign:  # refused as sent, before normalise() could drop an unused one
+        raise ModelFormatError(f"unsupported ONNX operator(s): {', '.join(foreign)}; only the standard (ai.onnx) operators are accepted")
+    model = normalise(model)
+    _check_ops(model, next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), ONNX_OPSET))
     return model
 
 
@@ -261,12 +393,14 @@ def _dims(value_info: Any) -> list[int | str]:
 
 
 def _check_ops(model: Any, opset: int) -> None:
+    _onnx2torch()  # first: it puts the torchvision stand-in in place
     from onnx2torch.node_converters.registry import get_converter
 
-    _onnx2torch()
     bad: list[str] = []
     for node in model.graph.node:
         domain = node.domain or "ai.onnx"
+        if domain == MINEGAN_DOMAIN and node.op_type in ("Conv", "Reshape"):
+            continue
         if node.op_type in _NOT_FOR_GENERATORS or domain not in ("ai.onnx", ""):
             bad.append(f"{node.op_type} ({domain})")
             continue
@@ -275,37 +409,87 @@ def _check_ops(model: Any, opset: int) -> None:
         except NotImplementedError:
             bad.append(f"{node.op_type} (opset {opset})")
     if bad:
-        raise ModelFormatError(f"unsupported ONNX operator(s): {', '.join(sorted(set(bad)))}")
+        raise ModelFormatError(f"unsupported ONNX operator(s): {', '.join(sorted(set(bad)))}; export with "
+                               f"torch.onnx.export(..., opset_version={ONNX_OPSET}), or {PT2_HINT}")
 
 
 _INTEGER_TYPES = {6, 7, 2, 3, 4, 5, 12, 13}  # onnx.TensorProto INT32, INT64, UINT8, INT8, UINT16, INT16, UINT32, UINT64
 
 
-def _convert(graph: bytes, **check: Any) -> nn.Module:
+PT2_HINT = "export the generator as .pt2 instead (torch.export.export, then torch.export.save): it takes any architecture"
+
+
+def _convert(graph: bytes, **check: Any) -> tuple[nn.Module, Any]:
+    """The torch module of a checked, normalised graph, and the graph. Float initializers of 2+ dimensions that the
+    converter keeps as buffers (weights the graph computes with, e.g. a modulated convolution's kernel) become
+    parameters, so finetuning reaches every weight."""
+    model = check_onnx(graph, **check)
     try:
-        return _onnx2torch().convert(check_onnx(graph, **check))  # type: ignore[no-any-return]
-    except ModelFormatError:
-        raise
+        net: nn.Module = _onnx2torch().convert(model)
     except Exception as exc:  # noqa: BLE001 - the converter's own refusals
-        raise ModelFormatError(f"the ONNX graph could not be converted: {exc}") from exc
+        msg = str(exc)
+        node = next((n for n in model.graph.node if (n.name and n.name in msg) or any(v and v in msg for v in [*n.output, *n.input])), None)
+        where = f" at node {node.name!r} ({node.op_type})" if node is not None else ""
+        raise ModelFormatError(f"the ONNX graph could not be converted{where}: {msg[:300]}; {PT2_HINT}") from exc
+    for m in net.modules():
+        for name, buf in list(m._buffers.items()):
+            if name.startswith("onnx_initializer_") and buf is not None and buf.is_floating_point() and buf.dim() >= 2:
+                del m._buffers[name]
+                m.register_parameter(name, nn.Parameter(buf))
+    return net, model
 
 
-class _OnnxModule(nn.Module):
-    """What the ONNX generator and critic share: the graph's bytes travel with the weights as the uint8 buffer
-    ``onnx_graph``, so a checkpoint rebuilds the module (:meth:`from_state`) with no code; batch-norm layers keep their
-    statistics (eval mode even in train mode)."""
+def _batch_of(value_info: Any) -> tuple[int, int]:
+    """The batch sizes a graph input accepts: a fixed first dimension, or any."""
+    dims = _dims(value_info)
+    return (dims[0], dims[0]) if dims and isinstance(dims[0], int) and dims[0] > 0 else (1, 2**31)
+
+
+def run_in_batches(fn: Any, xs: tuple[torch.Tensor, ...], lo: int, hi: int) -> torch.Tensor:
+    """fn(*xs) for a network that takes batches of ``lo`` to ``hi`` rows only: in chunks of at most ``hi``, the last
+    padded to ``lo`` by repeating its last row (the padding's outputs are dropped)."""
+    n = xs[0].shape[0]
+    if lo <= n <= hi:
+        return fn(*xs)  # type: ignore[no-any-return]
+    size, outs = min(max(n, lo), hi), []
+    for start in range(0, n, size):
+        part = [x[start:start + size] for x in xs]
+        k = part[0].shape[0]
+        if k < lo:
+            part = [torch.cat([p, p[-1:].expand(lo - k, *p.shape[1:])]) for p in part]
+        outs.append(fn(*part)[:k])
+    return torch.cat(outs)
+
+
+class _Batched(nn.Module):
+    """A converted graph that takes batches of ``lo`` to ``hi`` rows only (:func:`run_in_batches`)."""
+
+    def __init__(self, net: nn.Module, lo: int, hi: int) -> None:
+        super().__init__()
+        self.net, self.lo, self.hi = net, lo, hi
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        return run_in_batches(self.net, xs, self.lo, self.hi)
+
+
+class _GraphModule(nn.Module):
+    """What the generators and critics read from a graph file (ONNX, ``.pt2``) share: the file's bytes travel with the
+    weights as the uint8 buffer named ``BUFFER``, so a checkpoint rebuilds the module (:meth:`from_state`) with no code;
+    batch-norm layers keep their statistics (eval mode even in train mode)."""
+
+    BUFFER = "onnx_graph"
 
     def _keep_graph(self, graph: bytes) -> None:
-        self.register_buffer("onnx_graph", torch.frombuffer(bytearray(graph), dtype=torch.uint8).clone())
+        self.register_buffer(self.BUFFER, torch.frombuffer(bytearray(graph), dtype=torch.uint8).clone())
         self.train(False)
 
     def graph_bytes(self) -> bytes:
-        graph: torch.Tensor = self.get_buffer("onnx_graph")
+        graph: torch.Tensor = self.get_buffer(self.BUFFER)
         return graph.cpu().numpy().tobytes()
 
     @classmethod
     def from_state(cls, cfg: Any, state: dict[str, torch.Tensor]) -> Any:
-        module = cls(cfg, bytes(state["onnx_graph"].numpy().tobytes()))  # type: ignore[call-arg]
+        module = cls(cfg, bytes(state[cls.BUFFER].numpy().tobytes()))  # type: ignore[call-arg]
         module.load_state_dict(state)
         return module
 
@@ -317,27 +501,24 @@ class _OnnxModule(nn.Module):
         return self
 
 
-class OnnxGenerator(_OnnxModule):
-    """A generator from an ONNX graph: x = out(graph(zmap(u))), u ~ N(0, I) [N, z_dim] -> [N, C, H, W] in [-1, 1].
+class GraphGenerator(_GraphModule):
+    """A generator from a graph file: x = out(graph(zmap(u))), u ~ N(0, I) [N, z_dim] -> [N, C, H, W] in [-1, 1].
 
-    The graph's bytes travel with the weights as the uint8 buffer ``onnx_graph``, so a checkpoint rebuilds the
-    module (:meth:`from_state`) with no code. Batch-norm layers keep their pretrained statistics (eval mode even in
-    train mode), as for the DCGAN layout: mining must not change a frozen generator's buffers."""
+    ``zmap`` turns the engine's u ~ N(0, I) into the z the graph was trained on (``z_dist``, ``z_scale``: an
+    invertible, differentiable map, so mining and sampling keep drawing N(0, I) latents) and ``out`` maps the
+    declared output range onto [-1, 1]. Subclasses build ``self.net`` from the file's bytes."""
 
-    def __init__(self, cfg: OnnxGeneratorConfig, graph: bytes) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.net = _convert(graph, z_dim=cfg.z_dim, n_classes=cfg.n_classes, class_input=cfg.class_input)
-        self._keep_graph(graph)
+    cfg: OnnxGeneratorConfig
+    net: nn.Module
 
     def forward(self, u: torch.Tensor, c: torch.Tensor | None = None, embedding: torch.Tensor | None = None) -> torch.Tensor:
         """u [N, z_dim] ~ N(0, I); c [N] class indices (a class-conditional graph only) -> [N, C, H, W] in [-1, 1]."""
         cfg = self.cfg
         if embedding is not None:
-            raise ValueError("an ONNX generator takes class indices, not an embedding")
+            raise ValueError("a generator read from a graph file takes class indices, not an embedding")
         if (c is not None) != bool(cfg.n_classes):
-            raise ValueError("this ONNX generator is class-conditional: it needs class indices" if cfg.n_classes
-                             else "this ONNX generator is unconditional")
+            raise ValueError("this generator is class-conditional: it needs class indices" if cfg.n_classes
+                             else "this generator is unconditional")
         if cfg.z_dist == "uniform":  # probability integral transform: N(0, 1) -> U(-1, 1), scaled
             z = cfg.z_scale * torch.erf(u / math.sqrt(2.0))
         else:
@@ -351,6 +532,19 @@ class OnnxGenerator(_OnnxModule):
         if (cfg.out_min, cfg.out_max) != (-1.0, 1.0):
             x = (x - cfg.out_min) * (2.0 / (cfg.out_max - cfg.out_min)) - 1.0
         return x  # type: ignore[no-any-return]
+
+
+class OnnxGenerator(GraphGenerator):
+    """A generator from an ONNX graph (:class:`GraphGenerator`), converted to torch modules by onnx2torch."""
+
+    def __init__(self, cfg: OnnxGeneratorConfig, graph: bytes) -> None:
+        super().__init__()
+        self.cfg = cfg
+        net, model = _convert(graph, z_dim=cfg.z_dim, n_classes=cfg.n_classes, class_input=cfg.class_input)
+        inits = {t.name for t in model.graph.initializer}
+        lo, hi = _batch_of(next(i for i in model.graph.input if i.name not in inits))
+        self.net = _Batched(net, lo, hi) if hi < 2**31 else net
+        self._keep_graph(graph)
 
 
 @dataclass(frozen=True)
@@ -368,16 +562,13 @@ class OnnxCriticConfig:
             raise ValueError("ONNX critics are unconditional")
 
 
-class OnnxCritic(_OnnxModule):
-    """A critic from an ONNX graph: D(x), images [N, C, H, W] in [-1, 1] -> scores [N, 1]. The graph's own input
-    range is declared (``in_min``, ``in_max``) and the images are mapped to it. Its bytes travel with the weights
-    as the buffer ``onnx_graph``, as :class:`OnnxGenerator`'s do. Batch-norm layers keep their statistics."""
+class GraphCritic(_GraphModule):
+    """A critic from a graph file: D(x), images [N, C, H, W] in [-1, 1] -> scores [N, 1]. The graph's own input
+    range is declared (``in_min``, ``in_max``) and the images are mapped to it. Batch-norm layers keep their
+    statistics. Subclasses build ``self.net`` from the file's bytes."""
 
-    def __init__(self, cfg: OnnxCriticConfig, graph: bytes) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.net = _convert(graph, role="critic", image_shape=(cfg.channels, cfg.img_size, cfg.img_size))
-        self._keep_graph(graph)
+    cfg: OnnxCriticConfig
+    net: nn.Module
 
     def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         if c is not None:
@@ -387,3 +578,102 @@ class OnnxCritic(_OnnxModule):
             x = (x + 1.0) * ((cfg.in_max - cfg.in_min) / 2.0) + cfg.in_min
         return self.net(x).reshape(x.shape[0], 1)  # type: ignore[no-any-return]  # [N, 1]
 
+
+
+class OnnxCritic(GraphCritic):
+    """A critic from an ONNX graph (:class:`GraphCritic`), converted to torch modules by onnx2torch."""
+
+    def __init__(self, cfg: OnnxCriticConfig, graph: bytes) -> None:
+        super().__init__()
+        self.cfg = cfg
+        net, model = _convert(graph, role="critic", image_shape=(cfg.channels, cfg.img_size, cfg.img_size))
+        inits = {t.name for t in model.graph.initializer}
+        lo, hi = _batch_of(next(i for i in model.graph.input if i.name not in inits))
+        self.net = _Batched(net, lo, hi) if hi < 2**31 else net
+        self._keep_graph(graph)
+
+
+# --- torch.export programs (.pt2) ----------------------------------------------------------------------------
+
+
+class Pt2Program(nn.Module):
+    """An exported program (``core.pt2.load_program``) as a module whose parameters learn. The program accepts the
+    batch sizes it was exported for (``min_batch`` to ``max_batch``: one fixed size, or a range with a dynamic batch
+    dimension); other batches run in chunks, the last padded by repeating its last row. It always runs as exported:
+    ``train()`` changes no layer (torch does not support it for exported programs, and the project keeps a source's
+    batch-norm statistics anyway)."""
+
+    def __init__(self, data: bytes, n_inputs: int) -> None:
+        super().__init__()
+        program = load_program(data)
+        names = list(program.graph_signature.user_inputs)
+        if len(names) != n_inputs:
+            raise Pt2Error(f"the program takes {len(names)} inputs; expected {n_inputs}")
+        nodes = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
+        self.input_shapes = [tuple(nodes[n].meta["val"].shape) if n in nodes and "val" in nodes[n].meta else () for n in names]
+        self.min_batch, self.max_batch = _batch_range(program, self.input_shapes[0][0] if self.input_shapes[0] else None)
+        self.program = program.module()
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        return run_in_batches(self.program, xs, self.min_batch, self.max_batch)
+
+    def train(self, mode: bool = True) -> Any:
+        self.training = mode
+        return self
+
+
+def _batch_range(program: Any, dim: Any) -> tuple[int, int]:
+    """The batch sizes an exported program accepts: its fixed size, or its dynamic dimension's declared range."""
+    if isinstance(dim, int):
+        return dim, dim
+    try:
+        vr = program.range_constraints[dim.node.expr]
+        lo = max(1, int(vr.lower))
+        hi = int(vr.upper) if vr.upper.is_finite else 2**31
+        return lo, hi
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return 1, 2**31
+
+
+@dataclass(frozen=True)
+class Pt2GeneratorConfig(OnnxGeneratorConfig):
+    """The same keys as an ONNX generator's: z_dim, img_size, channels, z_dist, z_scale, output range, class input."""
+
+
+class Pt2Generator(GraphGenerator):
+    """A generator from a ``.pt2`` file (``torch.export.save`` of any architecture): :class:`GraphGenerator` over the
+    program, which ``core.pt2`` reads without running anything from the file."""
+
+    BUFFER = "pt2_archive"
+
+    def __init__(self, cfg: Pt2GeneratorConfig, data: bytes) -> None:
+        super().__init__()
+        self.cfg = cfg
+        try:
+            self.net = Pt2Program(data, 2 if cfg.n_classes else 1)
+        except Pt2Error as exc:
+            raise ModelFormatError(str(exc)) from exc
+        z_shape = self.net.input_shapes[0]
+        if len(z_shape) != 2 or (isinstance(z_shape[1], int) and z_shape[1] != cfg.z_dim):
+            raise ModelFormatError(f"the program's input has shape {list(z_shape)}; expected [N, z_dim] with the declared z_dim {cfg.z_dim}")
+        self._keep_graph(data)
+
+
+@dataclass(frozen=True)
+class Pt2CriticConfig(OnnxCriticConfig):
+    """The same keys as an ONNX critic's: img_size, channels and the input range."""
+
+
+class Pt2Critic(GraphCritic):
+    """A critic from a ``.pt2`` file: :class:`GraphCritic` over the program."""
+
+    BUFFER = "pt2_archive"
+
+    def __init__(self, cfg: Pt2CriticConfig, data: bytes) -> None:
+        super().__init__()
+        self.cfg = cfg
+        try:
+            self.net = Pt2Program(data, 1)
+        except Pt2Error as exc:
+            raise ModelFormatError(f"critic: {exc}") from exc
+        self._keep_graph(data)

@@ -46,7 +46,7 @@ from core.fusion import FusionConfig, fuse
 from core.keep_best import KeepBest
 from core.mining import MinedGenerator, mining_stage
 from core.multi import MultiGanModules, MultiMinedGenerator, unconditional_critic
-from core.nets import GENERATORS, JointMiner, JointMinerConfig, Miner, MinerConfig, OnnxGenerator, critic_like, generate, new_like
+from core.nets import GENERATORS, GraphGenerator, JointMiner, JointMinerConfig, Miner, MinerConfig, critic_like, generate, new_like
 from core.options import (
     DEFAULTS,
     FINETUNE_METHODS,
@@ -126,8 +126,9 @@ def build_modules(cfg: RunConfig, source: SourceModel | list[SourceModel]) -> Ga
     if cfg.method in FUSION_METHODS and cfg.fusion_mining == "regions" and "fusion" in sources[0].meta:
         return _build_region_family(cfg, sources[0])
     source = sources[0]
-    if cfg.method == "scratch" and isinstance(source.G, OnnxGenerator):
-        raise MethodError("method: scratch re-initialises the generator, which an ONNX generator cannot be; use a mining or finetuning method")
+    if cfg.method == "scratch" and isinstance(source.G, GraphGenerator):
+        raise MethodError("method: scratch re-initialises the generator, which one read from a graph file (ONNX, .pt2) cannot be; "
+                          "use a mining or finetuning method")
     G = new_like(source.G)
     D = critic_like(source.D, fresh=cfg.method == "scratch" or cfg.critic_init == "fresh")
     if cfg.method != "scratch":

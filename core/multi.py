@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from core.nets import Critic, CriticConfig, OnnxCritic, generate
+from core.nets import AnyCritic, Critic, CriticConfig, generate
 from core.options import SELECTION_RULES
 from core.trainer import GanModules
 
@@ -190,10 +190,10 @@ def member_images(Gs: nn.ModuleList, Ms: nn.ModuleList | None, members: list[tup
     return generate(Gs[g_idx], Ms[i] if Ms is not None else None, u, c)
 
 
-def unconditional_critic(D: Critic | OnnxCritic) -> Critic | OnnxCritic:
+def unconditional_critic(D: AnyCritic) -> AnyCritic:
     """An unconditional critic from a one-hot conditional one: the label input planes are dropped (as if
     they were zero), like the paper ignores the critic's label projection when target labels are unknown.
-    Unconditional critics (ONNX critics always are) come back as they are."""
+    Unconditional critics (graph critics, ONNX or .pt2, always are) come back as they are."""
     if not isinstance(D, Critic) or not D.cfg.n_classes:
         return D
     cfg = CriticConfig(**{**D.cfg.__dict__, "n_classes": 0})

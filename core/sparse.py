@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from core.losses import real_critic_loss
+from core.nets.layers import is_weighted
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,7 @@ class SparseConfig:
 
 
 def _weighted_layers(critic: nn.Module) -> list[tuple[str, nn.Module]]:
-    return [(n, m) for n, m in critic.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    return [(n, m) for n, m in critic.named_modules() if is_weighted(m, (nn.Conv2d, nn.Linear))]
 
 
 def weight_scores(critic: nn.Module, real_batches: Iterable[tuple[torch.Tensor, torch.Tensor | None]]) -> dict[str, torch.Tensor]:

@@ -31,6 +31,7 @@ from core.augment import Augment
 from core.colour import ColourMap
 from core.losses import critic_loss, generator_loss, gradient_penalty
 from core.nets import generate
+from core.nets.layers import is_weighted
 from core.options import DEFAULTS, LR_MINER_PAPER, MethodError
 from core.sparse import SparseConfig, apply_grad_masks, select_subnetwork, trainable_fraction
 
@@ -123,25 +124,22 @@ def make_stage_state(mods: GanModules, cfg: StageConfig, masks: dict[str, torch.
     return StageState(opt_d=opt_d, opt_g=opt_g, masks=masks or {})
 
 
-WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
-
-
 def generator_params(G: nn.Module, last: int) -> list[nn.Parameter]:
     """The generator parameters that learn: all (``last`` = 0), or those of the last ``last`` weighted layers
-    (conv, transposed conv, linear) in module order and of every module after the first of them (their norms),
-    the rest fixed as in FreezeG. Any architecture, ONNX conversions included: only module types are read."""
+    (:func:`is_weighted`) in module order and of every module after the first of them (their norms), the rest fixed
+    as in FreezeG. Any architecture, ONNX and .pt2 included: only module types and parameter shapes are read."""
     if last <= 0:
         return list(G.parameters())
-    leaves = [m for m in G.modules() if not list(m.children()) and list(m.parameters(recurse=False))]
-    weighted = [i for i, m in enumerate(leaves) if isinstance(m, WEIGHTED)]
+    owners = [m for m in G.modules() if list(m.parameters(recurse=False))]
+    weighted = [i for i, m in enumerate(owners) if is_weighted(m)]
     start = weighted[-last] if last <= len(weighted) else 0
-    return [p for m in leaves[start:] for p in m.parameters(recurse=False)]
+    return [p for m in owners[start:] for p in m.parameters(recurse=False)]
 
 
 def _critic_params(D: nn.Module, cfg: StageConfig) -> list[nn.Parameter]:
     frozen: set[int] = set()
     if cfg.freeze_critic_layers:
-        layers = [m for m in D.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        layers = [m for m in D.modules() if is_weighted(m, (nn.Conv2d, nn.Linear))]
         for m in layers[: cfg.freeze_critic_layers]:
             frozen.update(id(p) for p in m.parameters())
     return [p for p in D.parameters() if id(p) not in frozen]

@@ -29,9 +29,24 @@ from torch import nn
 
 from core import checkpoints
 from core.data import load_fashion, load_mnist
-from core.formats import ModelFormatError, OnnxCritic, OnnxCriticConfig, OnnxGenerator, OnnxGeneratorConfig, is_safetensors, read_state
+from core.formats import (
+    GraphCritic,
+    GraphGenerator,
+    ModelFormatError,
+    OnnxCritic,
+    OnnxCriticConfig,
+    OnnxGenerator,
+    OnnxGeneratorConfig,
+    Pt2Critic,
+    Pt2CriticConfig,
+    Pt2Generator,
+    Pt2GeneratorConfig,
+    is_safetensors,
+    read_state,
+)
 from core.nets import GENERATORS, AnyCritic, AnyGenerator, Critic, CriticConfig, DCGANGenerator, DCGANGeneratorConfig, Generator, GeneratorConfig
 from core.options import SourceInfo
+from core.pt2 import is_pt2
 from core.trainer import GanModules, ProgressFn, StageConfig, StopFn, TargetBatches, make_stage_state, run_stage
 
 log = logging.getLogger(__name__)
@@ -185,7 +200,7 @@ def load_source_file(path: Path, name: str | None = None) -> SourceModel:
         raise checkpoints.CheckpointError(f"{path} is not a source-model file")
     G = checkpoints.unpack_module(obj["generator"])
     D = checkpoints.unpack_module(obj["critic"])
-    assert isinstance(G, GENERATORS) and isinstance(D, (Critic, OnnxCritic))
+    assert isinstance(G, GENERATORS) and isinstance(D, (Critic, GraphCritic))
     return SourceModel(name=name or str(obj.get("name", path.stem)), G=G.eval(), D=D, meta=dict(obj.get("meta", {})))
 
 
@@ -232,7 +247,10 @@ def build(
 
 # --- bring your own generator -------------------------------------------------------------------------------
 
-FAMILIES = ("dcgan64", "minegan", "onnx")  # the DCGAN 64x64 layout; the project's own nets (core/nets/gan.py); any ONNX graph
+# A torch.export program (.pt2) or an ONNX graph of any architecture; the DCGAN 64x64 layout; the project's own nets
+# (core/nets/gan.py), the last two as state dicts.
+FAMILIES = ("pt2", "onnx", "dcgan64", "minegan")
+GRAPH_FAMILIES = ("pt2", "onnx")
 
 
 def _unwrap_state(obj: dict[str, Any], what: str) -> dict[str, torch.Tensor]:
@@ -253,8 +271,9 @@ def source_from_state_dicts(model_id: str, family: str, config: dict[str, Any], 
     """A source-model checkpoint from a user's generator file (and optional critic state dict).
 
     ``family`` ``dcgan64`` / ``minegan``: a state dict (torch file, loaded with ``weights_only=True``, or
-    safetensors) that must fit the declared layout exactly. ``onnx``: an ONNX graph of any architecture
-    (``core/formats.py``; ``config``: z_dim, img_size, channels, z_dist, z_scale, output_range). Refused
+    safetensors) that must fit the declared layout exactly. ``pt2`` (``torch.export.save``, read by ``core/pt2.py``)
+    and ``onnx``: a program or graph of any architecture (``core/formats.py``; ``config``: z_dim, img_size, channels,
+    z_dist, z_scale, output_range). Refused
     (CheckpointError / ModelFormatError / ValueError, with the reason) unless G then turns latents into finite
     images of the declared shape. Without a critic the source gets a fresh one (our WGAN-GP critic), marked so
     that jobs start it fresh, with a warm-up (``core.options.resolve``)."""
@@ -262,7 +281,7 @@ def source_from_state_dicts(model_id: str, family: str, config: dict[str, Any], 
         raise ValueError(f"family: {family!r} is not one of {', '.join(FAMILIES)}")
     data = generator.read_bytes() if isinstance(generator, Path) else generator
     g_config = {k: v for k, v in config.items() if k != "critic_input_range"}  # that one is the critic's
-    G = _onnx_generator(g_config, data) if family == "onnx" else _layout_generator(family, g_config, data)
+    G = _graph_generator(family, g_config, data) if family in GRAPH_FAMILIES else _layout_generator(family, g_config, data)
     gcfg: Any = G.cfg
     torch.manual_seed(0)
     ours = Critic(CriticConfig(img_size=gcfg.img_size, channels=gcfg.channels, width=32, n_classes=gcfg.n_classes))
@@ -272,11 +291,11 @@ def source_from_state_dicts(model_id: str, family: str, config: dict[str, Any], 
         try:
             probe = G(torch.randn(2, gcfg.z_dim), torch.zeros(2, dtype=torch.long)) if gcfg.n_classes else G(torch.randn(2, gcfg.z_dim))
         except RuntimeError as exc:
-            error = ModelFormatError if family == "onnx" else ValueError
+            error = ModelFormatError if family in GRAPH_FAMILIES else ValueError
             raise error(f"generator: fails on latents z [2, {gcfg.z_dim}]: {str(exc)[:300]}") from exc
     want = (2, gcfg.channels, gcfg.img_size, gcfg.img_size)
     if tuple(probe.shape) != want or not torch.isfinite(probe).all():
-        error = ModelFormatError if family == "onnx" else ValueError
+        error = ModelFormatError if family in GRAPH_FAMILIES else ValueError
         raise error(f"generator: produced {tuple(probe.shape)} (finite: {bool(torch.isfinite(probe).all())}), declared {want}")
     meta = {"description": description or f"uploaded {family} generator", "family": family, "critic": "uploaded" if critic else "fresh"}
     return source_checkpoint(model_id, G, D, meta)  # type: ignore[arg-type]
@@ -288,16 +307,17 @@ def is_onnx(data: bytes) -> bool:
     return not is_safetensors(data) and data[:2] != b"PK" and data[:1] != b"\x80"
 
 
-def _critic_from(data: bytes, ours: Critic, config: dict[str, Any]) -> Critic | OnnxCritic:
-    """The uploaded critic: an ONNX graph images [N, C, H, W] -> [N] or [N, 1] of any architecture (``config``'s
-    ``critic_input_range``, default [-1, 1]: the images it expects), or a state dict of our critic layout (``ours``).
-    An ONNX critic is unconditional; a class-conditional source is mined as a family, whose critic is unconditional
-    anyway (``core.multi.unconditional_critic``)."""
-    if is_onnx(data):
+def _critic_from(data: bytes, ours: Critic, config: dict[str, Any]) -> Critic | GraphCritic:
+    """The uploaded critic: a .pt2 program or an ONNX graph images [N, C, H, W] -> [N] or [N, 1] of any architecture
+    (``config``'s ``critic_input_range``, default [-1, 1]: the images it expects), or a state dict of our critic layout
+    (``ours``). A graph critic is unconditional; a class-conditional source is mined as a family, whose critic is
+    unconditional anyway (``core.multi.unconditional_critic``)."""
+    pt2 = is_pt2(data)
+    if pt2 or is_onnx(data):
         low, high = config.get("critic_input_range", (-1.0, 1.0))
         try:
-            D = OnnxCritic(OnnxCriticConfig(img_size=ours.cfg.img_size, channels=ours.cfg.channels, in_min=float(low), in_max=float(high)),
-                           data)
+            shape = {"img_size": ours.cfg.img_size, "channels": ours.cfg.channels, "in_min": float(low), "in_max": float(high)}
+            D: GraphCritic = Pt2Critic(Pt2CriticConfig(**shape), data) if pt2 else OnnxCritic(OnnxCriticConfig(**shape), data)
         except ModelFormatError as exc:
             raise ModelFormatError(f"critic: {exc}") from exc
         except (TypeError, ValueError) as exc:
@@ -332,15 +352,19 @@ def _layout_generator(family: str, config: dict[str, Any], data: bytes) -> nn.Mo
     return G
 
 
-def _onnx_generator(config: dict[str, Any], data: bytes) -> OnnxGenerator:
-    """``config``: z_dim, img_size, channels (checked against the graph), z_dist and z_scale, output_range [low, high];
-    for a class input n_classes and class_input (index or onehot)."""
+def _graph_generator(family: str, config: dict[str, Any], data: bytes) -> GraphGenerator:
+    """A .pt2 or ONNX generator. ``config``: z_dim, img_size, channels (checked against the graph), z_dist and z_scale,
+    output_range [low, high]; for a class input n_classes and class_input (index or onehot)."""
     cfg = dict(config)
     low, high = cfg.pop("output_range", (-1.0, 1.0))
+    if family == "pt2" and not is_pt2(data):
+        raise ModelFormatError("generator: not a .pt2 archive; save the program with torch.export.save(ep, 'g.pt2')")
     try:
+        if family == "pt2":
+            return Pt2Generator(Pt2GeneratorConfig(**cfg, out_min=float(low), out_max=float(high)), data)
         return OnnxGenerator(OnnxGeneratorConfig(**cfg, out_min=float(low), out_max=float(high)), data)
     except TypeError as exc:
-        raise ValueError(f"config: {exc} (ONNX: z_dim, img_size, channels, z_dist, z_scale, output_range, n_classes, "
+        raise ValueError(f"config: {exc} ({family}: z_dim, img_size, channels, z_dist, z_scale, output_range, n_classes, "
                          "class_input, critic_input_range)") from exc
 
 

@@ -7,6 +7,7 @@ Builders take the server's limits (``Limits``) so that "one over the limit" case
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import zipfile
@@ -311,6 +312,118 @@ def _pickled_code() -> bytes:
     return buf.getvalue()
 
 
+@functools.lru_cache(maxsize=8)
+def pt2_generator(size: int = 28, *, out_rank: int = 4, dynamic: bool = True) -> bytes:
+    """A small generator z [N, 8] -> Tanh(Linear(z)) reshaped to [N, 1, size, size], exported with torch.export and
+    saved with torch.export.save; ``out_rank`` 2 keeps the flat [N, size * size] output (not an image)."""
+    import torch
+    from torch import nn
+
+    class Flat(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(8, size * size)
+
+        def forward(self, z: torch.Tensor) -> torch.Tensor:
+            x = torch.tanh(self.fc(z))
+            return x.reshape(-1, 1, size, size) if out_rank == 4 else x
+
+    torch.manual_seed(0)
+    shapes = {"z": {0: torch.export.Dim("n", min=1, max=4096)}} if dynamic else None
+    ep = torch.export.export(Flat().eval(), (torch.randn(2, 8),), dynamic_shapes=shapes)
+    buf = io.BytesIO()
+    torch.export.save(ep, buf)
+    return buf.getvalue()
+
+
+def pt2_edit(data: bytes, edit: Callable[[dict[str, bytes]], None], method: int = zipfile.ZIP_STORED) -> bytes:
+    """The archive with ``edit`` applied to its entries (names without the root folder) and written again."""
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        root = zf.namelist()[0].split("/", 1)[0] + "/"
+        entries = {n[len(root):]: zf.read(n) for n in zf.namelist()}
+    edit(entries)
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", method) as zf:
+        for name, body in entries.items():
+            zf.writestr(root + name, body)
+    return out.getvalue()
+
+
+def _pt2_program_edit(fn: Callable[[dict[str, Any]], None]) -> bytes:
+    def edit(entries: dict[str, bytes]) -> None:
+        program = json.loads(entries["models/model.json"])
+        fn(program)
+        entries["models/model.json"] = json.dumps(program).encode()
+
+    return pt2_edit(pt2_generator(), edit)
+
+
+def _pt2_first_node(program: dict[str, Any], **change: Any) -> None:
+    program["graph_module"]["graph"]["nodes"][0].update(change)
+
+
+def _pt2_sympy_code(program: dict[str, Any]) -> None:
+    """Every shape expression replaced by Python: sympify would evaluate it."""
+    stack: list[Any] = [program]
+    while stack:
+        cur = stack.pop()
+        if isinstance(cur, dict):
+            if "expr_str" in cur:
+                cur["expr_str"] = "__import__('builtins').print('this must never run')"
+            stack.extend(cur.values())
+        elif isinstance(cur, list):
+            stack.extend(cur)
+
+
+def _pt2_pickled(where: str) -> bytes:
+    """A weight (or tensor constant) stored as a pickle whose loading would run code."""
+    def edit(entries: dict[str, bytes]) -> None:
+        entries[f"data/{where}s/{where}_0" if where == "weight" else "data/constants/tensor_0"] = _pickled_code()
+        if where == "weight":
+            config = json.loads(entries["data/weights/model_weights_config.json"])
+            next(iter(config["config"].values()))["use_pickle"] = True
+            entries["data/weights/model_weights_config.json"] = json.dumps(config).encode()
+        else:
+            weights = json.loads(entries["data/weights/model_weights_config.json"])
+            meta = dict(next(iter(weights["config"].values())), path_name="tensor_0", use_pickle=True, is_param=False)
+            entries["data/constants/model_constants_config.json"] = json.dumps({"config": {"lifted_tensor_0": meta}}).encode()
+
+    return pt2_edit(pt2_generator(), edit)
+
+
+def _pt2_opaque() -> bytes:
+    """A constant that is a pickled Python object (torch.export.load would pickle.loads it)."""
+    def edit(entries: dict[str, bytes]) -> None:
+        entries["data/constants/opaque_obj_0"] = _pickled_code()
+        weights = json.loads(entries["data/weights/model_weights_config.json"])
+        meta = dict(next(iter(weights["config"].values())), path_name="opaque_obj_0", use_pickle=False, is_param=False)
+        entries["data/constants/model_constants_config.json"] = json.dumps({"config": {"obj": meta}}).encode()
+
+    return pt2_edit(pt2_generator(), edit)
+
+
+def _pt2_short_weight() -> bytes:
+    def edit(entries: dict[str, bytes]) -> None:
+        entries["data/weights/weight_0"] = entries["data/weights/weight_0"][:64]
+
+    return pt2_edit(pt2_generator(), edit)
+
+
+def _pt2_bomb() -> bytes:
+    """A weight entry of 64 MiB of zeros, deflated to ~64 KiB."""
+    def edit(entries: dict[str, bytes]) -> None:
+        entries["data/weights/weight_0"] = b"\0" * (64 << 20)
+
+    return pt2_edit(pt2_generator(), edit, zipfile.ZIP_DEFLATED)
+
+
+def _pt2_legacy() -> bytes:
+    def edit(entries: dict[str, bytes]) -> None:
+        entries["data/weights/model.pt"] = _pickled_code()
+
+    return pt2_edit(pt2_generator(), edit)
+
+
 @dataclass
 class ModelCase:
     name: str
@@ -324,6 +437,7 @@ class ModelCase:
 
 ONNX_CFG: dict[str, Any] = {"id": "evil", "family": "onnx", "config": {"z_dim": 8, "img_size": 28, "channels": 1}}
 STATE_CFG: dict[str, Any] = {"id": "evil", "family": "minegan", "config": {"z_dim": 8, "width": 4}}
+PT2_CFG: dict[str, Any] = {**ONNX_CFG, "family": "pt2"}
 
 
 def model_corpus() -> list[ModelCase]:
@@ -379,6 +493,32 @@ def model_corpus() -> list[ModelCase]:
                                             b"\0" * 4), STATE_CFG), 422, "bad_model_file", "elements"),
         ModelCase("torch file with code", "a state dict holding a pickled callable", lambda: (_pickled_code(), STATE_CFG),
                   422, "bad_checkpoint", "refused"),
+        ModelCase("pt2 truncated", "a valid .pt2 generator cut in half", lambda: (pt2_generator()[: len(pt2_generator()) // 2], PT2_CFG),
+                  422, "bad_model_file", ".pt2"),
+        ModelCase("pt2 pickled weight", "a weight stored as a pickle that runs code", lambda: (_pt2_pickled("weight"), PT2_CFG),
+                  422, "bad_model_file", "pickled"),
+        ModelCase("pt2 pickled constant", "a tensor constant stored as a pickle that runs code", lambda: (_pt2_pickled("constant"), PT2_CFG),
+                  422, "bad_model_file", "pickled"),
+        ModelCase("pt2 opaque object", "a constant that is a pickled Python object", lambda: (_pt2_opaque(), PT2_CFG),
+                  422, "bad_model_file", "opaque"),
+        ModelCase("pt2 legacy pickled weights", "weights in the old pickled layout (data/weights/model.pt)", lambda: (_pt2_legacy(), PT2_CFG),
+                  422, "bad_model_file", "legacy"),
+        ModelCase("pt2 unregistered operator", "a node calling torch.ops.evil.run.default",
+                  lambda: (_pt2_program_edit(lambda p: _pt2_first_node(p, target="torch.ops.evil.run.default")), PT2_CFG),
+                  422, "bad_model_file", "torch.ops.evil.run.default"),
+        ModelCase("pt2 Python function", "a node calling torch.serialization.pickle.loads",
+                  lambda: (_pt2_program_edit(lambda p: _pt2_first_node(p, target="torch.serialization.pickle.loads")), PT2_CFG),
+                  422, "bad_model_file", "not a standard ATen operator"),
+        ModelCase("pt2 code in a shape", "a shape expression that is Python (sympify evaluates it)",
+                  lambda: (_pt2_program_edit(_pt2_sympy_code), PT2_CFG), 422, "bad_model_file", "shape expression"),
+        ModelCase("pt2 short weight", "a weight file holding fewer bytes than its declared shape", lambda: (_pt2_short_weight(), PT2_CFG),
+                  422, "bad_model_file", "truncated"),
+        ModelCase("pt2 zip bomb", "a weight entry of 64 MiB of zeros deflated to ~64 KiB", lambda: (_pt2_bomb(), PT2_CFG),
+                  422, "bad_model_file", "compression ratio"),
+        ModelCase("pt2 not an image", "a program whose output is [N, 784], not images", lambda: (pt2_generator(out_rank=2), PT2_CFG),
+                  422, "bad_model_file", "declared"),
+        ModelCase("pt2 not a .pt2", "an ONNX file uploaded as family pt2", lambda: (onnx_generator(), PT2_CFG),
+                  422, "bad_model_file", "not a .pt2 archive"),
     ]
 
 
