@@ -330,7 +330,8 @@ def check_onnx(data: bytes, z_dim: int | None = None, n_classes: int = 0, class_
     tensors = list(g.initializer) + [a.t for n in g.node for a in n.attribute if a.type == onnx.AttributeProto.TENSOR]
     for t in tensors:
         if t.data_location == onnx.TensorProto.EXTERNAL or t.external_data:
-            raise ModelFormatError(f"tensor {t.name!r} keeps its data in an external file; upload a single self-contained .onnx")
+            raise ModelFormatError(f"tensor {t.name!r} keeps its data in an external file; upload a single self-contained .onnx "
+                                   "(torch.onnx.export(..., external_data=False)), or a .pt2 (torch.export.save)")
         elements = math.prod(t.dims)
         if elements > MAX_TENSOR_ELEMENTS:
             raise ModelFormatError(f"tensor {t.name!r} declares {elements} elements (limit {MAX_TENSOR_ELEMENTS})")
