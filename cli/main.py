@@ -17,6 +17,8 @@ import torch
 from core import zoo
 from core.checkpoints import CheckpointError
 from core.data import TargetDataError, load_target, write_mnist_zip
+from core.export import FORMATS as EXPORT_FORMATS
+from core.export import describe, export, triton_repository
 from core.images import grid_png, zip_of_pngs
 from core.methods import load_model, train
 from core.options import OPTION_TYPES, OPTIONS, MethodError, RunConfig, api_options
@@ -77,6 +79,29 @@ def cmd_sample(a: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(data)
     print(f"wrote {a.n} samples to {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    """A run's whole sampler as one file (core/export.py), or a Triton model repository around the ONNX file."""
+    local = Path(a.run_dir).exists()
+    if local:
+        model, _ = load_model(Path(a.run_dir) / "model.pt" if Path(a.run_dir).is_dir() else a.run_dir)
+    if a.triton:
+        if not local:
+            raise SystemExit("--triton needs a local run directory (download the ONNX with --format onnx otherwise)")
+        folder = triton_repository(model, a.format, Path(a.triton))
+        print(f"wrote a Triton model repository to {folder.parent} (model {folder.name!r}, ONNX Runtime backend)", file=sys.stderr)
+        return 0
+    out = Path(a.output or f"model.{a.format}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if local:
+        export(model, a.format, out)
+        print(json.dumps(describe(model)))
+    else:  # a job id on the server
+        with _client(a) as c:
+            out.write_bytes(c.export(a.run_dir, a.format))
+    print(f"wrote {out}", file=sys.stderr)
     return 0
 
 
@@ -326,6 +351,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", default="grid.png")
     s.add_argument("--format", choices=("png", "zip"), default="png")
     s.set_defaults(fn=cmd_sample)
+    ex = sub.add_parser("export", help="a finished run's whole sampler as one .pt2 or .onnx file (a local run directory, or a job id "
+                        "on the server), or with --triton a Triton model repository")
+    ex.add_argument("run_dir", help="run directory or its model.pt, or a job id")
+    ex.add_argument("--format", choices=EXPORT_FORMATS, default="pt2")
+    ex.add_argument("-o", "--output", help="the file to write (default model.<format>)")
+    ex.add_argument("--triton", metavar="DIR", help="write a Triton model repository (config.pbtxt + the ONNX file) into DIR")
+    ex.set_defaults(fn=cmd_export)
 
     server_cmds = []
     sb = sub.add_parser("submit", help="upload a target zip to the service and start a job")
@@ -348,7 +380,7 @@ def parser() -> argparse.ArgumentParser:
     cn = sub.add_parser("cancel", help="cancel a queued or running job")
     cn.add_argument("job_id")
     cn.set_defaults(fn=cmd_cancel)
-    server_cmds += [s, sb, jl, st, cn]
+    server_cmds += [s, ex, sb, jl, st, cn]
     for x in server_cmds:
         x.add_argument("--url", default=None, help="service URL (default $MINEGAN_URL or http://127.0.0.1:8000)")
         x.add_argument("--api-key", default=None, help="API key (default $MINEGAN_API_KEY)")
@@ -367,14 +399,16 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("path", help="a fusion run directory or its fused.pt")
     r.add_argument("name", help="the new source id")
     r.set_defaults(fn=cmd_zoo_register)
-    ad = z.add_parser("add", help="make your own generator file a source ($MINEGAN_MODELS_DIR): ONNX (any architecture), "
-                                  "or a state dict (safetensors or torch file) of the dcgan64 / minegan layouts")
-    ad.add_argument("file", help="generator file: .onnx, .safetensors or a torch state dict")
+    ad = z.add_parser("add", help="make your own generator file a source ($MINEGAN_MODELS_DIR): a torch.export program (.pt2) "
+                                  "or ONNX graph of any architecture, or a state dict (safetensors or torch file) of the dcgan64 / "
+                                  "minegan layouts")
+    ad.add_argument("file", help="generator file: .pt2, .onnx, .safetensors or a torch state dict")
     ad.add_argument("--id", required=True, help="the new source id")
     ad.add_argument("--family", required=True, choices=zoo.FAMILIES)
-    ad.add_argument("--config", default="{}", help='architecture as JSON; onnx: {"z_dim": 100, "img_size": 64, "channels": 3, '
+    ad.add_argument("--config", default="{}", help='architecture as JSON; pt2 and onnx: {"z_dim": 100, "img_size": 64, "channels": 3, '
                     '"z_dist": "normal", "output_range": [-1, 1]}; dcgan64: {"z_dim": 100, "width": 64, "channels": 3}')
-    ad.add_argument("--critic", default=None, help="optional critic: an ONNX graph images -> one score each (any architecture), "
+    ad.add_argument("--critic", default=None, help="optional critic: a .pt2 program or ONNX graph images -> one score each "
+                    "(any architecture), "
                     "or a state dict of this project's critic layout")
     ad.add_argument("--description", default="")
     ad.set_defaults(fn=cmd_zoo_add)

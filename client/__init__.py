@@ -81,6 +81,10 @@ class Client:
         path = f"/jobs/{job_id}/sample" if job_id else "/sample"
         return self._call("GET", path, params={"n": n, "seed": seed, "format": format}).content
 
+    def export(self, job_id: str, format: str = "pt2") -> bytes:
+        """The job's whole sampler as one file (core/export.py): ``pt2`` or ``onnx``."""
+        return self._call("GET", f"/jobs/{job_id}/export", params={"format": format}).content
+
     def artifacts(self, job_id: str) -> list[dict[str, Any]]:
         return self._call("GET", f"/jobs/{job_id}/artifacts").json()  # type: ignore[no-any-return]
 

@@ -462,7 +462,7 @@ def run_in_batches(fn: Any, xs: tuple[torch.Tensor, ...], lo: int, hi: int) -> t
     return torch.cat(outs)
 
 
-class _Batched(nn.Module):
+class Batched(nn.Module):
     """A converted graph that takes batches of ``lo`` to ``hi`` rows only (:func:`run_in_batches`)."""
 
     def __init__(self, net: nn.Module, lo: int, hi: int) -> None:
@@ -544,7 +544,7 @@ class OnnxGenerator(GraphGenerator):
         net, model = _convert(graph, z_dim=cfg.z_dim, n_classes=cfg.n_classes, class_input=cfg.class_input)
         inits = {t.name for t in model.graph.initializer}
         lo, hi = _batch_of(next(i for i in model.graph.input if i.name not in inits))
-        self.net = _Batched(net, lo, hi) if hi < 2**31 else net
+        self.net = Batched(net, lo, hi) if hi < 2**31 else net
         self._keep_graph(graph)
 
 
@@ -590,7 +590,7 @@ class OnnxCritic(GraphCritic):
         net, model = _convert(graph, role="critic", image_shape=(cfg.channels, cfg.img_size, cfg.img_size))
         inits = {t.name for t in model.graph.initializer}
         lo, hi = _batch_of(next(i for i in model.graph.input if i.name not in inits))
-        self.net = _Batched(net, lo, hi) if hi < 2**31 else net
+        self.net = Batched(net, lo, hi) if hi < 2**31 else net
         self._keep_graph(graph)
 
 

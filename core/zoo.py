@@ -200,7 +200,7 @@ def load_source_file(path: Path, name: str | None = None) -> SourceModel:
         raise checkpoints.CheckpointError(f"{path} is not a source-model file")
     G = checkpoints.unpack_module(obj["generator"])
     D = checkpoints.unpack_module(obj["critic"])
-    assert isinstance(G, GENERATORS) and isinstance(D, (Critic, GraphCritic))
+    assert isinstance(G, GENERATORS) and isinstance(D, (Critic, OnnxCritic, Pt2Critic))
     return SourceModel(name=name or str(obj.get("name", path.stem)), G=G.eval(), D=D, meta=dict(obj.get("meta", {})))
 
 
@@ -316,8 +316,9 @@ def _critic_from(data: bytes, ours: Critic, config: dict[str, Any]) -> Critic | 
     if pt2 or is_onnx(data):
         low, high = config.get("critic_input_range", (-1.0, 1.0))
         try:
-            shape = {"img_size": ours.cfg.img_size, "channels": ours.cfg.channels, "in_min": float(low), "in_max": float(high)}
-            D: GraphCritic = Pt2Critic(Pt2CriticConfig(**shape), data) if pt2 else OnnxCritic(OnnxCriticConfig(**shape), data)
+            size, channels, lo, hi = ours.cfg.img_size, ours.cfg.channels, float(low), float(high)
+            D: GraphCritic = (Pt2Critic(Pt2CriticConfig(size, channels, lo, hi), data) if pt2
+                              else OnnxCritic(OnnxCriticConfig(size, channels, lo, hi), data))
         except ModelFormatError as exc:
             raise ModelFormatError(f"critic: {exc}") from exc
         except (TypeError, ValueError) as exc:

@@ -8,9 +8,11 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from cli.main import main
+from core.methods import load_model
 from core.zoo import load_source_file
 from tests.helpers import target_zip_bytes, write_tiny_zoo
 
@@ -111,3 +113,27 @@ def test_zoo_add_an_onnx_generator_and_mine_it(tmp_path: Path, monkeypatch: pyte
     (tmp_path / "bad.onnx").write_bytes(onnx_generator(out_rank=2))
     assert main(["zoo", "add", str(tmp_path / "bad.onnx"), "--id", "bad", "--family", "onnx", "--config", cfg]) == 2
     assert "rank 2" in capsys.readouterr().err and not (tmp_path / "models" / "bad.pt").exists()
+
+
+def test_zoo_add_a_pt2_generator_mine_it_and_export_the_sampler(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """The README's path for any architecture: torch.export -> `minegan zoo add --family pt2` -> train -> `minegan export`,
+    whose .pt2 draws `minegan sample`'s images and whose --triton folder holds the ONNX file and its config."""
+    from tests.hostile import pt2_generator
+
+    monkeypatch.setenv("MINEGAN_MODELS_DIR", str(tmp_path / "models"))
+    (tmp_path / "g.pt2").write_bytes(pt2_generator())
+    cfg = '{"z_dim": 8, "img_size": 28, "channels": 1}'
+    assert main(["zoo", "add", str(tmp_path / "g.pt2"), "--id", "my-pt2", "--family", "pt2", "--config", cfg]) == 0
+    target = tmp_path / "t.zip"
+    target.write_bytes(target_zip_bytes())
+    assert main(["train", "--source", "my-pt2", "--target", str(target), "--method", "minegan++", "--critic-warmup", "1",
+                 "--out", str(tmp_path / "r"), *TINY]) == 0
+    capsys.readouterr()
+    assert main(["export", str(tmp_path / "r"), "--format", "pt2", "-o", str(tmp_path / "m.pt2")]) == 0
+    assert json.loads(capsys.readouterr().out)["inputs"] == {"u": ["N", 8]}
+    model, _ = load_model(tmp_path / "r" / "model.pt")
+    u = torch.randn(5, 8, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(torch.export.load(str(tmp_path / "m.pt2")).module()(u), model.sample(5, seed=0))
+    assert main(["export", str(tmp_path / "r"), "--format", "onnx", "--triton", str(tmp_path / "repo")]) == 0
+    assert (tmp_path / "repo" / "minegan" / "config.pbtxt").exists() and (tmp_path / "repo" / "minegan" / "1" / "model.onnx").exists()

@@ -36,10 +36,11 @@ def list_models(svc: ServicesDep, tenant: TenantDep) -> list[ModelInfo]:
 
 class UploadConfig(BaseModel):
     id: str = Field(description="new source id: lower-case letters, digits, '.', '_', '-'", max_length=63)
-    family: str = Field(description="dcgan64 (the standard DCGAN 64x64 layout), minegan (core/nets/gan.py) or onnx (any "
-                        "architecture, as an ONNX graph z [N, z_dim] -> images [N, C, H, W])")
+    family: str = Field(description="pt2 (any architecture, as a torch.export program z [N, z_dim] -> images [N, C, H, W], "
+                        "saved with torch.export.save), onnx (any architecture, as an ONNX graph), dcgan64 (the standard DCGAN "
+                        "64x64 layout) or minegan (core/nets/gan.py)")
     config: dict[str, Any] = Field(default_factory=dict, description="architecture config, e.g. {\"z_dim\": 100, "
-                                   "\"channels\": 3, \"width\": 64} for dcgan64; for onnx {\"z_dim\", \"img_size\", \"channels\", "
+                                   "\"channels\": 3, \"width\": 64} for dcgan64; for pt2 and onnx {\"z_dim\", \"img_size\", \"channels\", "
                                    "\"z_dist\": \"normal\" or \"uniform\", \"z_scale\", \"output_range\": [low, high]}, and for a class input "
                                    "\"n_classes\" and \"class_input\": \"index\" or \"onehot\"; with an ONNX critic, "
                                    "\"critic_input_range\": [low, high] (default [-1, 1])")
@@ -51,9 +52,12 @@ _UPLOAD_DOC = """Two ways to add a source model you can then mine:
 * JSON ``{"id", "job_id"}``: register a succeeded fusion job's fused generator.
 * multipart: ``generator`` and optional ``critic`` files, and ``config`` (JSON ``{"id", "family", "config",
   "description"}``). Family ``dcgan64`` or ``minegan``: a state dict, as a torch file (loaded with
-  ``weights_only=True``) or safetensors, that must fit the declared layout. Family ``onnx``: an ONNX graph of any
-  architecture mapping z (and, with ``n_classes``, a class input) to images, converted to torch modules (no code
-  from the file runs), with the declared z distribution and output range. The critic, if given, is an ONNX graph
+  ``weights_only=True``) or safetensors, that must fit the declared layout. Family ``pt2``: a ``torch.export``
+  program (``torch.export.save``) of any architecture, read without running anything from the file (no pickles;
+  only standard ATen operators). Family ``onnx``: an ONNX graph of any architecture, normalised and converted to
+  torch modules (no code from the file runs). Both map z (and, with ``n_classes``, a class input) to images, with
+  the declared z distribution and output range; a graph exported at a fixed batch size runs in batches of that size.
+  The critic, if given, is a .pt2 program or an ONNX graph
   mapping images to one score each (any architecture, any family) or a state dict of this service's critic
   layout; without one, jobs start a fresh critic with a warm-up. A file is refused (4xx, nothing stored) unless it
   produces finite images of the declared shape.

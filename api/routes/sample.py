@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Annotated, Literal
 
@@ -14,6 +15,7 @@ from api.deps import ServicesDep, TenantDep
 from api.errors import ApiError
 from api.metrics import SAMPLES
 from api.services import Services
+from core.export import ExportError, describe, export_bytes
 from core.images import grid_png, zip_of_pngs
 from core.methods import TransferredModel
 from store import jobs as jobs_dao
@@ -102,3 +104,34 @@ async def latest_model(svc: Services, tenant: str) -> tuple[str, str]:
         svc.latest.put(tenant, latest[0], latest[1], token)
         svc.finished.put(latest[0], tenant, latest[1])
     return latest
+
+
+_EXPORT_DOC = """The job's whole sampler as one self-contained file, to run without this service: ``pt2`` (``torch.export.load``)
+or ``onnx`` (onnxruntime, Triton's ONNX Runtime backend). Input ``u`` [N, z_dim] float32 ~ N(0, I) (and, for a
+family, ``member`` [N] int64); output ``images`` [N, C, H, W] float32 in [-1, 1]. The latents ``?seed=`` draws, and
+the header ``X-Minegan-Sampler`` (JSON: inputs, members and pi of a family), are described in core/export.py. Made
+once per job and format, then served from storage."""
+
+
+@router.get("/jobs/{job_id}/export", summary="Download a finished job's sampler as .pt2 or .onnx", description=_EXPORT_DOC,
+            responses={200: {"content": {"application/octet-stream": {}}}})
+async def export_job(svc: ServicesDep, tenant: TenantDep, job_id: Annotated[str, Path(max_length=64)],
+                     format: Annotated[Literal["pt2", "onnx"], Query(description="pt2 (torch.export) or onnx")] = "pt2") -> Response:
+    key = await run_in_threadpool(_lookup, svc, job_id, tenant)
+    blob = f"jobs/{job_id}/export.{format}"
+
+    def load() -> bytes:
+        if svc.blobs.exists(blob):
+            return svc.blobs.get(blob)
+        try:
+            data = export_bytes(svc.models.get(key), format)
+        except ExportError as exc:
+            raise ApiError(422, exc.code, str(exc)) from exc
+        svc.blobs.put(blob, data)
+        return data
+
+    data = await run_torch(load)
+    model = svc.models.peek(key) or await run_torch(svc.models.get, key)
+    info = json.dumps(describe(model), separators=(",", ":"))
+    return Response(data, media_type="application/octet-stream", headers={
+        "Content-Disposition": f'attachment; filename="minegan-{job_id[:8]}.{format}"', "X-Minegan-Sampler": info})

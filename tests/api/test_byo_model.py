@@ -298,3 +298,35 @@ def _state_of(G: torch.nn.Module) -> bytes:
     buf = io.BytesIO()
     torch.save(G.state_dict(), buf)
     return buf.getvalue()
+
+
+def test_a_finished_jobs_sampler_downloads_as_pt2_and_onnx(client: TestClient) -> None:
+    """GET /jobs/{id}/export: the whole sampler as one file, the same images as GET /jobs/{id}/sample."""
+    import onnxruntime
+
+    from tests.hostile import pt2_generator
+
+    cfg = {"id": "pt2-src", "family": "pt2", "config": {"z_dim": 8, "img_size": 28, "channels": 1}}
+    r = client.post("/models", files={"generator": ("g.pt2", pt2_generator(), "application/octet-stream")}, data={"config": json.dumps(cfg)})
+    assert r.status_code == 201, r.text
+    spec = {"sources": ["pt2-src"], "method": "minegan++", "mining_steps": 2, "finetune_steps": 1, "batch_size": 6,
+            "options": {"n_critic": 1, "critic_warmup": 1}}
+    job = client.post("/jobs", files={"images": ("t.zip", _gray_zip(), "application/zip")}, data={"spec": json.dumps(spec)}).json()
+    early = client.get(f"/jobs/{job['id']}/export")
+    assert early.status_code in (200, 409)  # 409 job_not_finished while it runs
+    assert wait_for(client, job["id"])["status"] == "succeeded"
+    with zipfile.ZipFile(io.BytesIO(client.get(f"/jobs/{job['id']}/sample", params={"n": 5, "seed": 4, "format": "zip"}).content)) as zf:
+        want = np.stack([np.asarray(Image.open(zf.open(n)), dtype=int) for n in sorted(zf.namelist())])  # [5, 28, 28]
+    u = torch.randn(5, 8, generator=torch.Generator().manual_seed(4))  # ?seed=4's latents (core/export.py)
+    r = client.get(f"/jobs/{job['id']}/export", params={"format": "pt2"})
+    assert r.status_code == 200 and r.headers["content-disposition"].endswith('.pt2"')
+    assert json.loads(r.headers["x-minegan-sampler"])["inputs"] == {"u": ["N", 8]}
+    buf = io.BytesIO(r.content)
+    x = torch.export.load(buf).module()(u)
+    assert np.abs(((x[:, 0] + 1) * 127.5).round().numpy().astype(int) - want).max() == 0
+    r = client.get(f"/jobs/{job['id']}/export", params={"format": "onnx"})
+    assert r.status_code == 200
+    (x,) = onnxruntime.InferenceSession(r.content).run(None, {"u": u.numpy()})
+    assert np.abs(((x[:, 0] + 1) * 127.5).round().astype(int) - want).max() <= 1
+    assert client.get(f"/jobs/{job['id']}/export", params={"format": "tflite"}).status_code == 422
+    assert client.get("/jobs/nope/export").json()["error"]["code"] == "job_not_found"
