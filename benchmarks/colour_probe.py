@@ -1,6 +1,6 @@
 """Probe (issue 18): an output colour map learned beside the miner, for the faces transfer, outside the service.
 
-docs/faces_notes.md found that the source's samples made gray would be 67 % / 48 % closer (KID / FID) to the LFW
+docs/faces.md found that the source's samples made gray would be 67 % / 48 % closer (KID / FID) to the LFW
 targets, and that no method reaches that: mining cannot change colour, and finetuning all of G against a fresh critic
 on 100 images damages the faces first. This probe tests the smallest generator change that can: a per-pixel affine
 map of the colour channels after G, x' = W G(M(u)) + b (W [C, C] starting at I, b [C] at 0; C*C + C parameters),

@@ -22,6 +22,7 @@ import importlib.util
 import io
 import json
 import os
+import re
 import shlex
 import sys
 import tempfile
@@ -265,11 +266,11 @@ def _write_docs(rows: dict[str, dict[str, Any]], command: str, a: argparse.Names
         "before training and again at the end) and, for mine, minegan and minegan++, band matching on (Eq. BAND: a resample "
         "to the size whose power spectrum is closest to the targets' and back; transfergan and freezed keep it off). "
         "The other variants spell every option out, "
-        "`lr_miner` 4e-4 included: `colour`: the sixth session's defaults; `paper+colour`: with Appendix A's miner; "
-        "`aug+colour`: with DiffAugment (color,translation,cutout); `colour+band`: with band matching; `noaug`: without "
-        "colour matching; `auto`: the third session's defaults (Appendix A's miner, no colour "
-        "matching). `source, colour map only`: the uploaded generator with only the colour map fitted, nothing trained: "
-        "what a row gains beyond it, training gained; `source, colour and band map only`: the same with the band limit, "
+        "`lr_miner` 4e-4 included: `colour`: a fresh critic with a 50-step warm-up, the identity miner, colour matching "
+        "and no band matching; `paper+colour`: with Appendix A's miner; `aug+colour`: with DiffAugment "
+        "(color,translation,cutout); `colour+band`: with band matching; `noaug`: without colour matching; `auto`: "
+        "Appendix A's miner and no colour matching. `source, colour map only`: the uploaded generator with only the colour "
+        "map fitted, nothing trained: what a row gains beyond it, training gained; `source, colour and band map only`: the same with the band limit, "
         "where mine, minegan and minegan++ start. "
         f"{a.samples} samples (seed 123) per row.", "",
         *table, "",
@@ -291,14 +292,12 @@ def _write_docs(rows: dict[str, dict[str, Any]], command: str, a: argparse.Names
            "Target faces (LFW subset, as the service sees them):", "", "![target](img/faces-target.png)", "",
            "Source samples before mining:", "", "![source](img/faces-source.png)", "", "Samples per row (`GET /jobs/{id}/sample?n=64`):",
            "", *grids]
-    notes = ROOT / "docs" / "faces_notes.md"
-    if notes.exists():
-        doc += [notes.read_text()]
     faces = ROOT / "docs" / "faces.md"
-    import re
-
-    kept = re.findall(r"<!-- BEGIN \S+ -->.*?<!-- END \S+ -->", faces.read_text(), re.S) if faces.exists() else []
-    faces.write_text("\n".join(doc + kept))  # the sections other benchmarks write into faces.md stay
+    old = faces.read_text() if faces.exists() else ""
+    # This benchmark writes the top of the page (title, table, grids), which has no section heading; everything from
+    # the page's first section heading on (the sections other benchmarks write, the text around them) stays as it is.
+    rest = re.search(r"^#{2,} ", old, re.M)
+    faces.write_text("\n".join(doc) + ("\n" + old[rest.start():] if rest else ""))
     print("\n".join(head))
 
 

@@ -42,7 +42,7 @@ from core.metrics import evaluate  # noqa: E402
 from store.settings import Settings  # noqa: E402
 
 JOBS = "mine:0,mine:1,mine:2,transfergan:0,transfergan:1,transfergan:2,freezed:0,freezed:1,freezed:2"
-DOCS = (ROOT / "docs" / "faces_notes.md", ROOT / "docs" / "faces.md")  # faces.py writes faces.md from faces_notes.md: both
+DOC = ROOT / "docs" / "faces.md"
 
 
 def _sampling_noise(source: zoo.SourceModel, target: torch.Tensor, draws: int, n: int, out: Path, band: bool) -> list[dict[str, float]]:
@@ -138,8 +138,7 @@ def main() -> int:
         f"The first row has no training: the source with its {what} fitted as a job fits it, scored on disjoint draws of samples, so its "
         "spread is what the metric's sampling alone gives.", "",
         *table, ""])
-    for doc in DOCS:
-        update_section("faces_seeds", text, doc)
+    update_section("faces_seeds", text, DOC)
     print(text)
     return 0
 

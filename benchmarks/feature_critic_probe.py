@@ -7,7 +7,7 @@ small trainable head (1x1 conv, 4x4 stride-2 conv, linear) is the critic, traine
 penalty on the head's input (features of the 100 targets computed once). Generator/miner as in the service:
 ``--method`` transfergan (G finetuned for mine+ft steps), mine, or minegan++ (mining, then G and miner); ``--last 1``
 finetunes only G's image layer; ``--identity 1`` starts the miner at the identity. KID / FID (the same Inception) of
-500 samples against the targets, printed as RESULT. Results and reading: docs/faces_notes.md.
+500 samples against the targets, printed as RESULT. Results: docs/faces.md.
 
 Setup:  .venv/bin/pip install --no-deps gan-face-generate && .venv/bin/pip install scikit-image
 Usage:  python benchmarks/feature_critic_probe.py --method transfergan --last 1 --lrg 1e-3 --tag tg_last

@@ -136,17 +136,16 @@ def write_doc(out: Path, a: argparse.Namespace, command: str, names: list[str]) 
         "",
         "Lower is better everywhere. A row with several job seeds gives their medians (`--seed`) and each seed's error; one "
         "seed: differences of a few points of classifier error are within run-to-run spread. `fresh: defaults` is what "
-        "`--critic-init fresh` runs today on this zoo source: the warm-up and `keep_best` (on for every fresh critic; "
+        "`--critic-init fresh` runs on this zoo source: the warm-up and `keep_best` (on for every fresh critic; "
         "`g_ema` stays off for a source that ships a critic); the other fresh rows turn both off.",
-        "",
-        "Reading: with the source's critic this is the main table's setting. Without it, the fresh critic alone leaves the "
-        "miner with a weak signal (error 18.6 % in the first run); a warm-up of the critic alone before the first miner update "
-        "is what helps, and it is the default for a fresh critic. DiffAugment (the 100-shot recipe of Zhao et al. for "
-        "StyleGAN2) hurts here: on 28x28 digits cutout and translation make nearly every augmented real image unlike any "
-        "digit, the critic stops rewarding variety and the samples collapse onto a few clean 9s (error 0 %, FD above 400). "
-        "The identity-start miner keeps more variety (lower FD) but misses more 9s. DiffAugment stays an option "
-        "(`augment`), off by default. The identity miner is off for zoo sources like this one and on for generator-only "
-        "uploads (`miner_init` auto), where Appendix A's miner stayed collapsed on the faces DCGAN (docs/faces.md).",
+        *([] if alone else [
+            "",
+            "With the source's critic this is the main MNIST table's setting. A fresh critic needs its warm-up (the critic "
+            "trained alone before the first miner update), which is why a fresh critic gets one by default. DiffAugment "
+            "collapses the samples onto a few clean 9s here (error near 0 %, FD several times the others'), so it stays an "
+            "option (`augment`), off by default. The identity miner keeps more variety but misses more 9s: it is on only for "
+            "generator-only uploads (`miner_init` auto; docs/faces.md).",
+        ]),
     ])
     update_section(f"fresh_critic_{'defaults_' if alone else ''}{a.method}", text)
 

@@ -3,7 +3,7 @@
 Fuses ``mnist-0-4`` and ``mnist-5-9`` (Eq. 15-16) and, at every checkpoint, samples 1000 images from each
 region z ~ N(mu_i, I) and reports the share the classifier puts in the source's digit set and the
 classifier-feature FD to the real test digits of that set; the last line is the final ``fused.pt``. Used to choose the fusion critic and |mu_i|
-(docs/multi_gan_notes.md); prints one JSON line per checkpoint.
+(docs/benchmarks.md, "Several GANs"); prints one JSON line per checkpoint.
 
 Usage: python benchmarks/fusion_fidelity.py --critic projection --mean-scale 10 --steps 600 --every 100 --threads 1
 """

@@ -17,7 +17,7 @@ member 1's samples - mean D of member 2's: the part of the argmax that depends o
 the sample; beside the spread of D(x1) - D(x2) it says how far from 0.5 a win rate can get. ``pi`` is also
 read per 10-step block of the selector's window (60 minibatches: 5 critic + 1 miner per step), and the spread
 of the per-minibatch win fraction is set beside the binomial spread of K = batch-size supersamples, to show how
-much it swings. Prints markdown tables (used in docs/multi_gan_notes.md).
+much it swings. Prints markdown tables (the figures behind docs/benchmarks.md, "Several GANs").
 """
 
 

@@ -4,7 +4,7 @@ classifier assigns to it, their mean classifier confidence and the fraction abov
     python benchmarks/source_digits.py mnist-0-4 mnist-5-9 [--n 4000] [--seed 0]
 
 Sources are zoo ids (shipped or registered with ``minegan zoo register``) or source-model files (``*.pt``).
-Prints a markdown table per source (digits with at least 1 % of the samples); used in docs/multi_gan_notes.md.
+Prints a markdown table per source (digits with at least 1 % of the samples); the figures behind docs/benchmarks.md, "Several GANs".
 """
 
 from __future__ import annotations

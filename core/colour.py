@@ -3,7 +3,7 @@
 A generator-only upload is transferred against a critic that starts fresh on ~100 images. Such a critic tells
 real from fake by structure long before it tells them by colour, so neither the miner (which cannot change
 colour at all: it only chooses latents) nor finetuning learns a global colour change such as colour -> gray in
-a few hundred steps (docs/faces_notes.md measures it: the critic's gradient on a colour map points at gray with
+a few hundred steps (docs/faces.md measures it: the critic's gradient on a colour map points at gray with
 a cosine of about 0.04). A global colour gap is what separates many target sets from their source (gray, sepia,
 a tint, a darker exposure), and it has an exact closed-form answer.
 

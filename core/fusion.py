@@ -21,7 +21,7 @@ unconditional critic (initialised from a source's critic), phi its last features
 per-source vector starting at zero, so training starts from the source critic exactly
 (``FusionConfig.critic="projection"``; ``"plain"`` keeps the unconditional D of a literal Eq. 15).
 
-Beyond Eq. 15-16 (this project's additions, on by default through ``RunConfig``; docs/multi_gan_notes.md):
+Beyond Eq. 15-16 (this project's additions, on by default through ``RunConfig``; docs/benchmarks.md, "Several GANs"):
 ``FusionConfig.distill`` adds a paired term to Eq. 16, distill * mean|G_F(mu_i + z) - G_i(z)| on the same
 noise z (:func:`paired_term`), and ``lr_decay`` lets both learning rates fall linearly to zero. Without
 them the regions G_F is not initialised from stayed visibly further from their sources (the fusion-fidelity

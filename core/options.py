@@ -52,9 +52,9 @@ class MethodError(ValueError):
 
 
 LR_MINER_PAPER = 4e-4  # Appendix A (MNIST): Adam 4e-4
-# A miner that starts at the identity against a critic that starts fresh: 10x smaller steps (docs/faces.md, the eighth
-# session's reading; on the faces DCGAN, 4e-4 moved the miner away from the source's prior while the fresh critic's
-# gradients were noise: KID 0.0615 against 0.0519 at 4e-5 over three seeds)
+# A miner that starts at the identity against a critic that starts fresh: 10x smaller steps (docs/faces.md: on the faces
+# DCGAN, 4e-4 moved the miner away from the source's prior while the fresh critic's gradients were noise, KID 0.0615
+# against 0.0519 at 4e-5 over three seeds)
 LR_MINER_IDENTITY = 4e-5
 
 
@@ -138,7 +138,7 @@ class RunConfig:
                                 "selector (regions)", choices=FUSION_MINING, methods=FUSION_METHODS)
     fusion_critic: str = option("projection", "fusion: critic told each image's source by projection, D(x) + e_i^T phi(x) "
                                 "(projection), or the plain unconditional critic (plain)", choices=FUSION_CRITICS, methods=FUSION_METHODS)
-    # Fusion's training of G_F beyond Eq. 15-16 (docs/multi_gan_notes.md; 0 / 1e-4 / False is the paper's recipe):
+    # Fusion's training of G_F beyond Eq. 15-16 (docs/benchmarks.md, "Several GANs"; 0 / 1e-4 / False is the paper's recipe):
     fusion_distill: float = option(30.0, "fusion: weight of the paired term mean|G_F(mu_i + z) - G_i(z)| added to Eq. 16 "
                                    "(0: adversarial only, as in the paper)", ge=0, le=1000, methods=FUSION_METHODS)
     fusion_lr_generator: float = option(5e-4, "fusion: G_F's learning rate while fusing (the critic keeps lr_critic)", gt=0, le=0.1,
