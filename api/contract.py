@@ -15,6 +15,8 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from api.schemas import JobSpec, UploadConfig
+
 ERROR = {"type": "object", "required": ["error"], "properties": {"error": {
     "type": "object", "required": ["code", "message"],
     "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}}
@@ -50,10 +52,38 @@ def install(app: FastAPI) -> None:
                 for method, op in item.items():
                     _document(path, method, op)
             _link_jobs(schema)
+            _json_parts(schema)
             app.openapi_schema = schema
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _component(schema: dict[str, Any], model: Any) -> dict[str, str]:
+    """A pydantic model's JSON schema as a component (its nested models too); returns the reference to it."""
+    body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    components = schema["components"]["schemas"]
+    components.update(body.pop("$defs", {}))
+    components[model.__name__] = body
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
+def _json_parts(schema: dict[str, Any]) -> None:
+    """The multipart parts that carry JSON documents (a job's ``spec``, an upload's ``config``) declared as JSON with
+    their schemas (OpenAPI's ``encoding`` with ``contentType: application/json``), not as free strings; the server reads
+    them as text either way."""
+    parts = {("/jobs", "images", "spec", JobSpec): ["images", "spec"], ("/models", "generator", "config", UploadConfig): ["generator", "config"]}
+    for (path, file_part, json_part, model), required in parts.items():
+        content = schema["paths"].get(path, {}).get("post", {}).get("requestBody", {}).get("content", {})
+        if "multipart/form-data" not in content:
+            continue
+        properties: dict[str, Any] = {file_part: {"type": "string", "format": "binary"}, json_part: _component(schema, model)}
+        if path == "/models":
+            properties["critic"] = {"type": "string", "format": "binary"}
+        content["multipart/form-data"] = {
+            "schema": {"type": "object", "required": required, "properties": properties},
+            "encoding": {json_part: {"contentType": "application/json"}}}
+    schema["components"]["schemas"].pop("Body_submit_job_jobs_post", None)
 
 
 def _link_jobs(schema: dict[str, Any]) -> None:

@@ -30,6 +30,7 @@ from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.errors import ApiError
+from api.services.sampling import render
 
 _JOB_SAMPLE = re.compile(r"^/jobs/([^/]{1,64})/sample$")
 _UINT = re.compile(r"^[0-9]{1,10}$")
@@ -103,10 +104,8 @@ class SampleFastPath:
         model = svc.models.peek(key)
         if model is None:
             return None
-        from api.routes.sample import _render  # the route's renderer: same bytes, same headers
-
-        try:
-            response = await _render(svc, job_id, model, p["n"], p["seed"], p["fmt"])
+        try:  # the route's renderer: same bytes, same headers
+            response = await render(svc, job_id, model, p["n"], p["seed"], p["fmt"])
         except Exception:  # noqa: BLE001 - rendering has no side effects: the route redoes it and reports the error
             return None
         svc.fast_path_hits += 1

@@ -26,6 +26,9 @@ from api import oip
 from api.errors import ApiError
 from api.schemas import JobPublic
 from api.services import Services
+from api.services.health import readiness
+from api.services.submission import check_submission, store_submission
+from api.services.watch import follow
 from api.views import job_public
 from minegan_grpc import inference_pb2 as pb
 from minegan_grpc import inference_pb2_grpc as pb_grpc
@@ -82,8 +85,6 @@ class InferenceService(_Servicer, pb_grpc.GRPCInferenceServiceServicer):
         return pb.ServerLiveResponse(live=True)
 
     async def ServerReady(self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext) -> pb.ServerReadyResponse:
-        from api.routes.health import readiness
-
         checks = await run_in_threadpool(readiness, self.svc)
         return pb.ServerReadyResponse(ready=all(v == "ok" for v in checks.values()))
 
@@ -129,8 +130,6 @@ class JobsService(_Servicer, jobs_pb2_grpc.JobsServicer):
     """``minegan.v1.Jobs``: the REST job routes' checks and data access, over gRPC."""
 
     async def Submit(self, request_iterator: AsyncIterator[jobs_pb2.SubmitRequest], context: grpc.aio.ServicerContext) -> jobs_pb2.Job:
-        from api.routes.jobs import check_submission, store_submission
-
         async def run() -> jobs_pb2.Job:
             tenant = await self._tenant(context)
             first = await anext(aiter(request_iterator), None)
@@ -168,8 +167,6 @@ class JobsService(_Servicer, jobs_pb2_grpc.JobsServicer):
         return await self._call(context, run)
 
     async def Watch(self, request: jobs_pb2.WatchRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[jobs_pb2.JobEvent]:
-        from api.routes.events import follow
-
         await self._call(context, lambda: self._owned(context, request.id))
 
         async def gone() -> bool:

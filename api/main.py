@@ -14,12 +14,13 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
-from api import contract, errors, metrics, procs
+from api import VERSION, contract, errors, metrics, procs
 from api.fastpath import SampleFastPath
 from api.limits import BodyLimitMiddleware
 from api.routes import blobs, health, jobs, models, sample, ui, v2
 from api.routes import events as event_routes
 from api.services import LatestJobs, ModelCache, Services
+from api.services.watch import deliver_forever
 from api.sweeper import sweep_forever
 from api.watchdog import Watchdog, heartbeat
 from core.methods import pick_device
@@ -44,7 +45,6 @@ def _celery_services(settings: Settings) -> tuple:  # type: ignore[type-arg]
     return enqueue, check_broker
 
 
-VERSION = "0.1.0"
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -100,7 +100,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if primary:
             # in embedded mode the queue lives in this process and cannot lose a message: only stale running jobs matter
             background.append(asyncio.create_task(sweep_forever(settings, enqueue, requeue_queued=not settings.embedded)))
-            background.append(asyncio.create_task(event_routes.deliver_forever(settings)))  # webhooks (store/webhooks.py)
+            background.append(asyncio.create_task(deliver_forever(settings)))  # webhooks (store/webhooks.py)
         dog = Watchdog(settings.loop_stall_warn_s) if settings.loop_stall_warn_s > 0 else None
         if dog is not None:
             dog.start()

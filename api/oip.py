@@ -17,11 +17,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from starlette.concurrency import run_in_threadpool
 
 from api.compute import run_torch, sample_on_loop
 from api.errors import ApiError
 from api.metrics import SAMPLES
 from api.services import Services
+from api.services.sampling import finished_model, latest_model
 from core.images import png_bytes, to_uint8
 from core.methods import TransferredModel
 from core.multi import MultiMinedGenerator, member_images
@@ -97,10 +99,6 @@ def tensor_bytes(t: Tensor) -> bytes:
 
 async def model_key(svc: Services, tenant: str, name: str) -> tuple[str, str]:
     """(job id, model key) of model ``name``: a finished job of ``tenant``, or ``latest``. 404 / 409 as REST."""
-    from starlette.concurrency import run_in_threadpool
-
-    from api.routes.sample import finished_model, latest_model
-
     if name == "latest":
         return await latest_model(svc, tenant)
     hit = svc.finished.get(name)

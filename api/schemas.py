@@ -119,3 +119,16 @@ class Preview(BaseModel):
     step: int
     key: str
     url: str
+
+
+class UploadConfig(BaseModel):
+    id: str = Field(description="new source id: lower-case letters, digits, '.', '_', '-'", max_length=63)
+    family: Literal["pt2", "onnx", "dcgan64", "minegan"] = Field(description="pt2 (any architecture, as a torch.export program z [N, z_dim] -> images [N, C, H, W], "
+                        "saved with torch.export.save), onnx (any architecture, as an ONNX graph), dcgan64 (the standard DCGAN "
+                        "64x64 layout) or minegan (core/nets/gan.py)")
+    config: dict[str, Any] = Field(default_factory=dict, description="architecture config, e.g. {\"z_dim\": 100, "
+                                   "\"channels\": 3, \"width\": 64} for dcgan64; for pt2 and onnx {\"z_dim\", \"img_size\", \"channels\", "
+                                   "\"z_dist\": \"normal\" or \"uniform\", \"z_scale\", \"output_range\": [low, high]}, and for a class input "
+                                   "\"n_classes\" and \"class_input\": \"index\" or \"onehot\"; with an ONNX critic, "
+                                   "\"critic_input_range\": [low, high] (default [-1, 1])")
+    description: str = Field(default="", max_length=300)

@@ -316,16 +316,18 @@ def cmd_keys(a: argparse.Namespace) -> int:
     return 0
 
 
-def add_option_flags(p: argparse.ArgumentParser, options: list[Any]) -> None:
+def add_option_flags(p: argparse.ArgumentParser, options: list[Any], unset: bool = False) -> None:
     """A flag per option declared in core/options.py: --mining-steps for mining_steps, with its type, default,
-    choices and help text; booleans get --name / --no-name."""
+    choices and help text; booleans get --name / --no-name. ``unset``: a flag not given is None (the server decides)."""
     for f in options:
         m, kind = f.metadata, OPTION_TYPES[f.name]
         flag = "--" + f.name.replace("_", "-")
+        default = None if unset else f.default
+        text = f"{m['help']} (server default: {f.default})" if unset else m["help"]
         if kind is bool:
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=m["help"])
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
         else:
-            p.add_argument(flag, type=kind, default=f.default, choices=m["choices"], help=m["help"])
+            p.add_argument(flag, type=kind, default=default, choices=m["choices"], help=text)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -363,7 +365,7 @@ def parser() -> argparse.ArgumentParser:
     sb = sub.add_parser("submit", help="upload a target zip to the service and start a job")
     sb.add_argument("target", help="zip of target images")
     sb.add_argument("--source", action="append", required=True, help="source model id (repeat, or comma-separate, for several)")
-    add_option_flags(sb, api_options("spec"))
+    add_option_flags(sb, api_options("spec"), unset=True)
     sb.add_argument("--options", default="", help='method options as JSON, e.g. \'{"selection": "max"}\'')
     sb.add_argument("--wait", action="store_true", help="follow the job with a progress bar and write a sample grid")
     sb.add_argument("-n", type=int, default=16, help="with --wait: images in the grid")

@@ -59,11 +59,15 @@ class Client:
                 raise ApiError(r.status_code, "http_error", r.text[:300]) from None
         return r
 
-    def submit(self, images: str | Path | bytes, sources: list[str], method: str = "minegan++", mining_steps: int = 200,
-               finetune_steps: int = 100, batch_size: int = 64, seed: int = 0, options: dict[str, Any] | None = None) -> dict[str, Any]:
+    def submit(self, images: str | Path | bytes, sources: list[str], method: str | None = None, mining_steps: int | None = None,
+               finetune_steps: int | None = None, batch_size: int | None = None, seed: int | None = None,
+               options: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Upload the target zip and start a job. Only what the caller gives is sent: the server's defaults (GET /models
+        lists them per source, ``job_defaults``) apply to the rest."""
         data = images if isinstance(images, bytes) else Path(images).read_bytes()
-        spec = {"sources": sources, "method": method, "mining_steps": mining_steps, "finetune_steps": finetune_steps,
-                "batch_size": batch_size, "seed": seed, "options": options or {}}
+        given = {"method": method, "mining_steps": mining_steps, "finetune_steps": finetune_steps, "batch_size": batch_size,
+                 "seed": seed, "options": options or None}
+        spec = {"sources": sources, **{k: v for k, v in given.items() if v is not None}}
         r = self._call("POST", "/jobs", files={"images": ("target.zip", data, "application/zip")}, data={"spec": json.dumps(spec)})
         return r.json()  # type: ignore[no-any-return]
 

@@ -1,4 +1,5 @@
-"""Checkpoints: dicts of state_dicts plus the config that rebuilds each module.
+"""Checkpoints: dicts of state_dicts plus the config that rebuilds each module; and the state dicts users upload
+(safetensors or torch files).
 
 Nothing here pickles classes or code. Every load uses ``torch.load(..., weights_only=True)``, which
 refuses files that need arbitrary unpickling; such files are reported as :class:`CheckpointError`.
@@ -9,8 +10,11 @@ half-written checkpoint under the final name.
 from __future__ import annotations
 
 import io
+import json
+import math
 import os
 import re
+import struct
 import tempfile
 from collections.abc import Iterable
 from dataclasses import asdict, fields
@@ -21,6 +25,8 @@ import torch
 from torch import nn
 
 from core.formats import (
+    MAX_TENSOR_ELEMENTS,
+    ModelFormatError,
     OnnxCritic,
     OnnxCriticConfig,
     OnnxGenerator,
@@ -172,3 +178,50 @@ def prune(run_dir: Path, keep: Path | None = None) -> None:
     for old in run_dir.glob("ckpt-*.pt"):
         if old != keep and checkpoint_step(old.name) is not None:
             old.unlink(missing_ok=True)
+
+
+# --- safetensors and torch state dicts ---------------------------------------------------------------------
+
+_ST_DTYPES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+
+
+def is_safetensors(data: bytes) -> bool:
+    return len(data) >= 10 and data[8:9] == b"{"
+
+
+def read_state(data: bytes, what: str = "weights") -> dict[str, Any]:
+    """A dict of tensors from a safetensors file (a JSON header plus raw tensor bytes, checked before it is read) or a
+    torch file (``weights_only``)."""
+    if is_safetensors(data):
+        return _read_safetensors(data, what)
+    return load(data)
+
+
+def _read_safetensors(data: bytes, what: str) -> dict[str, torch.Tensor]:
+    """Check the header against the file before any tensor is read: sizes, offsets and dtypes must agree."""
+    (n,) = struct.unpack("<Q", data[:8])
+    if n > min(len(data) - 8, 100 * 2**20):
+        raise ModelFormatError(f"{what}: safetensors header of {n} bytes does not fit the {len(data)}-byte file (truncated?)")
+    try:
+        header = json.loads(data[8 : 8 + n])
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ModelFormatError(f"{what}: safetensors header is not JSON: {exc}") from exc
+    body = len(data) - 8 - n
+    for name, spec in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            size, shape, (start, end) = _ST_DTYPES[spec["dtype"]], spec["shape"], spec["data_offsets"]
+            elements = math.prod(int(d) for d in shape)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelFormatError(f"{what}: tensor {name!r} has a malformed entry ({exc})") from exc
+        if elements > MAX_TENSOR_ELEMENTS:
+            raise ModelFormatError(f"{what}: tensor {name!r} declares {elements} elements (limit {MAX_TENSOR_ELEMENTS})")
+        if not 0 <= start <= end <= body or end - start != elements * size:
+            raise ModelFormatError(f"{what}: tensor {name!r} lies outside the file or its size does not match its shape (truncated?)")
+    from safetensors.torch import load as load_safetensors
+
+    try:
+        return load_safetensors(data)
+    except Exception as exc:  # noqa: BLE001 - any refusal of the parser is a bad file
+        raise ModelFormatError(f"{what}: not a readable safetensors file: {exc}") from exc

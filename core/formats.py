@@ -1,8 +1,7 @@
-"""Model files users bring: ONNX generators of any architecture, and state dicts as safetensors or torch files.
+"""Model files users bring: torch.export programs (``core/pt2.py``) and ONNX graphs of any architecture (state
+dicts, as safetensors or torch files, are read by ``core/checkpoints.py``).
 
-Nothing from a file is ever executed. A torch file is loaded with ``weights_only=True``
-(``core/checkpoints.py``); a safetensors file is a JSON header plus raw tensor bytes, checked before it is read;
-an ONNX file is a protobuf graph of standard operators, checked here and then converted to torch modules by
+Nothing from a file is ever executed. An ONNX file is a protobuf graph of standard operators, checked here and then converted to torch modules by
 ``onnx2torch`` (each node becomes a torch module of a known kind), so its weights can be mined and finetuned
 like any generator's.
 
@@ -21,9 +20,7 @@ An ONNX critic maps images [N, C, H, W] in [-1, 1] to one score per image ([N] o
 from __future__ import annotations
 
 import importlib.machinery
-import json
 import math
-import struct
 import sys
 import types
 from dataclasses import dataclass
@@ -42,54 +39,6 @@ class ModelFormatError(ValueError):
     """A model file that is damaged, hostile or of a kind the service cannot use; the message says which."""
 
     status, code = 422, "bad_model_file"
-
-
-# --- safetensors and torch state dicts ---------------------------------------------------------------------
-
-_ST_DTYPES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
-
-
-def is_safetensors(data: bytes) -> bool:
-    return len(data) >= 10 and data[8:9] == b"{"
-
-
-def read_state(data: bytes, what: str = "weights") -> dict[str, Any]:
-    """A dict of tensors from a safetensors file or a torch file (``weights_only``)."""
-    if is_safetensors(data):
-        return _read_safetensors(data, what)
-    from core.checkpoints import load
-
-    return load(data)
-
-
-def _read_safetensors(data: bytes, what: str) -> dict[str, torch.Tensor]:
-    """Check the header against the file before any tensor is read: sizes, offsets and dtypes must agree."""
-    (n,) = struct.unpack("<Q", data[:8])
-    if n > min(len(data) - 8, 100 * 2**20):
-        raise ModelFormatError(f"{what}: safetensors header of {n} bytes does not fit the {len(data)}-byte file (truncated?)")
-    try:
-        header = json.loads(data[8 : 8 + n])
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ModelFormatError(f"{what}: safetensors header is not JSON: {exc}") from exc
-    body = len(data) - 8 - n
-    for name, spec in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            size, shape, (start, end) = _ST_DTYPES[spec["dtype"]], spec["shape"], spec["data_offsets"]
-            elements = math.prod(int(d) for d in shape)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ModelFormatError(f"{what}: tensor {name!r} has a malformed entry ({exc})") from exc
-        if elements > MAX_TENSOR_ELEMENTS:
-            raise ModelFormatError(f"{what}: tensor {name!r} declares {elements} elements (limit {MAX_TENSOR_ELEMENTS})")
-        if not 0 <= start <= end <= body or end - start != elements * size:
-            raise ModelFormatError(f"{what}: tensor {name!r} lies outside the file or its size does not match its shape (truncated?)")
-    from safetensors.torch import load as load_safetensors
-
-    try:
-        return load_safetensors(data)
-    except Exception as exc:  # noqa: BLE001 - any refusal of the parser is a bad file
-        raise ModelFormatError(f"{what}: not a readable safetensors file: {exc}") from exc
 
 
 # --- ONNX generators ---------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -414,7 +414,4 @@ def load_model(path: str | Path | bytes) -> tuple[TransferredModel, dict[str, An
         raise checkpoints.CheckpointError("the model's colour map does not fit its generator's channels")
     return MinedGenerator(G.eval(), M.eval() if M is not None else None, colour), meta
 
-
-def with_overrides(cfg: RunConfig, **kw: Any) -> RunConfig:
-    return replace(cfg, **{k: v for k, v in kw.items() if v is not None})
 

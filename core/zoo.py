@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from core import checkpoints
+from core.checkpoints import is_safetensors, read_state
 from core.data import load_fashion, load_mnist
 from core.formats import (
     GraphCritic,
@@ -41,8 +42,6 @@ from core.formats import (
     Pt2CriticConfig,
     Pt2Generator,
     Pt2GeneratorConfig,
-    is_safetensors,
-    read_state,
 )
 from core.nets import GENERATORS, AnyCritic, AnyGenerator, Critic, CriticConfig, DCGANGenerator, DCGANGeneratorConfig, Generator, GeneratorConfig
 from core.options import SourceInfo

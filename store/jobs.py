@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from datetime import UTC, datetime
@@ -14,6 +15,8 @@ from sqlalchemy.orm import Session
 from store import logs
 from store.db import engine_for, session_scope
 from store.models import Job, JobEvent, Tenant, WebhookDelivery, utcnow
+
+log = logging.getLogger(__name__)
 
 FINAL = ("succeeded", "failed", "canceled")
 
@@ -318,3 +321,12 @@ def finish(url: str, job_id: str, status: str, *, model_key: str | None = None, 
             job.error_code, job.error_message = error
         if not was_final:  # a job completes once: a late second finish (after the sweeper gave up on it) adds no event
             _status(s, job)
+
+
+def record_failure(url: str, job_id: str, code: str, message: str) -> None:
+    """Mark a job failed with its error (code, message): the one place a worker records a crash (the embedded worker,
+    its job process, the Celery task). If the database is down too, it is logged and the sweeper fails the job later."""
+    try:
+        finish(url, job_id, "failed", error=(code, message))
+    except Exception:  # noqa: BLE001 - logged; the sweeper fails it later
+        log.exception("job %s: could not record the failure", job_id)

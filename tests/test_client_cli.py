@@ -57,3 +57,22 @@ def test_submit_wait_writes_a_grid_and_the_other_commands(server, tmp_path: Path
     capsys.readouterr()
     assert main(["jobs", "--url", url, "--api-key", "mg_00000000_wrongwrongwrongwrongwrong"]) == 2
     assert "401 unauthorized" in capsys.readouterr().err
+
+
+def test_the_client_sends_only_what_its_caller_gave() -> None:
+    """Server defaults reach client users: an unset field is not sent, so a changed default applies."""
+    import json
+
+    import httpx
+
+    specs: list[dict[str, object]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = request.content.decode("latin-1")
+        specs.append(json.loads(body.split('name="spec"')[1].split("\r\n\r\n", 1)[1].split("\r\n--", 1)[0]))
+        return httpx.Response(202, json={"id": "x"})
+
+    with Client("http://test", transport=httpx.MockTransport(handler)) as c:
+        c.submit(b"zip", ["src"])
+        c.submit(b"zip", ["src"], mining_steps=7, options={"n_critic": 1})
+    assert specs == [{"sources": ["src"]}, {"sources": ["src"], "mining_steps": 7, "options": {"n_critic": 1}}]

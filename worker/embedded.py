@@ -27,6 +27,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from store import jobs as jobs_dao
 from store.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -68,9 +69,7 @@ def _child(job_id: str, settings: Settings, zoo_dir: str, interrupt: Any) -> Non
         execute_job(job_id, settings, make_blob_store(settings), interrupt)  # it logs how the job ended
     except Exception:  # noqa: BLE001 - the job is marked failed; the server keeps serving
         log.exception("job %s crashed", job_id)
-        from store import jobs as jobs_dao
-
-        jobs_dao.finish(settings.database_url, job_id, "failed", error=("internal_error", "the job crashed; see server logs"))
+        jobs_dao.record_failure(settings.database_url, job_id, "internal_error", "the job crashed; see server logs")
 
 
 class EmbeddedWorker:
@@ -98,8 +97,6 @@ class EmbeddedWorker:
         self.jobs.put(job_id)
 
     def _poll(self) -> None:
-        from store import jobs as jobs_dao
-
         while not self.interrupt.wait(self.poll_s):
             try:
                 queued = jobs_dao.queued(self.settings.database_url)
@@ -143,8 +140,6 @@ class EmbeddedWorker:
         p.start()
         p.join()
         from store import events
-        from store import jobs as jobs_dao
-
         job = jobs_dao.get(self.settings.database_url, job_id)
         if job is None:
             return
@@ -158,6 +153,4 @@ class EmbeddedWorker:
             self.jobs.put(job_id)
 
     def _fail(self, job_id: str, code: str, message: str) -> None:
-        from store import jobs as jobs_dao
-
-        jobs_dao.finish(self.settings.database_url, job_id, "failed", error=(code, message))
+        jobs_dao.record_failure(self.settings.database_url, job_id, code, message)

@@ -32,7 +32,4 @@ def run_job(self, job_id: str) -> str:  # type: ignore[no-untyped-def]
 
 
 def _fail(job_id: str, code: str, message: str) -> None:
-    try:
-        jobs_dao.finish(get_settings().database_url, job_id, "failed", error=(code, message))
-    except Exception:  # noqa: BLE001 - the sweeper fails it later if the database is down too
-        log.exception("job %s: could not record the failure", job_id)
+    jobs_dao.record_failure(get_settings().database_url, job_id, code, message)

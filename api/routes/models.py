@@ -11,7 +11,7 @@ from starlette.datastructures import UploadFile
 from api.compute import run_torch
 from api.deps import ServicesDep, TenantDep
 from api.errors import ApiError, describe_errors
-from api.schemas import ModelInfo
+from api.schemas import ModelInfo, UploadConfig
 from api.services import Services
 from api.uploads import UploadRoute, read_upload
 from core import checkpoints, zoo
@@ -32,19 +32,6 @@ class RegisterModel(BaseModel):
 @router.get("/models", response_model=list[ModelInfo], summary="Source models you can mine")
 def list_models(svc: ServicesDep, tenant: TenantDep) -> list[ModelInfo]:
     return [model_info(m) for m in registry.known(svc.blobs, tenant).values()]
-
-
-class UploadConfig(BaseModel):
-    id: str = Field(description="new source id: lower-case letters, digits, '.', '_', '-'", max_length=63)
-    family: str = Field(description="pt2 (any architecture, as a torch.export program z [N, z_dim] -> images [N, C, H, W], "
-                        "saved with torch.export.save), onnx (any architecture, as an ONNX graph), dcgan64 (the standard DCGAN "
-                        "64x64 layout) or minegan (core/nets/gan.py)")
-    config: dict[str, Any] = Field(default_factory=dict, description="architecture config, e.g. {\"z_dim\": 100, "
-                                   "\"channels\": 3, \"width\": 64} for dcgan64; for pt2 and onnx {\"z_dim\", \"img_size\", \"channels\", "
-                                   "\"z_dist\": \"normal\" or \"uniform\", \"z_scale\", \"output_range\": [low, high]}, and for a class input "
-                                   "\"n_classes\" and \"class_input\": \"index\" or \"onehot\"; with an ONNX critic, "
-                                   "\"critic_input_range\": [low, high] (default [-1, 1])")
-    description: str = Field(default="", max_length=300)
 
 
 _UPLOAD_DOC = """Two ways to add a source model you can then mine:

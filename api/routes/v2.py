@@ -14,10 +14,10 @@ from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from api import oip
+from api import VERSION, oip
 from api.deps import ServicesDep, TenantDep
 from api.errors import ApiError
-from api.routes.health import readiness
+from api.services.health import readiness
 
 router = APIRouter(prefix="/v2", tags=["inference (v2)"])
 ModelName = Annotated[str, Path(max_length=64, description="a finished job's id, or latest")]
@@ -36,8 +36,6 @@ async def ready(svc: ServicesDep) -> JSONResponse:
 
 @router.get("", summary="Server metadata (OIP)")
 async def server_metadata() -> dict[str, Any]:
-    from api.main import VERSION
-
     return {"name": oip.SERVER_NAME, "version": VERSION, "extensions": oip.EXTENSIONS}
 
 
@@ -57,7 +55,8 @@ _INFER_BODY = {"requestBody": {"required": True, "content": {"application/json":
         "id": {"type": "string"}, "parameters": {"type": "object"},
         "inputs": {"type": "array", "minItems": 1, "items": {"type": "object", "required": ["name", "shape", "datatype", "data"],
                    "properties": {"name": {"type": "string"}, "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
-                                  "datatype": {"type": "string"}, "data": {"type": "array"}, "parameters": {"type": "object"}}}},
+                                  "datatype": {"type": "string", "enum": [*oip.DTYPES, "BYTES"]}, "data": {"type": "array"},
+                                  "parameters": {"type": "object"}}}},
         "outputs": {"type": "array", "items": {"type": "object", "required": ["name"], "properties": {
             "name": {"type": "string"}, "parameters": {"type": "object"}}}}}}}}}}
 

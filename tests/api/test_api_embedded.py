@@ -80,7 +80,7 @@ def test_sample_follows_the_latest_job_without_asking_the_database_each_time(cli
 
     calls: list[str] = []
     real = jobs_dao.latest_model
-    monkeypatch.setattr("api.routes.sample.jobs_dao.latest_model", lambda url, tenant: calls.append(tenant) or real(url, tenant))
+    monkeypatch.setattr("api.services.sampling.jobs_dao.latest_model", lambda url, tenant: calls.append(tenant) or real(url, tenant))
     first = wait_for(client, submit(client).json()["id"])
     assert client.get("/sample?n=4").headers["x-job-id"] == first["id"]
     assert client.get("/sample?n=4&seed=3").headers["x-job-id"] == first["id"]

@@ -77,7 +77,7 @@ def test_a_job_that_finishes_between_the_two_reads_still_ends_with_completed(mon
     import asyncio
     from types import SimpleNamespace
 
-    from api.routes import events as ev
+    from api.services import watch as ev
 
     log: list[tuple[int, str, dict]] = [(1, "status", {"status": "running"}), (2, "progress", {"step": 1})]
     state = {"status": "running", "reads": 0}

@@ -108,7 +108,7 @@ def test_torch_work_of_the_api_runs_on_the_loop_and_one_single_threaded_helper(e
     import threading
 
     import api.routes.jobs
-    import api.routes.sample
+    import api.services.sampling
     import api.uploads
     from api.compute import torch_helper_ident, torch_threads_of_helper
 
@@ -127,7 +127,7 @@ def test_torch_work_of_the_api_runs_on_the_loop_and_one_single_threaded_helper(e
     spy(api.uploads, "load_target_bytes", "upload")
     spy(api.routes.jobs, "load_target_bytes", "target")
     spy(api.routes.jobs, "grid_png", "target grid")
-    spy(api.routes.sample, "grid_png", "render")
+    spy(api.services.sampling, "grid_png", "render")
     spy(c.app.state.services.models, "get", "model load")
     c.app.state.services.models._items.clear()  # the next request loads the model again
     assert c.post("/jobs", headers=keys["alice"], files={"images": ("t.zip", target_zip_bytes(), "application/zip")},

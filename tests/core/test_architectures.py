@@ -69,3 +69,23 @@ def test_pytorch_default_onnx_export_with_its_weights_apart_is_refused_with_what
     torch.onnx.export(arch.make(), arch.inputs(2), tmp_path / "g.onnx")  # the default: external data
     with pytest.raises(ModelFormatError, match="external_data=False"):
         zoo.source_from_state_dicts("x", "onnx", arch.config, (tmp_path / "g.onnx").read_bytes())
+
+
+def test_what_cannot_be_converted_names_the_node_its_operator_and_what_to_do() -> None:
+    """A convolution whose weights the graph computes, padded with auto_pad: the functional convolution takes explicit
+    pads only, so the upload is refused with the node, its operator and the way out (.pt2)."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((2, 2, 3, 3), np.float32), "w")
+    nodes = [helper.make_node("Gemm", ["z", "fc"], ["h"]),
+             helper.make_node("Reshape", ["h", "shape"], ["x"]),
+             helper.make_node("Mul", ["w", "two"], ["w2"]),  # a weight computed in the graph
+             helper.make_node("Conv", ["x", "w2"], ["images"], name="modulated", auto_pad="SAME_UPPER")]
+    inits = [w, numpy_helper.from_array(np.ones((8, 2 * 16 * 16), np.float32), "fc"),
+             numpy_helper.from_array(np.array([-1, 2, 16, 16], np.int64), "shape"), numpy_helper.from_array(np.array(2.0, np.float32), "two")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["n", 8])],
+                              [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["n", 2, 16, 16])], inits)
+    data = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    with pytest.raises(ModelFormatError, match=r"node 'modulated' \(Conv .*auto_pad.*\.pt2"):
+        zoo.source_from_state_dicts("x", "onnx", {"z_dim": 8, "img_size": 16, "channels": 2}, data)
