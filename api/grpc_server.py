@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
-import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from starlette.concurrency import run_in_threadpool
@@ -172,12 +171,14 @@ class JobsService(_Servicer, jobs_pb2_grpc.JobsServicer):
         async def gone() -> bool:
             return context.done()
 
-        async for event in follow(self.svc, request.id, request.after_event_id, gone):
+        async for event in follow(self.svc, request.id, min(request.after_event_id, 2**62), gone):
             if event is not None:
                 yield jobs_pb2.JobEvent(id=event[0], kind=event[1], data_json=json.dumps(event[2]))
 
     async def _owned(self, context: grpc.aio.ServicerContext, job_id: str) -> Job:
         tenant = await self._tenant(context)
+        if len(job_id) > 64:  # as REST's path parameter
+            raise ApiError(422, "invalid_request", "id: at most 64 characters")
         job = await run_in_threadpool(jobs_dao.get, self.svc.settings.database_url, job_id, tenant)
         if job is None:
             raise ApiError(404, "job_not_found", f"no job {job_id}")
@@ -205,7 +206,7 @@ def _inputs(request: pb.ModelInferRequest) -> list[oip.Tensor]:
         if field is None:
             raise ApiError(422, "invalid_request", f"inputs.{t.name}: unsupported datatype {t.datatype!r}")
         data: Any = list(getattr(t.contents, field))
-        out.append(oip.tensor_from_list(t.name, t.datatype, shape, np.array(data, dtype=object) if t.datatype == "BYTES" else data))
+        out.append(oip.tensor_from_list(t.name, t.datatype, shape, data))
     return out
 
 

@@ -1,4 +1,5 @@
-"""A hard limit on request bodies, enforced before and while the body streams in.
+"""What a request may cost before it is let in: the API key, checked before the body is read (``KeyFirstMiddleware``),
+and a hard limit on request bodies, enforced before and while the body streams in.
 
 Starlette would otherwise spool an arbitrarily large multipart body to a temporary file before any route
 code runs. This ASGI middleware answers 413 at once when ``Content-Length`` is over the limit, and cuts a
@@ -11,7 +12,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.errors import ApiError
 
 
 def _body(limit: int) -> bytes:
@@ -66,3 +71,40 @@ class BodyLimitMiddleware:
                 raise
         if state["over"] and not state["started"]:
             await self._reject(send)
+
+
+# Paths a caller without a key may reach when keys are required: health, the API's description, signed artifact links
+# (their signature is the credential), the browser gallery's page shell (it sends the key itself).
+OPEN_PREFIXES = ("/healthz", "/readyz", "/docs", "/redoc", "/openapi.json", "/blobs/", "/v2/health", "/ui", "/favicon.ico")
+
+
+class KeyFirstMiddleware:
+    """With API keys required, the key is checked from the headers before any of the body is read: a request without
+    a valid key gets its 401 at once and the connection is closed, so a key-less client cannot make the server hold an
+    upload. ``/metrics`` needs a key too. The routes check the tenant again (from the key cache, no second lookup)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        svc = getattr(scope["app"].state, "services", None) if "app" in scope else None
+        if scope["type"] != "http" or svc is None or not svc.settings.auth_required:
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path", "")
+        if path in ("/", "/v2") or path.startswith(OPEN_PREFIXES):
+            await self.app(scope, receive, send)
+            return
+        conn = HTTPConnection(scope)
+        try:
+            if svc.auth.cached_tenant(conn) is None:
+                await run_in_threadpool(svc.auth.tenant, conn)
+        except ApiError as exc:
+            body = json.dumps({"error": exc.message} if path.startswith("/v2") else
+                              {"error": {"code": exc.code, "message": exc.message}}).encode()
+            await send({"type": "http.response.start", "status": exc.status,
+                        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                    (b"www-authenticate", b"Bearer"), (b"connection", b"close")]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await self.app(scope, receive, send)

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from api import VERSION, contract, errors, metrics, procs
 from api.fastpath import SampleFastPath
-from api.limits import BodyLimitMiddleware
+from api.limits import BodyLimitMiddleware, KeyFirstMiddleware
 from api.routes import blobs, health, jobs, models, sample, ui, v2
 from api.routes import events as event_routes
 from api.services import LatestJobs, ModelCache, Services
@@ -133,6 +133,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_request_bytes)
     app.add_middleware(SampleFastPath)  # a cached sample request skips the rest (api/fastpath.py)
+    app.add_middleware(KeyFirstMiddleware)  # with keys required: the key before any of the body
     app.add_middleware(metrics.RequestMiddleware)  # every request (the fast path's too) gets an id and is timed
     app.add_middleware(procs.BalanceConnections)  # outermost: several processes keep their connections even (api/procs.py)
     jobs_registry = CollectorRegistry()  # collected at scrape time only (the database is migrated at startup)

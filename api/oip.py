@@ -64,7 +64,22 @@ def encode_bytes(items: list[bytes]) -> bytes:
     return b"".join(len(b).to_bytes(4, "little") + b for b in items)
 
 
+MAX_ELEMENTS = 1 << 20  # of one input tensor: this server's inputs are scalars
+
+
+def check_shape(name: str, shape: list[int]) -> None:
+    """A shape of non-negative integers holding at most ``MAX_ELEMENTS`` elements (422 otherwise)."""
+    if not isinstance(shape, list) or len(shape) > 8 or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d for d in shape):
+        raise ApiError(422, "invalid_request", f"inputs.{name}: shape must be a list of at most 8 non-negative integers")
+    size = 1
+    for d in shape:
+        size *= d
+        if size > MAX_ELEMENTS:
+            raise ApiError(422, "invalid_request", f"inputs.{name}: shape {shape[:8]} holds more than {MAX_ELEMENTS} elements")
+
+
 def tensor_from_raw(name: str, datatype: str, shape: list[int], raw: bytes) -> Tensor:
+    check_shape(name, shape)
     if datatype == "BYTES":
         return Tensor(name, datatype, shape, np.array(decode_bytes(raw), dtype=object))
     if datatype not in DTYPES:
@@ -76,14 +91,19 @@ def tensor_from_raw(name: str, datatype: str, shape: list[int], raw: bytes) -> T
 
 
 def tensor_from_list(name: str, datatype: str, shape: list[int], data: Any) -> Tensor:
+    check_shape(name, shape)
     if datatype == "BYTES":
-        flat = np.array([d.encode() if isinstance(d, str) else bytes(d) for d in np.asarray(data, dtype=object).reshape(-1)], dtype=object)
-        return Tensor(name, datatype, shape, flat)
+        items = data if isinstance(data, list) else [data]
+        if not all(isinstance(d, (str, bytes)) for d in items):
+            raise ApiError(422, "invalid_request", f"inputs.{name}: BYTES data is a list of strings")
+        if len(items) != int(np.prod(shape)):
+            raise ApiError(422, "invalid_request", f"inputs.{name}: {len(items)} strings for shape {shape}")
+        return Tensor(name, datatype, shape, np.array([d.encode() if isinstance(d, str) else d for d in items], dtype=object))
     if datatype not in DTYPES:
         raise ApiError(422, "invalid_request", f"inputs.{name}: unsupported datatype {datatype!r}")
     try:
         arr: np.ndarray = np.asarray(data, dtype=DTYPES[datatype]).reshape(shape)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, OverflowError) as exc:
         raise ApiError(422, "invalid_request", f"inputs.{name}: data does not fit shape {shape} of {datatype} ({exc})") from exc
     return Tensor(name, datatype, shape, arr)
 

@@ -123,7 +123,8 @@ class Preview(BaseModel):
 
 class UploadConfig(BaseModel):
     id: str = Field(description="new source id: lower-case letters, digits, '.', '_', '-'", max_length=63)
-    family: Literal["pt2", "onnx", "dcgan64", "minegan"] = Field(description="pt2 (any architecture, as a torch.export program z [N, z_dim] -> images [N, C, H, W], "
+    family: Literal["pt2", "onnx", "dcgan64", "minegan"] = Field(
+        description="pt2 (any architecture, as a torch.export program z [N, z_dim] -> images [N, C, H, W], "
                         "saved with torch.export.save), onnx (any architecture, as an ONNX graph), dcgan64 (the standard DCGAN "
                         "64x64 layout) or minegan (core/nets/gan.py)")
     config: dict[str, Any] = Field(default_factory=dict, description="architecture config, e.g. {\"z_dim\": 100, "

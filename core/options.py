@@ -93,7 +93,7 @@ class RunConfig:
     betas: tuple[float, float] = option((0.5, 0.999), "Adam betas (Appendix A)", api=None, cli=False)
     gp_weight: float = option(10.0, "weight of the WGAN-GP gradient penalty", api=None)
     sparse_top_fraction: float = option(0.3, "S^3: share of the critic weights kept by their score, theta_w (Sec. 5)", gt=0, le=1)
-    sparse_min_weights: int = option(6, "S^3: minimum filters kept per layer, theta_f (Sec. 5)", ge=1)
+    sparse_min_weights: int = option(6, "S^3: minimum filters kept per layer, theta_f (Sec. 5)", ge=1, le=100_000)
     freeze_critic_layers: int = option(2, "freezed: lowest critic layers kept fixed (FreezeD)", ge=0, le=8)
     finetune_layers: int = option(0, "weighted generator layers that learn when G is finetuned, counted back from the output "
                                   "(1: only the layer that makes the image; the rest stay fixed, as FreezeG does); 0: all",

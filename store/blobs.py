@@ -33,7 +33,7 @@ class BlobStore(Protocol):
 
 
 def _safe_key(key: str) -> str:
-    if not key or key.startswith("/") or ".." in key.split("/"):
+    if not key or key.startswith("/") or ".." in key.split("/") or key.startswith(".minegan-"):
         raise ValueError(f"bad blob key {key!r}")
     return key
 
@@ -42,20 +42,40 @@ class LocalBlobStore:
     """Files under a root directory (the embedded default).
 
     Download URLs work like S3's presigned ones: ``/blobs/{key}?exp=...&sig=...`` with an HMAC of key and
-    expiry, so a URL is good for one artifact until it expires and cannot be edited to reach another."""
+    expiry, so a URL is good for one artifact until it expires and cannot be edited to reach another. The key is
+    ``MINEGAN_SECRET_KEY``, or else one made at the first start and kept beside the data (``SECRET_FILE``, mode 0600),
+    so every process of the server signs alike and links survive a restart."""
+
+    SECRET_FILE = ".minegan-url-secret"  # not a blob key: no key starts with ".minegan-"
 
     def __init__(self, root: str | Path, url_prefix: str = "/blobs", secret: str | None = None) -> None:
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self.url_prefix = url_prefix
-        self.secret = (secret or secrets.token_hex(32)).encode()
+        self.secret = (secret or self._stored_secret()).encode()
+
+    def _stored_secret(self) -> str:
+        """The secret kept beside the data, created atomically by whichever process starts first."""
+        path = self.root / self.SECRET_FILE
+        if not path.exists():
+            fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".secret-")
+            try:
+                os.write(fd, secrets.token_hex(32).encode())
+                os.fchmod(fd, 0o600)
+                os.close(fd)
+                os.link(tmp, path)  # fails if another process made it first: then its secret is the one
+            except FileExistsError:
+                pass
+            finally:
+                Path(tmp).unlink(missing_ok=True)
+        return path.read_text().strip()
 
     def _sign(self, key: str, exp: int) -> str:
         return hmac.new(self.secret, f"{key}\n{exp}".encode(), hashlib.sha256).hexdigest()
 
     def verify(self, key: str, exp: str, sig: str) -> bool:
         """Whether ``sig`` is this store's signature of ``key`` until ``exp`` and that time has not passed."""
-        if not exp.isdigit() or int(exp) < time.time():
+        if not (exp.isascii() and exp.isdecimal()) or len(exp) > 12 or int(exp) < time.time():
             return False
         return hmac.compare_digest(self._sign(key, int(exp)), sig)
 

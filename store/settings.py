@@ -38,7 +38,7 @@ class Settings(BaseSettings):
     auth: Literal["auto", "required", "off"] = "auto"  # auto: API keys required unless embedded
     auth_cache_s: float = Field(default=30.0, ge=0.0)  # a verified key is trusted this long (revocation delay)
     max_concurrent_jobs: int = Field(default=4, ge=1)  # queued + running per tenant (tenants.max_concurrent_jobs overrides)
-    secret_key: str | None = None  # signs local-storage download URLs; random per process when unset
+    secret_key: str | None = None  # signs local-storage download URLs; unset: one kept beside the data (store/blobs.py)
     work_dir: str = "var/work"  # local scratch for running jobs
     max_upload_bytes: int = Field(default=50 * 1024 * 1024, ge=1024)  # the zip as uploaded
     max_request_bytes: int = Field(default=52 * 1024 * 1024, ge=1024)  # any request body (zip + spec + multipart)

@@ -31,7 +31,7 @@ import socket
 import time
 from datetime import timedelta
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 from sqlalchemy import select
@@ -48,25 +48,66 @@ class WebhookUrlError(ValueError):
     status, code = 422, "invalid_spec"
 
 
-def check_url(url: str, allow: list[str]) -> None:
-    """Raise :class:`WebhookUrlError` unless ``url`` may receive deliveries (see the module docstring)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
+def check_url(url: str, allow: list[str]) -> str | None:
+    """Raise :class:`WebhookUrlError` unless ``url`` may receive deliveries (see the module docstring); the address the
+    delivery must connect to (None for a host in the allow list, which is not resolved here)."""
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname or "", parts.port
+    except ValueError as exc:  # e.g. a port outside 0-65535
+        raise WebhookUrlError(f"webhook: {url[:200]!r} is not a valid URL ({exc})") from exc
     if parts.scheme not in ("https", "http") or not host:
-        raise WebhookUrlError(f"webhook: {url!r} is not an http(s) URL")
-    allowed = host in allow or f"{host}:{parts.port}" in allow
+        raise WebhookUrlError(f"webhook: {url[:200]!r} is not an http(s) URL")
+    allowed = host in allow or f"{host}:{port}" in allow
     if parts.scheme != "https" and not allowed:
         raise WebhookUrlError("webhook: only https URLs are accepted (plain http only for hosts in MINEGAN_WEBHOOK_ALLOW)")
     if allowed:
-        return
+        return None
     try:
-        addresses = {info[4][0] for info in socket.getaddrinfo(host, parts.port or 443, proto=socket.IPPROTO_TCP)}
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, port or 443, proto=socket.IPPROTO_TCP)}
     except OSError as exc:
         raise WebhookUrlError(f"webhook: the host {host!r} does not resolve ({exc})") from exc
     for a in addresses:
         ip = ipaddress.ip_address(str(a).split("%")[0])
-        if not ip.is_global or ip.is_multicast:
+        if not is_public(ip):
             raise WebhookUrlError(f"webhook: {host} resolves to {ip}, an internal address; webhooks go to public hosts only")
+    return str(sorted(str(a) for a in addresses)[0])
+
+
+def pinned(url: str, address: str | None) -> tuple[str, dict[str, str], dict[str, str]]:
+    """(the URL with its host replaced by the checked ``address``, the Host header, httpx's TLS server name): the
+    delivery connects to the address that was checked, not to whatever the name resolves to a moment later (DNS
+    rebinding); TLS still verifies the certificate for the host name."""
+    if address is None:
+        return url, {}, {}
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    ip = f"[{address}]" if ":" in address else address
+    netloc = ip + (f":{parts.port}" if parts.port else "")
+    extensions = {"sni_hostname": host} if parts.scheme == "https" else {}
+    target = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    return target, {"Host": parts.netloc.rsplit("@", 1)[-1]}, extensions
+
+
+# IPv6 prefixes that carry an IPv4 address inside: NAT64 (RFC 6052, RFC 8215), 6to4 (RFC 3056), Teredo (RFC 4380; the
+# client address is stored inverted), IPv4-mapped and -compatible. Such an address reaches the IPv4 host it embeds.
+_EMBEDS_V4 = [(ipaddress.ip_network("64:ff9b::/96"), lambda a: a & 0xFFFFFFFF),
+              (ipaddress.ip_network("64:ff9b:1::/48"), lambda a: a & 0xFFFFFFFF),
+              (ipaddress.ip_network("2002::/16"), lambda a: (a >> 80) & 0xFFFFFFFF),
+              (ipaddress.ip_network("2001::/32"), lambda a: ~a & 0xFFFFFFFF),
+              (ipaddress.ip_network("::ffff:0:0/96"), lambda a: a & 0xFFFFFFFF),
+              (ipaddress.ip_network("::/96"), lambda a: a & 0xFFFFFFFF)]
+
+
+def is_public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """A global unicast address that embeds no internal IPv4 address (NAT64, 6to4, Teredo, mapped)."""
+    if not ip.is_global or ip.is_multicast:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address):
+        for net, inner in _EMBEDS_V4:
+            if ip in net:
+                return is_public(ipaddress.IPv4Address(inner(int(ip))))
+    return True
 
 
 def tenant_secret(url: str, tenant: str) -> str:
@@ -128,8 +169,8 @@ def deliver_due(url: str, allow: list[str], retry_s: float, client: httpx.Client
         headers = {"Content-Type": "application/json", "X-Minegan-Event-Id": str(d["event_id"]), "X-Minegan-Timestamp": str(ts),
                    "X-Minegan-Signature": sign(tenant_secret(url, d["tenant"]), body), "User-Agent": "minegan-webhooks/1"}
         try:
-            check_url(d["url"], allow)  # again: the name may resolve elsewhere now
-            r = client.post(d["url"], content=body, headers=headers, follow_redirects=False)
+            target, host, tls = pinned(d["url"], check_url(d["url"], allow))  # again: the name may resolve elsewhere now
+            r = client.post(target, content=body, headers={**headers, **host}, extensions=tls, follow_redirects=False)
             ok, error = 200 <= r.status_code < 300, f"HTTP {r.status_code}"
         except (httpx.HTTPError, WebhookUrlError) as exc:
             ok, error = False, f"{type(exc).__name__}: {exc}"

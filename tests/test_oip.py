@@ -97,11 +97,11 @@ def test_tritonclient_grpc_samples_a_finished_job(server: dict[str, str]) -> Non
     assert code("no-such-job", auth) == "StatusCode.NOT_FOUND"
 
 
-def _batch_counts(url: str) -> tuple[float, float]:
-    """(batched forward passes, requests they served) from the server's /metrics."""
+def _batch_counts(url: str, key: str) -> tuple[float, float]:
+    """(batched forward passes, requests they served) from the server's /metrics (a key is required there too)."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    fams = {f.name: f for f in text_string_to_metric_families(httpx.get(f"{url}/metrics").text)}
+    fams = {f.name: f for f in text_string_to_metric_families(httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {key}"}).text)}
     values = {s.name: s.value for s in fams["minegan_sample_batch_requests"].samples}
     return values["minegan_sample_batch_requests_count"], values["minegan_sample_batch_requests_sum"]
 
@@ -134,7 +134,7 @@ def test_concurrent_requests_over_rest_and_grpc_share_forward_passes_and_get_the
             got[(i, s)] = c.infer(job, [n, seed], headers={"authorization": f"Bearer {key}"}).as_numpy("images")
 
     for _attempt in range(5):  # concurrency is the OS's to schedule: until some requests did overlap (one round, in practice)
-        before = _batch_counts(url)
+        before = _batch_counts(url, key)
         threads = [threading.Thread(target=rest if i < 6 else grpc_client, args=(i,)) for i in range(8)]
         for t in threads:
             t.start()
@@ -145,7 +145,7 @@ def test_concurrent_requests_over_rest_and_grpc_share_forward_passes_and_get_the
                 assert answer == alone[s], (i, s)
             else:
                 assert np.array_equal(answer, alone_pixels[s]), (i, s)  # type: ignore[arg-type]
-        after = _batch_counts(url)
+        after = _batch_counts(url, key)
         passes, served = after[0] - before[0], after[1] - before[1]
         assert served == 8 * 24  # every request went through the batcher
         if passes < served:

@@ -28,8 +28,8 @@ router = APIRouter(tags=["jobs"])
             response_class=StreamingResponse,
             responses={200: {"content": {"text/event-stream": {}}, "description": "events: status, progress, preview, completed"}})
 async def job_events(svc: ServicesDep, job: JobDep, request: Request,
-                     last_event_id: Annotated[int | None, Header(alias="Last-Event-ID", ge=0)] = None,
-                     after: Annotated[int | None, Query(ge=0, description="replay events after this id (as Last-Event-ID)")] = None,
+                     last_event_id: Annotated[int | None, Header(alias="Last-Event-ID", ge=0, le=2**62)] = None,
+                     after: Annotated[int | None, Query(ge=0, le=2**62, description="replay events after this id (as Last-Event-ID)")] = None,
                      ) -> StreamingResponse:
     start = max(last_event_id or 0, after or 0)
     return StreamingResponse(_stream(svc, job.id, start, request), media_type="text/event-stream",

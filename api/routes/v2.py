@@ -80,7 +80,7 @@ def _split(body: bytes, header_len: str | None) -> tuple[dict[str, Any], bytes]:
         if not 0 <= n <= len(body):
             raise ValueError(f"Inference-Header-Content-Length {n} is outside the {len(body)}-byte body")
         req = json.loads(body[:n])
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise ApiError(422, "invalid_request", f"the inference request is not JSON: {exc}") from exc
     if not isinstance(req, dict) or not isinstance(req.get("inputs"), list):
         raise ApiError(422, "invalid_request", "inputs: a list of tensors {name, shape, datatype, data} is required")

@@ -29,6 +29,8 @@ def parse_spec(raw: str) -> JobSpec:
         data = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise ApiError(422, "invalid_spec", f"spec is not valid JSON: {exc.msg} at position {exc.pos}") from exc
+    except RecursionError as exc:
+        raise ApiError(422, "invalid_spec", "spec is nested too deeply to be a job spec") from exc
     try:
         return JobSpec.model_validate(data)
     except ValidationError as exc:

@@ -98,7 +98,8 @@ def test_warm_up_leaves_generator_and_miner_alone(target: torch.Tensor, tmp_path
 
 @pytest.mark.parametrize("method", ["minegan++", "transfergan"])
 def test_finetune_layers_trains_only_the_last_weighted_layers_of_the_generator(method: str, target: torch.Tensor, tmp_path: Path) -> None:
-    from core.trainer import WEIGHTED, generator_params
+    from core.nets.layers import WEIGHTED
+    from core.trainer import generator_params
 
     src = tiny_source()
     before = {k: v.clone() for k, v in src.G.state_dict().items()}
