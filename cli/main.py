@@ -258,9 +258,10 @@ def cmd_serve(a: argparse.Namespace) -> int:
     procs = f"; {workers} processes sharing the port" if workers > 1 else ""
     logging.getLogger("minegan.serve").warning("minegan serve: %s; %s; %s; http://%s:%d/docs%s%s", mode, auth, where, a.host, a.port,
                                                grpc, procs)
-    # "auto" picks httptools + uvloop (dependencies) when importable; no per-request access log on the hot path;
+    # uvloop when importable (a dependency), httptools with a head limit (api/http.py); no per-request access log;
     # log_config=None: uvicorn's own records go through the handler above
-    opts: dict[str, Any] = dict(host=a.host, port=a.port, log_level="warning", access_log=False, http="auto", loop="auto",
+    opts: dict[str, Any] = dict(host=a.host, port=a.port, log_level="warning", access_log=False, loop="auto",
+                                http="api.http:LimitedHttpToolsProtocol",  # httptools with a limit on the head (431)
                                 log_config=None, timeout_keep_alive=settings.http_keep_alive_s)
     if workers == 1:
         uvicorn.run(create_app(settings), **opts)

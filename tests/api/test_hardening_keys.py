@@ -125,3 +125,32 @@ def test_download_links_survive_a_restart_and_work_in_every_process(tmp_path: Pa
     assert not LocalBlobStore(tmp_path / "other").verify("jobs/j/samples.png", params["exp"], params["sig"])
     with pytest.raises(ValueError):
         a.get(LocalBlobStore.SECRET_FILE)  # never served as a blob
+
+
+def test_a_huge_request_head_gets_431_and_the_server_keeps_answering(tmp_path: Path) -> None:
+    """httptools buffered a header of any size (a 100 MB header took 11.5 s and stalled /healthz): `minegan serve`
+    now answers 431 once the head passes 64 KiB or 100 fields, and closes the connection."""
+    import socket
+    import time
+
+    import httpx
+
+    from tests.helpers import embedded_server
+
+    with embedded_server(tmp_path) as (url, _):
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as s:
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ")
+            t0 = time.monotonic()
+            answer = b""
+            try:
+                for _ in range(200):  # up to 12.8 MB, in 64 KiB pieces; the server must stop it long before
+                    s.sendall(b"a" * 65536)
+            except OSError:
+                pass  # the server closed the connection
+            answer = s.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
+        assert time.monotonic() - t0 < 10
+        many = httpx.get(f"{url}/healthz", headers={f"x-h{i}": "1" for i in range(150)})
+        assert many.status_code == 431 and many.json()["error"]["code"] == "headers_too_large"
+        assert httpx.get(f"{url}/healthz", headers={"x-fine": "a" * 8000}).status_code == 200
