@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Query, UploadFile
@@ -57,17 +58,27 @@ def cancel_job(svc: ServicesDep, tenant: TenantDep, job: JobDep) -> JobPublic:
     return job_public(updated)
 
 
+_GRID_LOCKS: dict[str, asyncio.Lock] = {}
+
+
 @router.get("/jobs/{job_id}/target.png", summary="The job's target images as a thumbnail grid (at most 64)")
 async def target_grid(svc: ServicesDep, job: JobDep) -> Response:
-    shape = (job.target_report or {}).get("shape") or [1, 28, 28]
-    data = await run_in_threadpool(svc.blobs.get, job.upload_key)
+    """Decoded and drawn once per job, then served from storage: repeated requests cost other tenants nothing."""
+    key = f"jobs/{job.id}/target.png"
+    lock = _GRID_LOCKS.setdefault(job.id, asyncio.Lock())
+    async with lock:  # concurrent first requests wait for one render
+        if not await run_in_threadpool(svc.blobs.exists, key):
+            shape = (job.target_report or {}).get("shape") or [1, 28, 28]
+            data = await run_in_threadpool(svc.blobs.get, job.upload_key)
 
-    def render() -> bytes:
-        images = load_target_bytes(data, int(shape[0]), int(shape[1]), limits=svc.settings.zip_limits(),
-                                   max_pixels=svc.settings.max_image_pixels).images[:64]
-        return grid_png(images, nrow=8)
+            def render() -> bytes:
+                images = load_target_bytes(data, int(shape[0]), int(shape[1]), limits=svc.settings.zip_limits(),
+                                           max_pixels=svc.settings.max_image_pixels).images[:64]
+                return grid_png(images, nrow=8)
 
-    return Response(await run_torch(render), media_type="image/png")
+            await run_in_threadpool(svc.blobs.put, key, await run_torch(render), "image/png")
+    _GRID_LOCKS.pop(job.id, None)
+    return Response(await run_in_threadpool(svc.blobs.get, key), media_type="image/png")
 
 
 @router.get("/jobs/{job_id}/previews", response_model=list[Preview], summary="Sample grids stored during training")

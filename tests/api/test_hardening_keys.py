@@ -154,3 +154,18 @@ def test_a_huge_request_head_gets_431_and_the_server_keeps_answering(tmp_path: P
         many = httpx.get(f"{url}/healthz", headers={f"x-h{i}": "1" for i in range(150)})
         assert many.status_code == 431 and many.json()["error"]["code"] == "headers_too_large"
         assert httpx.get(f"{url}/healthz", headers={"x-fine": "a" * 8000}).status_code == 200
+
+
+def test_the_target_grid_is_decoded_once_per_job(env: tuple[TestClient, dict[str, str]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """GET /jobs/{id}/target.png decoded the whole target zip again on every request, on the helper thread every
+    tenant's sampling shares; now once, then it is served from storage."""
+    import api.routes.jobs
+
+    c, key = env
+    calls: list[int] = []
+    real = api.routes.jobs.load_target_bytes
+    monkeypatch.setattr(api.routes.jobs, "load_target_bytes", lambda *a, **k: calls.append(1) or real(*a, **k))
+    job = c.post("/jobs", headers=key, files={"images": ("t.zip", target_zip_bytes(), "application/zip")},
+                 data={"spec": json.dumps({"sources": ["tiny-src"], "mining_steps": 1, "finetune_steps": 0, "batch_size": 4})}).json()
+    grids = [c.get(f"/jobs/{job['id']}/target.png", headers=key) for _ in range(3)]
+    assert all(g.status_code == 200 and g.content == grids[0].content for g in grids) and len(calls) == 1
