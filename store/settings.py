@@ -48,6 +48,7 @@ class Settings(BaseSettings):
     max_image_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)  # one image file, decompressed
     max_zip_ratio: float = Field(default=200.0, ge=2.0)  # decompressed / compressed size of one entry
     max_image_pixels: int = Field(default=4096 * 4096, ge=64)  # declared width x height of one image
+    max_upload_pixels: int = Field(default=256 * 2**20, ge=64)  # declared pixels of all images of one upload together
     sample_max_n: int = Field(default=256, ge=1)
     model_cache_size: int = Field(default=8, ge=1)
     # concurrent sample requests for one model that arrive within this window share a forward pass (api/batching.py);

@@ -169,3 +169,14 @@ def test_the_target_grid_is_decoded_once_per_job(env: tuple[TestClient, dict[str
                  data={"spec": json.dumps({"sources": ["tiny-src"], "mining_steps": 1, "finetune_steps": 0, "batch_size": 4})}).json()
     grids = [c.get(f"/jobs/{job['id']}/target.png", headers=key) for _ in range(3)]
     assert all(g.status_code == 200 and g.content == grids[0].content for g in grids) and len(calls) == 1
+
+
+def test_an_upload_declaring_too_many_pixels_in_all_is_refused_before_they_are_decoded(tmp_path: Path,
+                                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each image under the per-image limit, together over the per-upload one (MINEGAN_MAX_UPLOAD_PIXELS)."""
+    with app_client(tmp_path, monkeypatch, max_upload_pixels=10 * 28 * 28) as c:
+        spec = json.dumps({"sources": ["tiny-src"], "mining_steps": 1, "finetune_steps": 0, "batch_size": 4})
+        r = c.post("/jobs", files={"images": ("t.zip", target_zip_bytes(16), "application/zip")}, data={"spec": spec})
+        assert r.status_code == 413 and r.json()["error"]["code"] == "images_too_large", r.text
+        ok = c.post("/jobs", files={"images": ("t.zip", target_zip_bytes(8), "application/zip")}, data={"spec": spec})
+        assert ok.status_code == 202, ok.text
