@@ -142,8 +142,15 @@ class Arch:
         return (z, torch.arange(n) % self.config["n_classes"]) if self.config.get("n_classes") else (z,)
 
 
+def _project_net() -> nn.Module:
+    from core.nets import Generator, GeneratorConfig
+
+    return Generator(GeneratorConfig(z_dim=Z, img_size=16, channels=1, width=8))
+
+
 ARCHS = [
     Arch("DCGAN", DCGAN, {"z_dim": Z, "img_size": 16, "channels": 3}),
+    Arch("the project's generator (core/nets/gan.py)", _project_net, {"z_dim": Z, "img_size": 16, "channels": 1}),
     Arch("StyleGAN2-type", StyleGAN2, {"z_dim": Z, "img_size": 16, "channels": 3}),
     Arch("ResNet, BatchNorm + spectral norm", ResNetSN, {"z_dim": Z, "img_size": 16, "channels": 3}),
     Arch("class-conditional", Conditional, {"z_dim": Z, "img_size": 16, "channels": 1, "n_classes": 3, "class_input": "index"}),
