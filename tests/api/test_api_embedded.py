@@ -246,7 +246,7 @@ def test_shutdown_interrupts_a_running_job_which_resumes_at_the_next_start(tmp_p
     monkeypatch.setattr("core.zoo.WEIGHTS_DIR", weights)
     settings = Settings(database_url=f"sqlite:///{tmp_path}/db.sqlite", storage_dir=str(tmp_path / "blobs"),
                         work_dir=str(tmp_path / "work"), progress_interval_s=0, checkpoint_every=5)
-    spec = {**TINY_SPEC, "mining_steps": 400, "finetune_steps": 0}
+    spec = {**TINY_SPEC, "mining_steps": 200, "finetune_steps": 0}  # long enough to stop it mid-run
     with TestClient(create_app(settings)) as c:
         job = submit(c, spec).json()
         for _ in range(600):
@@ -258,11 +258,11 @@ def test_shutdown_interrupts_a_running_job_which_resumes_at_the_next_start(tmp_p
     from store import jobs as jobs_dao
 
     row = jobs_dao.get(settings.database_url, job["id"])
-    assert row is not None and row.status == "queued" and row.attempts == 0 and 10 <= row.step < 400, row
+    assert row is not None and row.status == "queued" and row.attempts == 0 and 10 <= row.step < 200, row
     assert any(k.startswith(f"jobs/{job['id']}/ckpt-") for k in LocalBlobStore(settings.storage_dir).list("jobs/"))
     with TestClient(create_app(settings)) as c:
-        done = wait_for(c, job["id"], timeout=120)
-        assert done["status"] == "succeeded" and done["step"] == 400, done
+        done = wait_for(c, job["id"], timeout=600)  # the rest of the job: ~1 minute alone, several on a loaded machine
+        assert done["status"] == "succeeded" and done["step"] == 200, done
         assert jobs_dao.get(settings.database_url, job["id"]).attempts == 1  # type: ignore[union-attr]
 
 
