@@ -377,16 +377,33 @@ def _convert(graph: bytes, **check: Any) -> tuple[nn.Module, Any]:
     try:
         net: nn.Module = _onnx2torch().convert(model)
     except Exception as exc:  # noqa: BLE001 - the converter's own refusals
-        msg = str(exc)
-        node = next((n for n in model.graph.node if (n.name and n.name in msg) or any(v and v in msg for v in [*n.output, *n.input])), None)
-        where = f" at node {node.name!r} ({node.op_type})" if node is not None else ""
-        raise ModelFormatError(f"the ONNX graph could not be converted{where}: {msg[:300]}; {PT2_HINT}") from exc
+        node = _failing_node(model)
+        where = f" at node {node.name or node.output[0]!r} ({node.op_type})" if node is not None else ""
+        raise ModelFormatError(f"the ONNX graph could not be converted{where}: {str(exc)[:300]}; {PT2_HINT}") from exc
     for m in net.modules():
         for name, buf in list(m._buffers.items()):
             if name.startswith("onnx_initializer_") and buf is not None and buf.is_floating_point() and buf.dim() >= 2:
                 del m._buffers[name]
                 m.register_parameter(name, nn.Parameter(buf))
     return net, model
+
+
+def _failing_node(model: Any) -> Any:
+    """The first node whose converter refuses it (the whole-graph conversion names only tensors, if anything)."""
+    from onnx2torch.node_converters.registry import get_converter
+    from onnx2torch.onnx_graph import OnnxGraph
+
+    opsets = {o.domain: o.version for o in model.opset_import}
+    try:
+        graph = OnnxGraph(model.graph)
+    except Exception:  # noqa: BLE001 - no graph to look into
+        return None
+    for node in graph.nodes.values():
+        try:
+            get_converter(node.operation_type, opsets.get(node.domain, ONNX_OPSET), node.domain)(node, graph)
+        except Exception:  # noqa: BLE001 - this is the one
+            return node.proto
+    return None
 
 
 def _batch_of(value_info: Any) -> tuple[int, int]:

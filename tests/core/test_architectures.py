@@ -72,8 +72,8 @@ def test_pytorch_default_onnx_export_with_its_weights_apart_is_refused_with_what
 
 
 def test_what_cannot_be_converted_names_the_node_its_operator_and_what_to_do() -> None:
-    """A convolution whose weights the graph computes, padded with auto_pad: the functional convolution takes explicit
-    pads only, so the upload is refused with the node, its operator and the way out (.pt2)."""
+    """A convolution padded with auto_pad SAME_UPPER, which the converter does not implement: the upload is refused
+    with the node, its operator, the reason and the way out (.pt2)."""
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper
 
@@ -87,5 +87,5 @@ def test_what_cannot_be_converted_names_the_node_its_operator_and_what_to_do() -
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["n", 8])],
                               [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["n", 2, 16, 16])], inits)
     data = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
-    with pytest.raises(ModelFormatError, match=r"node 'modulated' \(Conv .*auto_pad.*\.pt2"):
+    with pytest.raises(ModelFormatError, match=r"node 'modulated' \(Conv\).*auto_pad.*\.pt2"):
         zoo.source_from_state_dicts("x", "onnx", {"z_dim": 8, "img_size": 16, "channels": 2}, data)
