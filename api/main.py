@@ -65,6 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
             worker = EmbeddedWorker(settings, poll_s=settings.embedded_poll_s if multi else 0.0)
             worker.start(jobs_dao.unfinished(settings.database_url))
+            app.state.worker = worker
             enqueue, check_broker = worker.enqueue, (lambda: None)
             log.warning("embedded mode: SQLite/local storage and a built-in worker (each job in a child process)")
         elif settings.embedded:  # the primary's worker takes the jobs this process queues from the database

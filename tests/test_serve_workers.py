@@ -164,12 +164,13 @@ def test_two_processes_in_an_empty_folder_run_jobs_once_share_samples_and_metric
         ids = []
         for _ in range(3):  # a new connection each: some land on the process without the worker
             r = httpx.post(f"{url}/jobs", files={"images": ("t.zip", target_zip_bytes(), "application/zip")},
-                           data={"spec": json.dumps(spec)}, headers={"Connection": "close"})
+                           data={"spec": json.dumps(spec)}, headers={"Connection": "close"},
+                           timeout=60)  # the upload check runs at low priority: seconds when the machine is busy
             assert r.status_code == 202, r.text
             ids.append(r.json()["id"])
         deadline = time.time() + 180
         for job_id in ids:
-            while (job := httpx.get(f"{url}/jobs/{job_id}").json())["status"] not in ("succeeded", "failed", "canceled"):
+            while (job := httpx.get(f"{url}/jobs/{job_id}", timeout=60).json())["status"] not in ("succeeded", "failed", "canceled"):
                 assert time.time() < deadline, job
                 time.sleep(0.3)
             assert job["status"] == "succeeded", job

@@ -91,6 +91,11 @@ class EmbeddedWorker:
         if self.poll_s > 0:
             self._poller.start()
 
+    def idle(self) -> bool:
+        """No job queued or running here, and the last one's end handled (its tenant's caches told)."""
+        with self._lock:
+            return not self._known
+
     def enqueue(self, job_id: str) -> None:
         with self._lock:
             self._known.add(job_id)

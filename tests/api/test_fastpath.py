@@ -4,6 +4,7 @@ and leaves everything else (errors, first requests, other tenants' jobs, keys to
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,6 +32,9 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[TestC
         job = c.post("/jobs", headers=keys["alice"], files={"images": ("t.zip", target_zip_bytes(), "application/zip")},
                      data={"spec": json.dumps(TINY_SPEC)}).json()
         assert wait_for(c, job["id"], headers=keys["alice"])["status"] == "succeeded"
+        deadline = time.monotonic() + 60
+        while not c.app.state.worker.idle() and time.monotonic() < deadline:  # type: ignore[attr-defined]
+            time.sleep(0.02)  # the worker tells this process's caches the job ended; a test's cache counts start after
         yield c, keys, job["id"]
 
 
