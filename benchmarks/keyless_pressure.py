@@ -104,7 +104,7 @@ def main() -> int:
     finally:
         proc.terminate()
         proc.wait(20)
-    cmd = "python benchmarks/keyless_pressure.py " + " ".join(shlex.quote(x) for x in sys.argv[1:])
+    cmd = " ".join(["python benchmarks/keyless_pressure.py", *(shlex.quote(x) for x in sys.argv[1:])])
     text = "\n".join([
         "## Pressure without a key (issue 35)", "",
         f"Command: `{cmd}` ({datetime.date.today().isoformat()}, 2-core CPU). `minegan serve` (embedded, `MINEGAN_AUTH=required`) "
