@@ -50,7 +50,6 @@ from dataclasses import dataclass, field
 import torch
 from prometheus_client import Histogram
 
-from api.procs import rendering
 from core.mining import MinedGenerator
 
 log = logging.getLogger(__name__)
@@ -96,8 +95,7 @@ class SampleBatcher:
         u = next(model.latent_blocks(n, seed))  # n <= 256: the one block [n, z_dim]
         limit = self._limit(model, n, self.cap(chunk))
         if limit <= n:  # rows not batch-invariant, or no larger batch is cheaper per image
-            with rendering():
-                return model.decode(u)
+            return model.decode(u)
         key = id(model)
         batch = self._open.get(key)
         if batch is not None and batch.images + n <= batch.limit:
@@ -134,8 +132,7 @@ class SampleBatcher:
         """One forward pass for every member; each joined member's future gets its rows. Returns the leader's."""
         members = len(batch.latents)
         try:
-            with rendering():
-                x = model.decode(batch.latents[0] if members == 1 else torch.cat(batch.latents))  # [sum n_i, C, H, W]
+            x = model.decode(batch.latents[0] if members == 1 else torch.cat(batch.latents))  # [sum n_i, C, H, W]
         except BaseException as e:
             for f in batch.futures[1:]:
                 if f is not None and not f.done():

@@ -42,7 +42,6 @@ from typing import ParamSpec, Protocol, TypeVar
 import torch
 
 from api.batching import SampleBatcher
-from api.procs import rendering
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -173,8 +172,7 @@ async def sample_on_loop(model: Sampler, n: int, seed: int, batcher: SampleBatch
     while True:
         if parts:
             await asyncio.sleep(0)  # let the loop serve others between pieces
-        with rendering():  # the thread count, when API processes share the cores (api/procs.py)
-            part = next(pieces, None)
+        part = next(pieces, None)
         if part is None:
             break
         parts.append(part)
@@ -228,11 +226,6 @@ def claim_render_team() -> None:
         torch.set_num_threads(_RENDER_THREADS)
         torch.get_num_threads()
         _claimed.done = True
-
-
-def render_threads() -> int:
-    """torch's default intra-op thread count, which the rendering thread uses (api/procs.py shares it out)."""
-    return _RENDER_THREADS
 
 
 def torch_helper_ident() -> int:

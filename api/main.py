@@ -14,20 +14,19 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
-from api import VERSION, contract, errors, metrics, procs
+from api import VERSION, contract, errors, metrics
 from api.fastpath import SampleFastPath
 from api.limits import BodyLimitMiddleware, KeyFirstMiddleware
 from api.routes import blobs, health, jobs, models, sample, ui, v2
 from api.routes import events as event_routes
 from api.services import LatestJobs, ModelCache, Services
-from api.services.watch import deliver_forever
-from api.sweeper import sweep_forever
 from api.watchdog import Watchdog, heartbeat
 from core.methods import pick_device
 from store import events
 from store.blobs import make_blob_store
 from store.db import upgrade
 from store.settings import Settings, get_settings
+from worker.housekeeping import housekeeping
 
 log = logging.getLogger(__name__)
 
@@ -54,61 +53,52 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         upgrade(settings.database_url)  # Alembic migrations, never create_all
         blob_store = make_blob_store(settings)
-        # several processes on one port (minegan serve --workers): one of them, the primary, runs what runs once
-        multi = settings.api_workers > 1
-        primary_lock = procs.claim_primary(settings.work_dir) if multi else None
-        primary = not multi or primary_lock is not None
+        # run_worker: this process also runs jobs (embedded mode), the sweeper and webhook delivery, as `minegan worker`
+        # would (worker/housekeeping.py); `minegan serve` turns it off and starts `minegan worker` beside the API
         worker = None
-        if settings.embedded and primary:
+        if settings.embedded and settings.run_worker:
             from store import jobs as jobs_dao
             from worker.embedded import EmbeddedWorker
 
-            worker = EmbeddedWorker(settings, poll_s=settings.embedded_poll_s if multi else 0.0)
+            worker = EmbeddedWorker(settings)
             worker.start(jobs_dao.unfinished(settings.database_url))
             app.state.worker = worker
             enqueue, check_broker = worker.enqueue, (lambda: None)
-            log.warning("embedded mode: SQLite/local storage and a built-in worker (each job in a child process)")
-        elif settings.embedded:  # the primary's worker takes the jobs this process queues from the database
+        elif settings.embedded:  # the worker process takes the jobs this process queues, from the database
             enqueue, check_broker = (lambda job_id: None), (lambda: None)
         else:
             enqueue, check_broker = _celery_services(settings)
-        if not settings.auth_required and primary:
+        if not settings.auth_required:
             log.warning("authentication is OFF: every caller is tenant 'default' (set MINEGAN_AUTH=required to need API keys)")
         latest = LatestJobs(settings.latest_cache_s)
         subscriber = None
-        if settings.embedded and primary:  # the worker is in this process: it tells the cache directly
+        if worker is not None:  # the worker is in this process: it tells the cache directly
             events.add_local_listener(latest.invalidate)
             latest.set_live(True)
-        elif settings.embedded:  # another process's worker finishes the jobs and cannot tell this cache
+        elif settings.embedded:  # the worker process finishes the jobs and cannot tell this cache
             latest.set_live(False)
         elif (url := events.redis_url(settings)) is not None:
             subscriber = events.Subscriber(url, latest.invalidate, latest.set_live)
             subscriber.start()
         else:
             log.warning("broker is not Redis: GET /sample asks the database for the latest job on every request")
-        from api.compute import RenderPriority, claim_render_team, render_threads, start_checker
+        from api.compute import RenderPriority, claim_render_team, start_checker
 
         if settings.upload_check_process:
             start_checker()  # before the render priority: the checker's threads here (and its process) must not inherit it
         RenderPriority.nice = settings.render_nice
         claim_render_team()  # here, on the event loop, before any torch work there
-        if multi:  # all cores for a lone render, one each when processes render at once (api/procs.py)
-            procs.activate(procs.CoreShare(settings.work_dir, render_threads()), settings.api_workers)
         app.state.services = Services(settings=settings, blobs=blob_store, enqueue=enqueue,
                                       models=ModelCache(blob_store, settings.model_cache_size, pick_device(settings.serve_device)),
                                       check_broker=check_broker, latest=latest)
-        background = []
-        if primary:
-            # in embedded mode the queue lives in this process and cannot lose a message: only stale running jobs matter
-            background.append(asyncio.create_task(sweep_forever(settings, enqueue, requeue_queued=not settings.embedded)))
-            background.append(asyncio.create_task(deliver_forever(settings)))  # webhooks (store/webhooks.py)
+        background = housekeeping(settings, enqueue) if settings.run_worker else []
         dog = Watchdog(settings.loop_stall_warn_s) if settings.loop_stall_warn_s > 0 else None
         if dog is not None:
             dog.start()
         beat = asyncio.create_task(heartbeat(dog))  # the loop's lag, and its stalls (api/watchdog.py)
         grpc = None
-        if settings.grpc_port and primary:  # on this event loop, beside HTTP: the same model cache and sampling thread
-            from api import grpc_server
+        if settings.grpc_port:  # on this event loop, beside HTTP: the same model cache and sampling thread; several
+            from api import grpc_server  # API processes each listen on the port (gRPC sets SO_REUSEPORT)
 
             grpc = await grpc_server.start(app.state.services, settings.grpc_host, settings.grpc_port, VERSION)
         yield
@@ -124,9 +114,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         events.remove_local_listener(latest.invalidate)
         if worker is not None:
             worker.stop()
-        procs.activate(None)
-        if primary_lock is not None:
-            primary_lock.close()
 
     app = FastAPI(title="MineGAN-as-a-service", version=VERSION, lifespan=lifespan,
                   description="Few-shot GAN transfer by mining (MineGAN / MineGAN++). POST a zip of target images "
@@ -136,7 +123,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(SampleFastPath)  # a cached sample request skips the rest (api/fastpath.py)
     app.add_middleware(KeyFirstMiddleware)  # with keys required: the key before any of the body
     app.add_middleware(metrics.RequestMiddleware)  # every request (the fast path's too) gets an id and is timed
-    app.add_middleware(procs.BalanceConnections)  # outermost: several processes keep their connections even (api/procs.py)
     jobs_registry = CollectorRegistry()  # collected at scrape time only (the database is migrated at startup)
     jobs_registry.register(metrics.JobsCollector(settings.database_url))
     app.add_route("/metrics", metrics.endpoint(jobs_registry), include_in_schema=False)

@@ -141,7 +141,7 @@ def endpoint(jobs: CollectorRegistry) -> Callable[[Request], Awaitable[Response]
     from starlette.concurrency import run_in_threadpool
 
     async def metrics(_: Request) -> Response:
-        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # several API processes (api/procs.py): all of theirs, from files
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # several API processes (minegan serve --workers): all of theirs, from files
             own = await run_in_threadpool(_all_processes)
         else:
             own = generate_latest(REGISTRY)

@@ -41,7 +41,10 @@ OFF = {"g_ema": 0, "cdc_weight": 0, "r1_weight": 0, "lecam_weight": 0, "keep_bes
 VARIANTS = ('none={};ema99={"g_ema":0.99};ema995={"g_ema":0.995};ema999={"g_ema":0.999};lrg1e5={"lr_generator":1e-5};'
             'fl2={"finetune_layers":2};aug={"augment":"color,translation,cutout"};cdc100={"cdc_weight":100};'
             'cdc1000={"cdc_weight":1000};r1={"r1_weight":10};lecam={"lecam_weight":0.1};'
-            'ema99cdc={"g_ema":0.99,"cdc_weight":1000};ema99aug={"g_ema":0.99,"augment":"color,translation,cutout"}')
+            'ema99cdc={"g_ema":0.99,"cdc_weight":1000};ema99aug={"g_ema":0.99,"augment":"color,translation,cutout"};'
+            'ema995lrg2={"g_ema":0.995,"lr_generator":2e-4};ema995lrg4={"g_ema":0.995,"lr_generator":4e-4};'
+            'ema999lrg4={"g_ema":0.999,"lr_generator":4e-4};ema995nc2={"g_ema":0.995,"n_critic":2};'
+            'ema995nc10={"g_ema":0.995,"n_critic":10};ema995lrd4={"g_ema":0.995,"lr_critic":4e-4}')
 
 
 def _source() -> zoo.SourceModel:

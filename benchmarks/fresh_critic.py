@@ -40,6 +40,8 @@ OFF = {"g_ema": 0.0, "keep_best": "off"}  # the rows below the first fresh one k
 DEFAULTS_ROW = "fresh: defaults (--critic-init fresh)"
 VARIANTS: dict[str, dict[str, object]] = {
     DEFAULTS_ROW: {"critic_init": "fresh"},
+    "fresh: defaults + warm-up 100": {"critic_init": "fresh", "critic_warmup": 100},
+    "fresh: defaults + warm-up 200": {"critic_init": "fresh", "critic_warmup": 200},
     "source critic": {"critic_init": "source"},
     "source critic + DiffAugment": {"critic_init": "source", "augment": "color,translation,cutout"},
     "fresh": {**OFF, "critic_init": "fresh", "augment": "", "critic_warmup": 0, "miner_init": "paper"},

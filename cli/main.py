@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -237,16 +235,15 @@ def cmd_mnist_zip(a: argparse.Namespace) -> int:
 
 
 def cmd_serve(a: argparse.Namespace) -> int:
-    import uvicorn
-
-    from api.main import create_app
+    from cli.serve import serve
     from store import logs
     from store.settings import get_settings
 
     settings = get_settings()
     if a.grpc_port is not None:
         settings = settings.model_copy(update={"grpc_port": a.grpc_port, "grpc_host": a.host})
-    mode = "embedded (SQLite, local storage, built-in worker)" if settings.embedded else "service (Celery + S3)"
+    mode = ("embedded (SQLite, local storage; jobs run by `minegan worker`, started beside the API)" if settings.embedded
+            else "service (Celery + S3; jobs run by `minegan worker` services)")
     auth = "API keys required" if settings.auth_required else "NO authentication (every caller is tenant 'default')"
     where = f"database {settings.database_url}" + (f", files in {Path(settings.storage_dir).resolve()}" if settings.embedded else "")
     grpc = f"; gRPC (Open Inference Protocol) on {settings.grpc_host}:{settings.grpc_port}" if settings.grpc_port else ""
@@ -255,38 +252,20 @@ def cmd_serve(a: argparse.Namespace) -> int:
     workers = a.workers if a.workers is not None else settings.api_workers
     if not 1 <= workers <= 64:
         raise MethodError(f"--workers: 1 to 64, not {workers}")
-    procs = f"; {workers} processes sharing the port" if workers > 1 else ""
+    procs = f"; {workers} API processes on the port" if workers > 1 else ""
     logging.getLogger("minegan.serve").warning("minegan serve: %s; %s; %s; http://%s:%d/docs%s%s", mode, auth, where, a.host, a.port,
                                                grpc, procs)
-    # uvloop when importable (a dependency), httptools with a head limit (api/http.py); no per-request access log;
-    # log_config=None: uvicorn's own records go through the handler above
-    opts: dict[str, Any] = dict(host=a.host, port=a.port, log_level="warning", access_log=False, loop="auto",
-                                http="api.http:LimitedHttpToolsProtocol",  # httptools with a limit on the head (431)
-                                log_config=None, timeout_keep_alive=settings.http_keep_alive_s)
-    if workers == 1:
-        uvicorn.run(create_app(settings), **opts)
-        return 0
-    # several processes (api/procs.py): uvicorn starts each with a fresh interpreter that builds the app from the
-    # environment, so this command's own settings travel there
-    env = {"MINEGAN_API_WORKERS": str(workers), "MINEGAN_SERVE_LOG_LEVEL": str(level)}
-    if a.grpc_port is not None:
-        env.update(MINEGAN_GRPC_PORT=str(a.grpc_port), MINEGAN_GRPC_HOST=a.host)
-    metrics_dir = None
-    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:  # one /metrics for all processes (api/metrics.py)
-        metrics_dir = Path(settings.work_dir).resolve() / f"metrics-{os.getpid()}"
-        shutil.rmtree(metrics_dir, ignore_errors=True)
-        metrics_dir.mkdir(parents=True)
-        env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
-    os.environ.update(env)
-    from store.db import upgrade
+    return serve(settings, a.host, a.port, workers, level)
 
-    upgrade(settings.database_url)  # once, here: processes migrating one new database at once would collide
-    try:
-        uvicorn.run("api.main:served_app", factory=True, workers=workers, **opts)
-    finally:
-        if metrics_dir is not None:
-            shutil.rmtree(metrics_dir, ignore_errors=True)
-    return 0
+
+def cmd_worker(a: argparse.Namespace) -> int:
+    from store import logs
+    from store.settings import get_settings
+    from worker.housekeeping import run
+
+    settings = get_settings()
+    logs.setup(settings.log_format, logging.INFO if a.verbose else logging.WARNING)
+    return run(settings, a.name)
 
 
 def cmd_keys(a: argparse.Namespace) -> int:
@@ -421,9 +400,14 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("--port", type=int, default=8000)
     v.add_argument("--grpc-port", type=int, default=None, help="also serve gRPC (Open Inference Protocol v2, health, reflection) "
                    "on this port, on --host (default: $MINEGAN_GRPC_PORT, 0 = off)")
-    v.add_argument("--workers", type=int, default=None, help="API processes sharing the port (default: $MINEGAN_API_WORKERS, 1); "
-                   "on an N-core machine that serves many concurrent sample requests, N")
+    v.add_argument("--workers", type=int, default=None, help="API processes on the port, each its own SO_REUSEPORT listener (default: "
+                   "$MINEGAN_API_WORKERS, 1); on an N-core machine that serves many concurrent sample requests, N")
     v.set_defaults(fn=cmd_serve)
+
+    w = sub.add_parser("worker", help="run jobs (embedded: from the database; service: a Celery worker), the stale-job sweeper "
+                                      "and webhook delivery; `minegan serve` starts one itself in embedded mode")
+    w.add_argument("--name", default=None, help="service mode: the Celery worker's node name (celery worker -n)")
+    w.set_defaults(fn=cmd_worker)
 
     k = sub.add_parser("keys", help="API keys and tenants (service database)").add_subparsers(dest="keys_cmd", required=True)
     kc = k.add_parser("create", help="create a key for a tenant (the tenant is created if new); prints the key once")

@@ -65,10 +65,13 @@ class Settings(BaseSettings):
     loop_stall_warn_s: float = Field(default=1.0, ge=0.0)
     # how long `minegan serve` keeps an idle HTTP keep-alive connection open (uvicorn's timeout_keep_alive)
     http_keep_alive_s: int = Field(default=5, ge=1, le=3600)
-    # API processes on one port (`minegan serve --workers N`); they share the cores (api/procs.py). 1: one process
+    # API processes on one port (`minegan serve --workers N`, each its own SO_REUSEPORT listener). 1: one process
     api_workers: int = Field(default=1, ge=1, le=64)
-    # with several API processes, how often the embedded worker looks for jobs that another process queued
-    embedded_poll_s: float = Field(default=0.5, gt=0.0)
+    # the API process also runs what `minegan worker` runs (embedded jobs, the sweeper, webhook delivery):
+    # for an app made with create_app alone; `minegan serve` turns it off and starts `minegan worker` beside it
+    run_worker: bool = True
+    # how often `minegan worker` looks in the database for jobs that the API queued (embedded mode)
+    embedded_poll_s: float = Field(default=0.2, gt=0.0)
     sample_fast_path: bool = True  # GET /sample from the caches without FastAPI's routing (api/fastpath.py)
     latest_cache_s: float = Field(default=60.0, ge=0.0)  # GET /sample: the latest job is remembered this long (0: off)
     device: str = "auto"  # the worker's training device; auto: cuda if available, else cpu

@@ -1,12 +1,12 @@
-"""`minegan serve --workers N` (api/procs.py): several API processes on one port share the cores and the connections,
-one of them runs the embedded worker, and /metrics sums them all."""
+"""`minegan serve` and `minegan worker` (cli/serve.py, worker/housekeeping.py): the API in one process or several on one
+port (each its own SO_REUSEPORT listener), jobs run by a worker process beside them, /metrics summed over the processes."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
-import struct
 import subprocess
 import sys
 import threading
@@ -16,80 +16,34 @@ from pathlib import Path
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from starlette.applications import Starlette
-from starlette.responses import PlainTextResponse
-from starlette.routing import Route
-from starlette.testclient import TestClient
 
-from api import procs
+from cli.serve import listener
 from tests.helpers import free_port, target_zip_bytes, wait_ready
 from worker.embedded import EmbeddedWorker
 
 
-def test_each_process_takes_its_own_slot_and_renders_with_all_cores_only_while_the_others_are_idle(tmp_path: Path) -> None:
-    a, b = procs.CoreShare(tmp_path, all_threads=2), procs.CoreShare(tmp_path, all_threads=2)
+def test_api_processes_each_listen_on_the_same_port() -> None:
+    port = free_port()
+    a, b = listener("127.0.0.1", port), listener("127.0.0.1", port)  # SO_REUSEPORT: both bind
     try:
-        assert (a.slot, b.slot) == (0, 1)
-        assert a.begin() == 2  # b has not rendered: a lone render gets every core
-        a.end()
-        assert b.begin() == 1  # a rendered less than LINGER_S ago: one thread each
-        assert a.begin() == 1  # b is rendering now
-        b.end()
-        a.end()
-        time.sleep(procs.LINGER_S * 2)
-        assert not a.others_busy()  # b's linger is over
-        assert a.begin() == 2
+        for s in (a, b):
+            s.listen(8)
+        seen = set()
+        for _ in range(64):  # the kernel hands new connections to both listeners
+            c = socket.create_connection(("127.0.0.1", port))
+            for s in (a, b):
+                s.setblocking(False)
+                try:
+                    conn, _ = s.accept()
+                except BlockingIOError:
+                    continue
+                seen.add(s.fileno())
+                conn.close()
+            c.close()
+        assert len(seen) == 2
     finally:
         a.close()
         b.close()
-    c = procs.CoreShare(tmp_path, all_threads=2)  # a closed slot is free again, and reads as idle
-    try:
-        assert c.slot == 0 and not c.others_busy()
-    finally:
-        c.close()
-
-
-def test_a_process_with_more_than_its_share_of_connections_closes_them_until_it_has_its_share(tmp_path: Path) -> None:
-    a, b = procs.CoreShare(tmp_path, 2), procs.CoreShare(tmp_path, 2)
-    try:
-        conns = [procs.Connections(a, processes=2), procs.Connections(b, processes=2)]
-        where = [0] * 8  # a burst: all 8 clients landed on a
-        port = list(range(40000, 40008))
-        closes_by_round = []
-        for _ in range(6):  # each client sends a request; a closed one reconnects (new port), landing on the other process
-            closes = 0
-            for k in range(8):
-                if conns[where[k]].should_close(("127.0.0.1", port[k])):
-                    closes += 1
-                    where[k], port[k] = 1 - where[k], port[k] + 100
-            closes_by_round.append(closes)
-        assert sorted([where.count(0), where.count(1)]) == [4, 4]  # spread evenly
-        assert closes_by_round[-2:] == [0, 0], closes_by_round  # and then left alone
-        # a process alone, whatever the setting said (the other died, or never started): it keeps every connection
-        alone = procs.CoreShare(tmp_path / "lone", 2)
-        lone = procs.Connections(alone, processes=2)
-        assert not any(lone.should_close(("127.0.0.1", 30000 + k)) for k in range(8))
-        assert lone.processes == 1
-        alone.close()
-    finally:
-        a.close()
-        b.close()
-
-
-def test_the_middleware_answers_with_connection_close_only_when_asked(tmp_path: Path) -> None:
-    app = Starlette(routes=[Route("/", lambda _: PlainTextResponse("ok"))])
-    app.add_middleware(procs.BalanceConnections)
-    client = TestClient(app)
-    assert "connection" not in client.get("/").headers  # a single process: untouched
-    share = procs.CoreShare(tmp_path, 2)
-    try:
-        procs.activate(share, processes=2)
-        assert procs._connections is not None
-        procs._connections.should_close = lambda _client: True  # type: ignore[method-assign]
-        r = client.get("/")
-        assert r.status_code == 200 and r.text == "ok" and r.headers["connection"] == "close"
-    finally:
-        procs.activate(None)
 
 
 def test_the_embedded_worker_takes_jobs_that_another_process_queued(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -135,19 +89,21 @@ def _get(sock: socket.socket, path: str) -> tuple[bytes, bool]:
     return body, any(x.lower() == b"connection: close" for x in lines)
 
 
-def _holders(path: Path) -> list[int]:
-    """Processes with ``path`` open (each API process opens the primary's lock; only the primary keeps it open)."""
-    pids = []
-    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+def _children(pid: int) -> list[tuple[int, str]]:
+    """(pid, command line) of the processes whose parent is ``pid``."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            if any(os.readlink(fd) == str(path) for fd in fd_dir.iterdir()):
-                pids.append(int(fd_dir.parent.name))
-        except OSError:  # gone, or not ours to read
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                out.append((int(stat.parent.name), (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()))
+        except (OSError, ValueError):
             continue
-    return pids
+    return out
 
 
-def test_two_processes_in_an_empty_folder_run_jobs_once_share_samples_and_metrics_and_survive_the_primary(tmp_path: Path) -> None:
+def test_two_api_processes_and_a_worker_in_an_empty_folder(tmp_path: Path) -> None:
+    """Jobs run once, by the worker process; both API processes answer, with the same bytes for a seed; /metrics sums
+    them; an API process that dies is started again; stopping the server stops everything and removes its files."""
     folder = tmp_path / "empty"
     folder.mkdir()
     port = free_port()
@@ -159,10 +115,14 @@ def test_two_processes_in_an_empty_folder_run_jobs_once_share_samples_and_metric
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, proc, log, timeout=120)
+        kids = _children(proc.pid)
+        workers = [pid for pid, cmd in kids if "cli.main" in cmd and "worker" in cmd]
+        apis = [pid for pid, cmd in kids if "spawn_main" in cmd]
+        assert len(workers) == 1 and len(apis) == 2, kids
         spec = {"sources": ["mnist-no-9"], "method": "mine", "mining_steps": 2, "finetune_steps": 0, "batch_size": 8,
                 "options": {"n_critic": 1}}
         ids = []
-        for _ in range(3):  # a new connection each: some land on the process without the worker
+        for _ in range(3):  # a new connection each: they land on either process
             r = httpx.post(f"{url}/jobs", files={"images": ("t.zip", target_zip_bytes(), "application/zip")},
                            data={"spec": json.dumps(spec)}, headers={"Connection": "close"},
                            timeout=60)  # the upload check runs at low priority: seconds when the machine is busy
@@ -180,68 +140,60 @@ def test_two_processes_in_an_empty_folder_run_jobs_once_share_samples_and_metric
             r = httpx.get(f"{url}/sample?n=4", headers={"Connection": "close"})
             assert r.status_code == 200 and r.headers["x-job-id"] == newest
 
-        # 8 keep-alive connections at once, 6 requests each, the same seed everywhere
+        # 16 keep-alive connections at once, 3 requests each, the same seed everywhere
         lone, _ = _get(socket.create_connection(("127.0.0.1", port)), f"/jobs/{ids[0]}/sample?n=16&seed=5")
         bodies: list[bytes] = []
-        closed = []
 
         def client() -> None:
             s = socket.create_connection(("127.0.0.1", port))
-            for _ in range(6):
-                body, close = _get(s, f"/jobs/{ids[0]}/sample?n=16&seed=5")
-                bodies.append(body)
-                if close:
-                    closed.append(1)
-                    s.close()
-                    s = socket.create_connection(("127.0.0.1", port))
+            for _ in range(3):
+                bodies.append(_get(s, f"/jobs/{ids[0]}/sample?n=16&seed=5")[0])
             s.close()
 
-        threads = [threading.Thread(target=client) for _ in range(8)]
+        threads = [threading.Thread(target=client) for _ in range(16)]
         for t in threads:
             t.start()
         for t in threads:
             t.join(60)
         assert len(bodies) == 48 and set(bodies) == {lone}  # every process renders the seed's bytes
-        conns = struct.unpack_from(f"{procs.SLOTS}d", (folder / "var" / "work" / "api-cores.bin").read_bytes(), 8 * procs.SLOTS)
-        assert conns[0] > 0 and conns[1] > 0, conns  # both processes were answering
-
         fams = {f.name: f for f in text_string_to_metric_families(httpx.get(f"{url}/metrics").text)}
-        served = sum(s.value for s in fams["minegan_http_request_duration_seconds"].samples
-                     if s.name.endswith("_count") and s.labels["route"] == "/jobs/{job_id}/sample")
-        assert served == 49  # both processes' requests, summed
-        misses = sum(s.value for s in fams["minegan_model_cache"].samples if s.labels.get("result") == "miss")
-        assert misses >= 2  # each process loaded the model for itself
+        served = [s for s in fams["minegan_http_request_duration_seconds"].samples
+                  if s.name.endswith("_count") and s.labels["route"] == "/jobs/{job_id}/sample"]
+        assert sum(s.value for s in served) == 49  # both processes' requests, summed
+        metrics_dir = next((folder / "var" / "work").glob("metrics-*"))
+        answered = {p.stem.rsplit("_", 1)[1] for p in metrics_dir.glob("histogram_*.db")}
+        assert answered >= {str(pid) for pid in apis}, (answered, apis)  # both processes answered requests
         jobs = {s.labels["status"]: s.value for s in fams["minegan_jobs"].samples if s.labels.get("method") == "mine"}
         assert jobs.get("succeeded") == 3
 
-        # the primary killed: uvicorn starts another process, which takes the primary's work, and a new job runs
-        lock = folder / "var" / "work" / "api-primary.lock"
-        primary = _holders(lock)
-        assert len(primary) == 1, primary
-        os.kill(primary[0], 9)
+        # an API process killed: another takes its place, and the server keeps answering and running jobs
+        os.kill(apis[0], signal.SIGKILL)
         deadline = time.time() + 120
-        while not (holders := _holders(lock)) or holders == primary:
+        while len([p for p, cmd in _children(proc.pid) if "spawn_main" in cmd and p != apis[0]]) < 2:
             assert time.time() < deadline and proc.poll() is None, log.read_text()[-3000:]
             time.sleep(0.3)
+        wait_ready(url, proc, log, timeout=120)
         r = httpx.post(f"{url}/jobs", files={"images": ("t.zip", target_zip_bytes(), "application/zip")},
-                       data={"spec": json.dumps(spec)}, headers={"Connection": "close"})
+                       data={"spec": json.dumps(spec)}, headers={"Connection": "close"}, timeout=60)
         assert r.status_code == 202, r.text
         ids.append(r.json()["id"])
         while (job := httpx.get(f"{url}/jobs/{ids[-1]}").json())["status"] not in ("succeeded", "failed", "canceled"):
             assert time.time() < deadline, job
             time.sleep(0.3)
         assert job["status"] == "succeeded", job
-        for _ in range(6):  # the new job is the newest everywhere: the new primary's cache and the other's database
+        for _ in range(6):  # the new job is the newest everywhere
             r = httpx.get(f"{url}/sample?n=4", headers={"Connection": "close"})
             assert r.status_code == 200 and r.headers["x-job-id"] == ids[-1]
     finally:
         proc.terminate()
-        proc.wait(30)
+        proc.wait(60)
     said = log.read_text()
-    for job_id in ids:  # the primary's worker ran each job once
+    for job_id in ids:  # the worker ran each job once
         assert said.count(f"job {job_id} succeeded") == 1, said[-3000:]
-    assert "2 processes sharing the port" in said
+    assert "2 API processes on the port" in said and "starting another" in said
     assert not list((folder / "var" / "work").glob("metrics-*"))  # the metrics files went with the server
+    left = [(p, cmd) for p, cmd in kids if Path(f"/proc/{p}").exists() and "resource_tracker" not in cmd]
+    assert not left  # the worker and the API processes stopped with it
 
 
 def test_workers_must_be_between_1_and_64(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Following a job's events as they happen (the SSE stream and gRPC ``Watch``), and the webhook sender."""
+"""Following a job's events as they happen (the SSE stream and gRPC ``Watch``)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,10 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import httpx
 from starlette.concurrency import run_in_threadpool
 
 from api.services import Services
 from store import jobs as jobs_dao
-from store import webhooks
-from store.settings import Settings
 
 log = logging.getLogger(__name__)
 POLL_S = 0.5
@@ -52,15 +49,3 @@ async def follow(svc: Services, job_id: str, last: int, gone: Callable[[], Await
             quiet_since = time.monotonic()
             yield None
         await asyncio.sleep(POLL_S)
-
-
-async def deliver_forever(settings: Settings) -> None:
-    """The API process's webhook sender: due deliveries every half second (store/webhooks.py)."""
-    with httpx.Client(timeout=5.0) as client:
-        while True:
-            try:
-                await run_in_threadpool(webhooks.deliver_due, settings.database_url, settings.webhook_allow_list(),
-                                        settings.webhook_retry_s, client)
-            except Exception:  # noqa: BLE001 - a database hiccup must not stop deliveries for good
-                log.warning("webhook deliveries: a round failed; trying again", exc_info=True)
-            await asyncio.sleep(POLL_S)

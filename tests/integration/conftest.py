@@ -56,16 +56,16 @@ class Stack:
         return httpx.Client(base_url=self.url, timeout=60, headers={"Authorization": f"Bearer {self.keys[tenant]}"})
 
     def worker_children(self) -> list[int]:
-        """PIDs of the Celery worker's pool processes (prefork children of the main worker process)."""
-        out = []
+        """PIDs of the Celery worker's pool processes (prefork children of the Celery main process, which is the child
+        of ``minegan worker``)."""
+        parents: dict[int, int] = {}
         for stat in Path("/proc").glob("[0-9]*/stat"):
             try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except OSError:
+                parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError):
                 continue
-            if int(fields[1]) == self.worker.pid:
-                out.append(int(stat.parent.name))
-        return out
+        celery = {pid for pid, parent in parents.items() if parent == self.worker.pid}
+        return [pid for pid, parent in parents.items() if parent in celery]
 
     def restart_redis(self, down_s: float = 2.0) -> None:
         """Stop the broker (nothing persisted: queued and unacked messages are lost) and start it again."""
@@ -99,9 +99,8 @@ class Stack:
     def start_worker(self, log_name: str = "worker.log") -> subprocess.Popen:
         self.worker_log = log_name
         log = open(self.tmp / log_name, "ab")
-        self.worker = subprocess.Popen(
-            [str(BIN / "celery"), "-A", "worker.celery_app", "worker", "-Q", "gpu", "-c", "1", "-P", "prefork",
-             "--prefetch-multiplier", "1", "--loglevel", "INFO", "-n", f"it-{uuid.uuid4().hex[:6]}@%h"],
+        self.worker = subprocess.Popen(  # the Celery worker (prefork, -c 1, prefetch 1), the sweeper and webhook delivery
+            [str(BIN / "minegan"), "-v", "worker", "--name", f"it-{uuid.uuid4().hex[:6]}@%h"],
             cwd=ROOT, env={**self.env, "TMPDIR": str(self.tmp)}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         return self.worker
 
@@ -153,7 +152,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     }
     (tmp / "api-tmp").mkdir()
     api_log = open(tmp / "api.log", "ab")
-    # two API processes on the port, as docker-compose.yml runs the API (api/procs.py)
+    # two API processes on the port, as docker-compose.yml runs the API (cli/serve.py)
     workers = os.environ.get("MINEGAN_IT_API_WORKERS", "2")
     api = subprocess.Popen([str(BIN / "minegan"), "serve", "--port", str(port), "--workers", workers], cwd=ROOT, env=env, stdout=api_log,
                            stderr=subprocess.STDOUT, start_new_session=True)

@@ -139,7 +139,7 @@ def test_whole_worker_killed_is_recovered_by_the_sweeper(stack: Stack, tmp_path)
         os.killpg(stack.worker.pid, signal.SIGKILL)  # main process and pool: the broker keeps the message unacked
         stack.worker.wait()
         stack.start_worker("worker-2.log")
-        # kombu would restore the unacked message only after visibility_timeout (hours): the API's sweeper sees
+        # kombu would restore the unacked message only after visibility_timeout (hours): the new worker's sweeper sees
         # the stale heartbeat (4 s here) and enqueues the job again; it resumes from its checkpoint
         done = _wait(c, job_id, timeout=240)
         assert done["status"] == "succeeded", (done, (stack.tmp / "worker-2.log").read_text()[-3000:])
@@ -287,7 +287,7 @@ def test_two_workers_share_the_queue_and_take_over_a_dead_ones_job(stack: Stack,
 
             victim = _running_job(c, tmp_path, 6)
             pid = int(_row(stack, victim)["worker"].rsplit(":", 1)[1])
-            owner = next(name for name, w in workers.items() if pid in _children(w.pid))
+            owner = next(name for name, w in workers.items() if pid in _descendants(w.pid))
             os.killpg(workers[owner].pid, signal.SIGKILL)  # that worker dies mid-job
             workers[owner].wait()
             done = _wait(c, victim, timeout=240)
@@ -314,12 +314,16 @@ def _ran_where(stack: Stack, ids: list[str], workers: dict[str, subprocess.Popen
         time.sleep(0.2)
 
 
-def _children(pid: int) -> list[int]:
-    out = []
+def _descendants(pid: int) -> set[int]:
+    """Every process below ``pid`` (``minegan worker`` -> the Celery main process -> its pool)."""
+    parents: dict[int, int] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                out.append(int(stat.parent.name))
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
         except (OSError, ValueError):
             continue
-    return out
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {p for p, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
