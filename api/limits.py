@@ -1,15 +1,18 @@
 """What a request may cost before it is let in: the API key, checked before the body is read (``KeyFirstMiddleware``),
-and a hard limit on request bodies, enforced before and while the body streams in.
+and hard limits on request bodies, enforced before and while the body streams in (``BodyLimitMiddleware``).
 
-Starlette would otherwise spool an arbitrarily large multipart body to a temporary file before any route
-code runs. This ASGI middleware answers 413 at once when ``Content-Length`` is over the limit, and cuts a
-body off (chunked uploads, or a lying ``Content-Length``) as soon as the bytes received cross it: the app
-then sees a client disconnect, and the caller gets the 413.
+Starlette would otherwise take an arbitrarily large multipart body, for as long as its client cares to send it,
+before any route code runs. ``BodyLimitMiddleware`` answers 413 at once when ``Content-Length`` is over the size
+limit, and cuts a body off (chunked uploads, or a lying ``Content-Length``) as soon as the bytes received cross it,
+or when the whole body has not arrived within the body timeout (408): the app then sees a client disconnect, and the
+caller gets the 413 or 408, with the connection closed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -19,18 +22,19 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.errors import ApiError
 
 
-def _body(limit: int) -> bytes:
-    return json.dumps({"error": {"code": "request_too_large",
-                                 "message": f"the request body is larger than {limit} bytes; send a smaller zip"}}).encode()
-
-
 class BodyLimitMiddleware:
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit = app, limit
+    """At most ``limit`` bytes of body (413), all of it within ``timeout_s`` seconds of the request's start (408)."""
 
-    async def _reject(self, send: Send) -> None:
-        body = _body(self.limit)
-        await send({"type": "http.response.start", "status": 413,
+    def __init__(self, app: ASGIApp, limit: int, timeout_s: float = 300.0) -> None:
+        self.app, self.limit, self.timeout_s = app, limit, timeout_s
+
+    async def _reject(self, send: Send, late: bool = False) -> None:
+        if late:
+            status, code, message = 408, "request_timeout", f"the request body did not arrive within {self.timeout_s:g} s"
+        else:
+            status, code, message = 413, "request_too_large", f"the request body is larger than {self.limit} bytes; send a smaller zip"
+        body = json.dumps({"error": {"code": code, "message": message}}).encode()
+        await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                                 (b"connection", b"close")]})
         await send({"type": "http.response.body", "body": body})
@@ -44,13 +48,22 @@ class BodyLimitMiddleware:
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
             await self._reject(send)
             return
-        state: dict[str, Any] = {"seen": 0, "over": False, "started": False}
+        state: dict[str, Any] = {"seen": 0, "over": False, "late": False, "started": False, "complete": False}
+        deadline = time.monotonic() + self.timeout_s
 
         async def limited_receive() -> Message:
             if state["over"]:
                 return {"type": "http.disconnect"}
-            message = await receive()
+            if state["complete"]:  # after the body, receive() only waits for a disconnect (a stream's whole life)
+                return await receive()
+            try:
+                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                    message = await receive()
+            except TimeoutError:
+                state["over"] = state["late"] = True
+                return {"type": "http.disconnect"}
             if message["type"] == "http.request":
+                state["complete"] = not message.get("more_body", False)
                 state["seen"] += len(message.get("body", b""))
                 if state["seen"] > self.limit:
                     state["over"] = True
@@ -70,7 +83,7 @@ class BodyLimitMiddleware:
             if not state["over"]:
                 raise
         if state["over"] and not state["started"]:
-            await self._reject(send)
+            await self._reject(send, late=state["late"])
 
 
 # Paths a caller without a key may reach when keys are required: health, the API's description, signed artifact links

@@ -119,7 +119,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   description="Few-shot GAN transfer by mining (MineGAN / MineGAN++). POST a zip of target images "
                               "to /jobs, poll /jobs/{id}, then GET /sample?n=16.")
     errors.install(app)
-    app.add_middleware(BodyLimitMiddleware, limit=settings.max_request_bytes)
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_request_bytes, timeout_s=settings.body_timeout_s)
     app.add_middleware(SampleFastPath)  # a cached sample request skips the rest (api/fastpath.py)
     app.add_middleware(KeyFirstMiddleware)  # with keys required: the key before any of the body
     app.add_middleware(metrics.RequestMiddleware)  # every request (the fast path's too) gets an id and is timed

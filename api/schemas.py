@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
-from core.options import DEFAULTS, METHODS, OPTION_TYPES, RunConfig, api_options, config_from_spec
+from core.options import METHODS, OPTION_TYPES, RunConfig, api_options, config_from_spec
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
 WebhookEvent = Literal["status", "progress", "preview", "completed"]
@@ -29,26 +29,24 @@ MethodOptions: type[BaseModel] = create_model(  # type: ignore[call-overload]
     "MethodOptions", __config__=ConfigDict(extra="forbid"), __doc__="Optional method settings (defaults: Appendix A / Sec. 5 of the paper).",
     **{f.name: (_type(f) | None, _field(f, None)) for f in api_options("options")})
 
-_SPEC = {f.name: f for f in api_options("spec")}
-
-
-class JobSpec(BaseModel):
+class JobSpecBase(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     sources: list[str] = Field(min_length=1, max_length=8, description="source model ids (see GET /models); several for "
                                "multi-GAN mining (mining methods) or fusion (fusion, fusion++)")
-    method: str = _field(_SPEC["method"], DEFAULTS.method)
-    mining_steps: int = _field(_SPEC["mining_steps"], DEFAULTS.mining_steps)
-    finetune_steps: int = _field(_SPEC["finetune_steps"], DEFAULTS.finetune_steps)
-    batch_size: int = _field(_SPEC["batch_size"], DEFAULTS.batch_size)
-    seed: int = _field(_SPEC["seed"], DEFAULTS.seed)
     options: MethodOptions = Field(default_factory=MethodOptions)  # type: ignore[valid-type]
     webhook: str | None = Field(default=None, max_length=2000, description="an https URL that receives signed POSTs of this "
                                 "job's events (X-Minegan-Signature: HMAC-SHA256 of the body with your secret, GET /webhooks/secret)")
     webhook_events: list[WebhookEvent] = Field(default_factory=lambda: ["completed"], max_length=4,  # type: ignore[arg-type]
                                                description="which events the webhook receives")
+    if TYPE_CHECKING:  # declared in core/options.py (api="spec"); JobSpec below adds them
+        method: str
+        mining_steps: int
+        finetune_steps: int
+        batch_size: int
+        seed: int
 
-    @field_validator("method")
+    @field_validator("method", check_fields=False)
     @classmethod
     def _method(cls, v: str) -> str:
         if v not in METHODS:
@@ -58,6 +56,12 @@ class JobSpec(BaseModel):
     def run_config(self, **settings: Any) -> RunConfig:
         """The run this spec asks for: its fields, the options the user gave, RunConfig's defaults for the rest."""
         return config_from_spec(self.model_dump(), **settings)
+
+
+# A job spec: the sources, the run's own fields (method, steps, batch size, seed: the options core/options.py marks
+# api="spec", with their defaults, bounds and help), the method's ``options`` and the webhook.
+JobSpec: type[JobSpecBase] = create_model(  # type: ignore[call-overload]
+    "JobSpec", __base__=JobSpecBase, **{f.name: (OPTION_TYPES[f.name], _field(f, f.default)) for f in api_options("spec")})
 
 
 class ErrorInfo(BaseModel):

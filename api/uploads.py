@@ -2,20 +2,18 @@
 
 The body is read in chunks up to ``max_upload_bytes`` (more is a 413 while reading); the zip is then
 checked entry by entry while decompressing (``core.safezip``) and every image decoded under the pixel
-limit (``core.data``). Everything stays in memory: a refused upload leaves no file behind.
+limit (``core.data``). A refused upload leaves no file behind.
 
 Multipart bodies are parsed by :class:`UploadRoute` (the routes that take files use it): Starlette's parser, fed
-1 MB pieces instead of the socket's 64 KB ones, with file parts kept in memory instead of spooled to a temporary file
-after 1 MB. The event loop parses every upload; Starlette's own way cost it about 20 ms per 5 MB upload, in about
-80 steps, most of them a thread hop per chunk to write the temporary file. This way costs a few milliseconds, in
-about 5 steps, and never waits for another thread. Memory is bounded as before: ``BodyLimitMiddleware``
-(api/limits.py) cuts every request body off at ``max_request_bytes``, and the route handlers read the whole
-upload into memory anyway.
+1 MB pieces instead of the socket's 64 KB ones, so that a 5 MB upload costs the event loop a few steps of a few
+milliseconds instead of about 80 (each a thread hop to the temporary file). A file part goes to a temporary file
+once it passes :data:`PIECE` (Starlette's ``SpooledTemporaryFile``, already unlinked on disk), so an upload still
+arriving holds at most about two pieces of memory; ``BodyLimitMiddleware`` (api/limits.py) bounds its size and the
+time it may take to arrive.
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
 from typing import Any
 
@@ -48,14 +46,14 @@ async def _pieces(chunks: AsyncIterator[bytes], size: int = PIECE) -> AsyncGener
 
 
 class UploadRequest(Request):
-    """A request whose multipart form is parsed in large pieces with its files in memory (module docstring)."""
+    """A request whose multipart form is parsed in large pieces, its files on disk past one piece (module docstring)."""
 
     async def _get_form(self, *, max_files: int | float = 1000, max_fields: int | float = 1000,
                         max_part_size: int = 1024 * 1024) -> FormData:
         if self._form is None and parse_options_header(self.headers.get("Content-Type"))[0] == b"multipart/form-data":
             parser = MultiPartParser(self.headers, _pieces(self.stream()), max_files=max_files, max_fields=max_fields,
                                      max_part_size=max_part_size)
-            parser.spool_max_size = sys.maxsize  # the body limit bounds it (module docstring)
+            parser.spool_max_size = PIECE  # a larger file part is written to disk, a piece at a time (module docstring)
             try:
                 self._form = await parser.parse()
             except MultiPartException as exc:  # as Starlette answers it

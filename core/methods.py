@@ -58,7 +58,9 @@ from core.options import (
     RunConfig,
     SourceInfo,
     check_sources,
+    is_family,
     miner_lr,
+    prepare,
     resolve,
 )
 from core.sparse import SparseConfig
@@ -100,12 +102,6 @@ def _as_list(source: SourceModel | list[SourceModel]) -> list[SourceModel]:
     return list(source) if isinstance(source, (list, tuple)) else [source]
 
 
-def is_family(sources: list[SourceModel]) -> bool:
-    """Several sources, or one one-hot conditional source: multi-GAN mining with a selector (Sec. 3.3,
-    supp. A). A source conditioned through a class embedding is mined with M^z and M^c instead (Sec. 4.1)."""
-    return len(sources) > 1 or (sources[0].conditional and not sources[0].G.cfg.embed_dim)
-
-
 def _new_miner(cfg: RunConfig, z: int) -> Miner:
     return Miner(MinerConfig(z_dim=z, hidden=cfg.miner_hidden or z, layers=cfg.miner_layers, init_std=cfg.miner_init_std,
                              residual=cfg.miner_init == "identity"))
@@ -119,12 +115,12 @@ def build_modules(cfg: RunConfig, source: SourceModel | list[SourceModel]) -> Ga
     if cfg.method in FUSION_METHODS:
         if len(sources) != 1:
             raise MethodError("fusion methods mine the fused generator: call fuse() first (train() does)")
+        if is_family(cfg, [s.info for s in sources]) and "fusion" in sources[0].meta:
+            return _build_region_family(cfg, sources[0])
     else:
         check_sources(cfg, [s.info for s in sources])
-    if is_family(sources):
-        return _build_family(cfg, sources)
-    if cfg.method in FUSION_METHODS and cfg.fusion_mining == "regions" and "fusion" in sources[0].meta:
-        return _build_region_family(cfg, sources[0])
+        if is_family(cfg, [s.info for s in sources]):
+            return _build_family(cfg, sources)
     source = sources[0]
     if cfg.method == "scratch" and isinstance(source.G, GraphGenerator):
         raise MethodError("method: scratch re-initialises the generator, which one read from a graph file (ONNX, .pt2) cannot be; "
@@ -211,8 +207,10 @@ def train(
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     sources = _as_list(source)
-    _check_inputs(cfg, sources, target)
-    concrete = resolve(cfg, [s.info for s in sources])  # "auto" settings for these sources
+    g = sources[0].G.cfg if sources else None
+    if g is not None and tuple(target.shape[1:]) != (g.channels, g.img_size, g.img_size):
+        raise MethodError(f"target images {tuple(target.shape[1:])} do not match the source's output shape")
+    concrete = prepare(cfg, [s.info for s in sources])  # checked, with "auto" settings made concrete for these sources
     if cfg.method in FUSION_METHODS:  # Sec. 4.2: fuse the sources into G_F first, then mine G_F
         sources = [_fused_source(concrete, sources, run_dir, on_progress, should_stop, device, after_checkpoint)]
     run = mining_run(cfg, sources, target.to(device), run_dir, concrete)
@@ -222,14 +220,6 @@ def train(
             m.to(device)
     run.run(_reporting(on_progress, on_preview, preview_every, run.mods), should_stop, cfg.checkpoint_every, after_checkpoint)
     return _finish(concrete, run, run_dir, target)
-
-
-def _check_inputs(cfg: RunConfig, sources: list[SourceModel], target: torch.Tensor) -> None:
-    g = sources[0].G.cfg if sources else None
-    if g is not None and tuple(target.shape[1:]) != (g.channels, g.img_size, g.img_size):
-        raise MethodError(f"target images {tuple(target.shape[1:])} do not match the source's output shape")
-    cfg.validate()
-    check_sources(cfg, [s.info for s in sources])
 
 
 def mining_run(cfg: RunConfig, sources: list[SourceModel], images: torch.Tensor, run_dir: Path,

@@ -222,6 +222,12 @@ class SourceInfo:
     channels: int
     conditional: bool
     has_critic: bool = True  # False: a generator-only upload (its critic would start fresh)
+    class_embedding: bool = False  # conditioned through a learned class embedding (mined with M^z and M^c, Sec. 4.1)
+
+    @classmethod
+    def of_listing(cls, m: Mapping[str, Any]) -> SourceInfo:
+        """From an entry of the source listing (``GET /models``, store/sources.py)."""
+        return cls(m["id"], m["z_dim"], m["resolution"], m["channels"], m["conditional"], m.get("critic", True))
 
 
 def check_sources(cfg: RunConfig, sources: list[SourceInfo]) -> None:
@@ -246,16 +252,33 @@ def check_sources(cfg: RunConfig, sources: list[SourceInfo]) -> None:
     if cfg.critic_source >= len(sources):
         raise MethodError(f"options.critic_source: {cfg.critic_source} is not the index of one of the {len(sources)} sources")
     for name in ("colour_match", "band_match"):
-        if getattr(cfg, name) == "on" and _is_family(cfg, sources):
+        if getattr(cfg, name) == "on" and not _one_unconditional(cfg, sources):
             raise MethodError(f"options.{name}: on applies to a single unconditional generator (fusion with fusion_mining "
                               "single included), not to a family of several sources or classes")
 
 
-def _is_family(cfg: RunConfig, sources: list[SourceInfo]) -> bool:
-    """Whether the run mines a family (one miner per source, class or fused region) rather than one generator."""
+def is_family(cfg: RunConfig, sources: list[SourceInfo]) -> bool:
+    """Whether the run mines a family, one miner per member, with a selector (Sec. 3.3, supp. A): several sources, or one
+    source conditioned by a one-hot class; for fusion methods, the fused generator's regions (``fusion_mining`` regions).
+    A source conditioned through a class embedding is one generator, mined with M^z and M^c (Sec. 4.1)."""
     if cfg.method in FUSION_METHODS:
         return cfg.fusion_mining == "regions"
-    return len(sources) > 1 or sources[0].conditional
+    return len(sources) > 1 or (sources[0].conditional and not sources[0].class_embedding)
+
+
+def _one_unconditional(cfg: RunConfig, sources: list[SourceInfo]) -> bool:
+    """One unconditional generator: what the colour and band maps (Eq. MK, BAND) are fitted to."""
+    return not is_family(cfg, sources) and (cfg.method in FUSION_METHODS or not sources[0].conditional)
+
+
+def prepare(cfg: RunConfig, sources: list[SourceInfo]) -> RunConfig:
+    """The one place a run is checked and made concrete: ``cfg`` validated, the sources checked against the method
+    (:func:`check_sources`) and every "auto" setting resolved for them (:func:`resolve`). Raises :class:`MethodError`
+    naming the spec field. The API calls it when a job is submitted (the step count it stores, the 422 it answers),
+    ``core.methods.train`` before it runs a config (a job's, ``minegan train``'s or a library caller's)."""
+    cfg.validate()
+    check_sources(cfg, sources)
+    return resolve(cfg, sources)
 
 
 def resolve(cfg: RunConfig, sources: list[SourceInfo]) -> RunConfig:
@@ -273,10 +296,10 @@ def resolve(cfg: RunConfig, sources: list[SourceInfo]) -> RunConfig:
     miner_init = cfg.miner_init if cfg.miner_init != "auto" else ("paper" if critic_from.has_critic else "identity")
     colour = cfg.colour_match
     if colour == "auto":
-        colour = "on" if sources[0].channels > 1 and cfg.method != "scratch" and not _is_family(cfg, sources) else "off"
+        colour = "on" if sources[0].channels > 1 and cfg.method != "scratch" and _one_unconditional(cfg, sources) else "off"
     band = cfg.band_match
     if band == "auto":
-        band = colour if cfg.method in BAND_METHODS and not _is_family(cfg, sources) else "off"
+        band = colour if cfg.method in BAND_METHODS and _one_unconditional(cfg, sources) else "off"
     auto = ADAPT_AUTO["source" if critic_from.has_critic else "generator-only"]
     adapt: dict[str, Any] = {k: v if getattr(cfg, k) < 0 else getattr(cfg, k) for k, v in auto.items()}
     keep = cfg.keep_best if cfg.keep_best != "auto" else ("on" if fresh else "off")

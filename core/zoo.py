@@ -116,9 +116,10 @@ class SourceModel:
 
     @property
     def info(self) -> SourceInfo:
-        """What the method/source rules (``core.options.check_sources``, ``resolve``) need to know of this source."""
+        """What the method/source rules (``core.options.prepare``) need to know of this source."""
         g = self.G.cfg
-        return SourceInfo(self.name, g.z_dim, g.img_size, g.channels, self.conditional, self.has_critic)
+        return SourceInfo(self.name, g.z_dim, g.img_size, g.channels, self.conditional, self.has_critic,
+                          class_embedding=bool(getattr(g, "embed_dim", 0)))
 
 
 def weights_path(name: str, weights_dir: Path | None = None) -> Path:

@@ -42,6 +42,8 @@ class Settings(BaseSettings):
     work_dir: str = "var/work"  # local scratch for running jobs
     max_upload_bytes: int = Field(default=50 * 1024 * 1024, ge=1024)  # the zip as uploaded
     max_request_bytes: int = Field(default=52 * 1024 * 1024, ge=1024)  # any request body (zip + spec + multipart)
+    # the whole body of a request must arrive within this many seconds of its start (else 408, connection closed)
+    body_timeout_s: float = Field(default=300.0, gt=0.0)
     max_target_images: int = Field(default=2000, ge=1)
     max_zip_entries: int = Field(default=5000, ge=1)
     max_uncompressed_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)  # all images of a zip, decompressed

@@ -118,5 +118,4 @@ def register_model(body: RegisterModel, svc: Services, tenant: str) -> ModelInfo
 
 def model_info(m: dict[str, Any]) -> ModelInfo:
     """A registry entry as the API shows it, with what a job on it runs by default (``core.options.source_defaults``)."""
-    info = SourceInfo(m["id"], m["z_dim"], m["resolution"], m["channels"], m["conditional"], m.get("critic", True))
-    return ModelInfo(**m, job_defaults=source_defaults(info))
+    return ModelInfo(**m, job_defaults=source_defaults(SourceInfo.of_listing(m)))

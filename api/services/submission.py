@@ -12,11 +12,11 @@ from starlette.concurrency import run_in_threadpool
 
 from api.compute import background_priority, run_torch
 from api.errors import ApiError, describe_errors
-from api.schemas import JobPublic, JobSpec
+from api.schemas import JobPublic, JobSpec, JobSpecBase
 from api.services import Services
 from api.uploads import validate_target, validate_target_off_process
 from api.views import job_public
-from core.options import MethodError, RunConfig, SourceInfo, check_sources, resolve, resolved_options
+from core.options import MethodError, RunConfig, SourceInfo, prepare, resolved_options
 from store import auth as auth_dao
 from store import jobs as jobs_dao
 from store import logs, webhooks
@@ -24,7 +24,7 @@ from store import sources as registry
 from store.models import Job
 
 
-def parse_spec(raw: str) -> JobSpec:
+def parse_spec(raw: str) -> JobSpecBase:
     try:
         data = json.loads(raw)
     except json.JSONDecodeError as exc:
@@ -37,17 +37,15 @@ def parse_spec(raw: str) -> JobSpec:
         raise ApiError(422, "invalid_spec", describe_errors(exc.errors(), whole="spec")) from exc
 
 
-def check_spec_sources(spec: JobSpec, srcs: list[dict]) -> tuple[RunConfig, int]:  # type: ignore[type-arg]
+def check_spec_sources(spec: JobSpecBase, srcs: list[dict]) -> tuple[RunConfig, int]:  # type: ignore[type-arg]
     """Which methods fit which sources (core's rules), checked before anything is stored (the worker would fail later);
     returns the run's config and its step count with its "auto" settings resolved for these sources."""
     try:
         cfg = spec.run_config()
-        cfg.validate()
-        infos = [SourceInfo(s["id"], s["z_dim"], s["resolution"], s["channels"], s["conditional"], s.get("critic", True)) for s in srcs]
-        check_sources(cfg, infos)
+        concrete = prepare(cfg, [SourceInfo.of_listing(s) for s in srcs])
     except (MethodError, TypeError) as exc:
         raise ApiError(422, "invalid_spec", str(exc)) from exc
-    return cfg, resolve(cfg, infos).total_steps
+    return cfg, concrete.total_steps
 
 
 def check_quota(svc: Services, tenant: str) -> None:
@@ -66,7 +64,7 @@ def quota_error(active: int, limit: int) -> ApiError:
 class Submission:
     """A job spec checked against the caller's quota and sources, before its upload is read."""
 
-    spec: JobSpec
+    spec: JobSpecBase
     sources: list[dict]  # type: ignore[type-arg]
     cfg: RunConfig
     total_steps: int

@@ -180,3 +180,79 @@ def test_an_upload_declaring_too_many_pixels_in_all_is_refused_before_they_are_d
         assert r.status_code == 413 and r.json()["error"]["code"] == "images_too_large", r.text
         ok = c.post("/jobs", files={"images": ("t.zip", target_zip_bytes(8), "application/zip")}, data={"spec": spec})
         assert ok.status_code == 202, ok.text
+
+
+def _run_body_limit(chunks: list[tuple[float, dict]], timeout_s: float) -> tuple[list[dict], list[dict]]:  # type: ignore[type-arg]
+    """Drive BodyLimitMiddleware with a client that sends ``chunks`` ((delay s, ASGI message), ...) and an app that
+    reads the body, then waits for the disconnect; returns (what the app received, what was sent to the client)."""
+    import asyncio
+
+    from api.limits import BodyLimitMiddleware
+
+    got: list[dict] = []  # type: ignore[type-arg]
+    sent: list[dict] = []  # type: ignore[type-arg]
+    queue = list(chunks)
+
+    async def receive() -> dict:  # type: ignore[type-arg]
+        delay, message = queue.pop(0) if queue else (3600.0, {"type": "http.disconnect"})
+        await asyncio.sleep(delay)
+        return message
+
+    async def app(scope: dict, receive, send) -> None:  # type: ignore[no-untyped-def, type-arg]
+        while True:
+            m = await receive()
+            got.append(m)
+            if m["type"] == "http.disconnect":
+                return
+            if not m.get("more_body", False):
+                break
+        got.append(await receive())  # a stream's life: waits for the client to go away
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def send(message: dict) -> None:  # type: ignore[type-arg]
+        sent.append(message)
+
+    asyncio.run(BodyLimitMiddleware(app, limit=1 << 20, timeout_s=timeout_s)({"type": "http", "headers": []}, receive, send))
+    return got, sent
+
+
+def test_a_body_that_does_not_arrive_in_time_gets_408_and_a_stream_after_its_body_is_not_cut() -> None:
+    part = {"type": "http.request", "body": b"x" * 1000, "more_body": True}
+    got, sent = _run_body_limit([(0.0, part), (0.5, part)], timeout_s=0.2)  # stalls before the rest of the body
+    assert got[-1]["type"] == "http.disconnect"
+    assert sent[0]["status"] == 408 and (b"connection", b"close") in sent[0]["headers"]
+    assert json.loads(sent[1]["body"])["error"]["code"] == "request_timeout"
+    # the whole body in time, then the app waits longer than the timeout for the client's disconnect: not cut short
+    got, sent = _run_body_limit([(0.0, {"type": "http.request", "body": b"{}", "more_body": False}),
+                                 (0.5, {"type": "http.disconnect"})], timeout_s=0.2)
+    assert [m["type"] for m in got] == ["http.request", "http.disconnect"] and sent[0]["status"] == 200
+
+
+def test_a_large_upload_part_is_written_to_disk_while_it_arrives() -> None:
+    import asyncio
+
+    from api.uploads import PIECE, UploadRequest
+
+    boundary = "b0undary"
+    payload = b"z" * (3 * PIECE)
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"images\"; filename=\"t.zip\"\r\n"
+            f"Content-Type: application/zip\r\n\r\n").encode() + payload + f"\r\n--{boundary}--\r\n".encode()
+    pieces = [body[i:i + 65536] for i in range(0, len(body), 65536)]
+
+    async def receive() -> dict:  # type: ignore[type-arg]
+        chunk = pieces.pop(0)
+        return {"type": "http.request", "body": chunk, "more_body": bool(pieces)}
+
+    async def parse() -> tuple[bool, bytes]:
+        req = UploadRequest({"type": "http", "method": "POST", "headers": [(b"content-type", f"multipart/form-data; boundary={boundary}".encode())]},
+                            receive)
+        form = await req.form()
+        upload = form["images"]
+        on_disk = not upload._in_memory  # type: ignore[union-attr]
+        data = await upload.read()  # type: ignore[union-attr]
+        await req.close()
+        return on_disk, data
+
+    on_disk, data = asyncio.run(parse())
+    assert on_disk and data == payload
