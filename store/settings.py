@@ -61,6 +61,8 @@ class Settings(BaseSettings):
     # decode and check uploaded target zips in a separate low-priority process (api/compute.py, run_check), not in a
     # thread of the API process whose Python would hold the GIL while samples render
     upload_check_process: bool = True
+    # a tenant's uploads waiting for the checker (served round-robin over tenants, api/fair.py); one more is a 429
+    max_waiting_checks: int = Field(default=4, ge=1, le=1000)
     # nice value of the thread that renders samples (api/compute.py, RenderPriority); below 0 needs CAP_SYS_NICE
     render_nice: int = Field(default=-5, ge=-20, le=19)
     # warn, with the loop thread's stack, when the API's event loop has not run for this long (api/watchdog.py); 0: off

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from api.auth import Authenticator
 from api.batching import SampleBatcher
+from api.fair import FairQueue
 from api.metrics import CACHE
 from core.methods import TransferredModel, load_model
 from store.blobs import BlobStore
@@ -133,9 +134,11 @@ class Services:
     latest: LatestJobs = field(default_factory=lambda: LatestJobs(0.0))
     auth: Authenticator = field(init=False)
     batcher: SampleBatcher = field(init=False)
+    checks: FairQueue = field(init=False)  # upload checks, round-robin over tenants (api/fair.py)
     fast_path_hits: int = 0  # sample requests answered by api/fastpath.py (the rest went through the routes)
 
     def __post_init__(self) -> None:
         self.auth = Authenticator(self.settings)
+        self.checks = FairQueue(max_waiting=self.settings.max_waiting_checks)
         self.batcher = SampleBatcher(self.settings.sample_batch_window_ms / 1000, self.settings.sample_batch_max_images,
                                      self.settings.sample_batch_measure)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
@@ -92,10 +93,12 @@ async def check_submission(svc: Services, tenant: str, raw_spec: str) -> Submiss
 async def store_submission(svc: Services, tenant: str, sub: Submission, data: bytes) -> JobPublic:
     """Check the target zip, store it, record the job and enqueue it (after the commit, so a worker always finds it)."""
     src = sub.sources[0]
-    if svc.settings.upload_check_process:  # its Python must not hold this process's GIL while samples render
-        report = await validate_target_off_process(data, src["channels"], src["resolution"], svc.settings)
-    else:
-        report = await run_torch(validate_target, data, src["channels"], src["resolution"], svc.settings)
+    async def check() -> dict[str, Any]:
+        if svc.settings.upload_check_process:  # its Python must not hold this process's GIL while samples render
+            return await validate_target_off_process(data, src["channels"], src["resolution"], svc.settings)
+        return await run_torch(validate_target, data, src["channels"], src["resolution"], svc.settings)
+
+    report = await svc.checks.run(tenant, check)  # one check at a time, the tenants in turn (api/fair.py)
     if sub.spec.batch_size > report["n_images"]:
         raise ApiError(422, "invalid_spec", f"batch_size: {sub.spec.batch_size} is larger than the "
                                             f"{report['n_images']} target images")
