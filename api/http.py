@@ -27,13 +27,16 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     _in_head = True
     _too_large = False
 
+    _completed = False
+
     def data_received(self, data: bytes) -> None:
         if self._in_head and self._head_bytes > MAX_HEAD_BYTES:  # the head is still arriving and already too long
             self._too_large = True
             self.send_400_response("")
             return
+        self._completed = False
         super().data_received(data)
-        if self._in_head:
+        if self._in_head and not self._completed:  # all of ``data`` was head (a piece that ended a message was not)
             self._head_bytes += len(data)
 
     def on_message_begin(self) -> None:
@@ -53,7 +56,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
-        self._in_head = True
+        self._in_head, self._head_bytes, self._completed = True, 0, True  # the next request on this connection starts afresh
 
     def send_400_response(self, msg: str) -> None:
         if not self._too_large:

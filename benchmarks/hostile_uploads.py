@@ -74,6 +74,28 @@ def main() -> int:
             hostile.check_model(mcase, r)
             err = r.json()["error"]
             model_rows.append(f"| {mcase.name} | {mcase.what} | {r.status_code} | `{err['code']}` | {err['message'].replace('|', '/')[:220]} |")
+    request_rows = []
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:  # the same app, with API keys required
+        from fastapi.testclient import TestClient
+
+        from api.main import create_app
+        from core import zoo
+        from store import auth as keys_dao
+        from store.settings import Settings
+        from tests.helpers import write_tiny_zoo
+
+        write_tiny_zoo(Path(tmp) / "zoo")
+        zoo.WEIGHTS_DIR = Path(tmp) / "zoo"
+        settings = Settings(database_url=f"sqlite:///{tmp}/db.sqlite", storage_dir=f"{tmp}/blobs", work_dir=f"{tmp}/work", auth="required",
+                            auth_cache_s=0, **LIMITS.__dict__)
+        client = stack.enter_context(TestClient(create_app(settings)))
+        key = {"Authorization": f"Bearer {keys_dao.create_key(settings.database_url, 'alice', 'hostile')[0]}"}
+        for rcase in hostile.request_corpus():
+            r = rcase.send(client, key)
+            hostile.check_request(rcase, r)
+            err = r.json()["error"]
+            code, msg = ("-", err) if isinstance(err, str) else (f"`{err['code']}`", err["message"])
+            request_rows.append(f"| {rcase.name} | {rcase.what} | {r.status_code} | {code} | {msg.replace('|', '/')[:220]} |")
     lines = ["# Hostile and broken uploads", "",
              f"Every case of the corpus in `tests/hostile.py`, sent to `POST /jobs` on {where}. Command: `{command}`.",
              f"Limits used: upload {LIMITS.max_upload_bytes} B, request {LIMITS.max_request_bytes} B, "
@@ -94,7 +116,18 @@ def main() -> int:
              "against the file before a tensor is read; torch files load with `weights_only=True`. "
              "`tests/api/test_hostile_models.py` asserts these statuses and codes, that no model is stored and that no pickled "
              "code ran.", "",
-             "| case | what is sent | status | error code | message (first 220 characters) |", "|---|---|---|---|---|", *model_rows]
+             "| case | what is sent | status | error code | message (first 220 characters) |", "|---|---|---|---|---|", *model_rows,
+             "", "## Pressure and malformed requests", "",
+             "Every case of `request_corpus()` in `tests/hostile.py`, on the embedded app in-process with API keys required "
+             "(`MINEGAN_AUTH=required`). `tests/api/test_hostile.py` asserts each status and code and that the app still "
+             "answers after each. `/v2` answers with the Open Inference Protocol's error body, a string (error code `-`). "
+             "Two more limits act below the app, in `minegan serve` (`tests/api/test_hardening_keys.py`): a request head "
+             "over 64 KiB or 100 header fields gets 431 `headers_too_large`, and a body that has not arrived within "
+             "`MINEGAN_BODY_TIMEOUT_S` (300 s) gets 408 `request_timeout`; both close the connection. A tenant with "
+             "`MINEGAN_MAX_WAITING_CHECKS` (4) uploads already waiting for the checker gets 429 `too_many_uploads` "
+             "(`tests/api/test_fair.py`).", "",
+             "| case | what is sent | status | error code | message (first 220 characters) |", "|---|---|---|---|---|",
+             *request_rows]
     Path(a.out).write_text("\n".join(lines) + "\n")
     print(f"wrote {a.out}")
     return 0

@@ -160,7 +160,8 @@ def main() -> int:
         "| measurement | before | after | goal |",
         "|---|---|---|---|",
         f"| lone `/jobs/{{id}}/sample?n=16`, HTTP / in-process (one API process) | {lone['before']:.2f}x | **{lone['after']:.2f}x** | at most 1.3x |",
-        f"| {a.clients} clients, two API processes / the in-process loop (requests/s) | {tput['before']:.2f}x | **{tput['after']:.2f}x** | at least 0.9x |",
+        f"| {a.clients} clients, two API processes / the in-process loop (requests/s) | {tput['before']:.2f}x | "
+        f"**{tput['after']:.2f}x** | at least 0.9x |",
         "",
         "Medians over rounds: lone request " + ", ".join(f"{k} {statistics.median(v):.2f} ms" for k, v in lone_ms.items())
         + "; requests/s " + ", ".join(f"{k} {statistics.median(v):.0f}" for k, v in rps.items()) + ".",

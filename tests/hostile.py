@@ -534,3 +534,99 @@ def check_model(case: ModelCase, r: Any) -> None:
     assert r.status_code == case.status, (case.name, r.status_code, r.text[:500])
     err = r.json()["error"]
     assert err["code"] == case.code and case.names in err["message"], (case.name, err)
+
+
+# --- pressure and malformed requests (issue 35), with API keys required ---------------------------------------
+
+
+@dataclass
+class RequestCase:
+    name: str
+    what: str
+    send: Callable[[Any, dict[str, str]], Any]  # (client, the key's headers) -> response
+    status: int
+    code: str | None  # the error code; None: /v2's error body, a string
+
+
+def _post_spec(spec: Any) -> Callable[[Any, dict[str, str]], Any]:
+    def send(c: Any, key: dict[str, str]) -> Any:
+        raw = spec if isinstance(spec, str) else json.dumps(spec)
+        return c.post("/jobs", headers=key, files={"images": ("t.zip", zip_of(good_images()), "application/zip")}, data={"spec": raw})
+    return send
+
+
+def _infer(body: Any) -> Callable[[Any, dict[str, str]], Any]:
+    def send(c: Any, key: dict[str, str]) -> Any:
+        raw = body if isinstance(body, str) else json.dumps(body)
+        return c.post("/v2/models/latest/infer", headers={**key, "Content-Type": "application/json"}, content=raw)
+    return send
+
+
+def _keyless_upload(c: Any, key: dict[str, str]) -> Any:
+    read: list[int] = []
+
+    def body() -> Iterator[bytes]:  # 4 MiB that would be held while it arrives
+        for _ in range(64):
+            read.append(1)
+            yield b"x" * 65536
+
+    r = c.post("/jobs", content=body(), headers={"Content-Type": "multipart/form-data; boundary=x"})
+    assert len(read) <= 2 and r.headers["connection"] == "close", (len(read), r.headers)  # answered before the body
+    return r
+
+
+def _many_pixels(c: Any, key: dict[str, str]) -> Any:
+    big = png(Image.new("L", (4096, 4096)))  # 16 Mpx, at the per-image limit, about 16 KiB
+    return c.post("/jobs", headers=key, files={"images": ("t.zip", zip_of({f"{i}.png": big for i in range(17)}), "application/zip")},
+                  data={"spec": json.dumps({"sources": ["tiny-src"]})})
+
+
+BASE = {"sources": ["tiny-src"], "mining_steps": 1, "finetune_steps": 0, "batch_size": 4}
+
+
+def _events_after(c: Any, key: dict[str, str]) -> Any:
+    job = _post_spec(BASE)(c, key)
+    assert job.status_code == 202, job.text
+    return c.get(f"/jobs/{job.json()['id']}/events?after={10**23}", headers=key)
+
+
+def request_corpus() -> list[RequestCase]:
+    return [
+        RequestCase("upload without a key", "a 4 MiB multipart body to POST /jobs, no key", _keyless_upload, 401, "unauthorized"),
+        RequestCase("unknown key", "POST /models with Bearer mg_nope", lambda c, k: c.post(
+            "/models", files={"generator": ("g", b"x" * 1000)}, headers={"Authorization": "Bearer mg_nope"}), 401, "unauthorized"),
+        RequestCase("metrics without a key", "GET /metrics, no key", lambda c, k: c.get("/metrics"), 401, "unauthorized"),
+        RequestCase("too many pixels in all", "17 PNGs of 4096x4096 (each under the per-image limit, 285 Mpx in all)",
+                    _many_pixels, 413, "images_too_large"),
+        RequestCase("deeply nested spec", "spec = '[' x 100000", _post_spec("[" * 100_000), 422, "invalid_spec"),
+        RequestCase("webhook port out of range", "webhook https://127.0.0.1:99999/", _post_spec({**BASE, "webhook": "https://127.0.0.1:99999/"}),
+                    422, "invalid_spec"),
+        RequestCase("webhook to loopback through NAT64", "webhook https://[64:ff9b::7f00:1]/",
+                    _post_spec({**BASE, "webhook": "https://[64:ff9b::7f00:1]/"}), 422, "invalid_spec"),
+        RequestCase("webhook to loopback through 6to4", "webhook https://[2002:7f00:1::]/",
+                    _post_spec({**BASE, "webhook": "https://[2002:7f00:1::]/"}), 422, "invalid_spec"),
+        RequestCase("huge option", "options.sparse_min_weights = 1e30", _post_spec({**BASE, "options": {"sparse_min_weights": 1e30}}),
+                    422, "invalid_spec"),
+        RequestCase("event id past 64 bits", "GET /jobs/{id}/events?after=10^23 of a job of yours", _events_after, 422, "invalid_request"),
+        RequestCase("signed link with a non-ASCII digit", "GET /blobs/jobs/x?exp=%C2%B2&sig=0 ('²' passes str.isdigit())",
+                    lambda c, k: c.get("/blobs/jobs/x?exp=%C2%B2&sig=0"), 404, "not_found"),
+        RequestCase("/v2: deeply nested body", "'[' x 100000", _infer("[" * 100_000), 422, None),
+        RequestCase("/v2: INT32 overflow", "n = 99999999999 as INT32",
+                    _infer({"inputs": [{"name": "n", "datatype": "INT32", "shape": [1], "data": [99999999999]}]}), 422, None),
+        RequestCase("/v2: INT64 overflow", "seed = 2^63 as INT64",
+                    _infer({"inputs": [{"name": "seed", "datatype": "INT64", "shape": [1], "data": [2**63]}]}), 422, None),
+        RequestCase("/v2: BYTES as numbers", "n = [-1] as BYTES",
+                    _infer({"inputs": [{"name": "n", "datatype": "BYTES", "shape": [1], "data": [-1]}]}), 422, None),
+        RequestCase("/v2: huge shape", "shape [2^62, 4] with binary_data_size 0",
+                    _infer({"inputs": [{"name": "n", "datatype": "INT32", "shape": [2**62, 4], "parameters": {"binary_data_size": 0}}]}),
+                    422, None),
+    ]
+
+
+def check_request(case: RequestCase, r: Any) -> None:
+    assert r.status_code == case.status, (case.name, r.status_code, r.text[:500])
+    body = r.json()
+    if case.code is None:
+        assert isinstance(body["error"], str) and len(body["error"]) > 10, (case.name, body)
+    else:
+        assert body["error"]["code"] == case.code and len(body["error"]["message"]) > 10, (case.name, body)

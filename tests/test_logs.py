@@ -14,7 +14,7 @@ from tests.helpers import TINY_SPEC, embedded_server, target_zip_bytes, wait_for
 
 def test_json_logs_carry_the_request_and_the_job(tmp_path: Path) -> None:
     with embedded_server(tmp_path) as (url, _):
-        with httpx.Client(base_url=url) as c:
+        with httpx.Client(base_url=url, timeout=60) as c:  # the upload check runs at low priority: seconds on a busy machine
             r = c.post("/jobs", files={"images": ("t.zip", target_zip_bytes(), "application/zip")},
                        data={"spec": json.dumps(TINY_SPEC)}, headers={"X-Request-Id": "req-42"})
             assert r.status_code == 202 and r.headers["x-request-id"] == "req-42"

@@ -31,7 +31,7 @@ def concurrent_submissions(url: str, headers: dict[str, str], n: int = 20, spec:
 
 
 def test_twenty_concurrent_submissions_with_a_limit_of_two_on_sqlite(tmp_path: Path) -> None:
-    with embedded_server(tmp_path, MINEGAN_MAX_CONCURRENT_JOBS="2") as (url, _):
+    with embedded_server(tmp_path, MINEGAN_MAX_CONCURRENT_JOBS="2", MINEGAN_MAX_WAITING_CHECKS="20") as (url, _):
         assert concurrent_submissions(url, {}) == Counter({202: 2, 429: 18})
         jobs = httpx.get(f"{url}/jobs?limit=100").json()
         assert jobs["total"] == 2

@@ -30,7 +30,8 @@ def test_serve_in_an_empty_folder_runs_a_job(tmp_path: Path) -> None:
         assert httpx.get(f"{url}/readyz").json()["status"] == "ok"
         spec = {"sources": ["mnist-no-9"], "method": "mine", "mining_steps": 2, "finetune_steps": 0, "batch_size": 8,
                 "options": {"n_critic": 1}}
-        r = httpx.post(f"{url}/jobs", files={"images": ("t.zip", target_zip_bytes(), "application/zip")}, data={"spec": json.dumps(spec)})
+        r = httpx.post(f"{url}/jobs", files={"images": ("t.zip", target_zip_bytes(), "application/zip")}, data={"spec": json.dumps(spec)},
+                       timeout=60)  # the upload check runs at low priority: seconds on a busy machine
         assert r.status_code == 202, r.text
         deadline = time.time() + 120
         while (job := httpx.get(f"{url}/jobs/{r.json()['id']}").json())["status"] not in ("succeeded", "failed", "canceled"):

@@ -60,3 +60,34 @@ def test_docs_table_matches_the_corpus() -> None:
         row = next((line for line in doc.splitlines() if line.startswith(f"| {case.name} |")), None)
         assert row is not None, f"docs/hostile_uploads.md lacks a row for {case.name!r}"
         assert f"| {case.status} |" in row and (case.code is None or f"`{case.code}`" in row), row
+
+
+@pytest.fixture(scope="module")
+def keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, dict[str, str]]]:
+    """The embedded app with API keys required (one for the module: each case leaves it serving)."""
+    from store import auth as keys_dao
+
+    tmp = tmp_path_factory.mktemp("keyed")
+    write_tiny_zoo(tmp / "zoo")
+    settings = Settings(database_url=f"sqlite:///{tmp}/db.sqlite", storage_dir=str(tmp / "blobs"), work_dir=str(tmp / "work"),
+                        auth="required", auth_cache_s=0, **{k: v for k, v in LIMITS.__dict__.items()})
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("core.zoo.WEIGHTS_DIR", tmp / "zoo")
+        with TestClient(create_app(settings)) as c:
+            key, _ = keys_dao.create_key(settings.database_url, "alice", "test")
+            yield c, {"Authorization": f"Bearer {key}"}
+
+
+@pytest.mark.parametrize("case", hostile.request_corpus(), ids=lambda case: case.name)
+def test_each_pressure_or_malformed_request_gets_its_4xx(keyed: tuple[TestClient, dict[str, str]], case: hostile.RequestCase) -> None:
+    c, key = keyed
+    hostile.check_request(case, case.send(c, key))
+    assert c.get("/healthz").status_code == 200
+
+
+def test_docs_table_matches_the_request_corpus() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "hostile_uploads.md").read_text()
+    for case in hostile.request_corpus():
+        row = next((line for line in doc.splitlines() if line.startswith(f"| {case.name} |")), None)
+        assert row is not None, f"docs/hostile_uploads.md lacks a row for {case.name!r}"
+        assert f"| {case.status} |" in row and (case.code is None or f"`{case.code}`" in row), row

@@ -145,6 +145,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         # fast crash detection: heartbeat every 0.5 s, stale after 4 s, sweep every second
         "MINEGAN_HEARTBEAT_INTERVAL_S": "0.5", "MINEGAN_STALE_AFTER_S": "4", "MINEGAN_SWEEP_INTERVAL_S": "1",
         "MINEGAN_PRESIGN_EXPIRY_S": "60", "MINEGAN_MAX_CONCURRENT_JOBS": "20", "MINEGAN_AUTH_CACHE_S": "1",
+        "MINEGAN_MAX_WAITING_CHECKS": "20",  # the quota test sends 20 submissions at once
         "MINEGAN_WEBHOOK_ALLOW": "127.0.0.1",  # the tests' webhook receiver listens on loopback
         "MINEGAN_GRPC_PORT": str(grpc_port),
         "MINEGAN_WORKER_METRICS_PORT": str(_free_port()),  # the Celery worker's own /metrics (worker/metrics.py)
