@@ -14,7 +14,7 @@ Every concurrent answer of the batching server is compared byte for byte with th
 server without batching. Two clients: the minimal socket client of benchmarks/sampling.py (what the service costs
 with the least client work) and httpx (a typical Python client), both in threads of this process.
 
-``--workers N`` starts the server with batching as ``minegan serve --workers N`` (api/procs.py); the one without stays
+``--workers N`` starts the server with batching as ``minegan serve --workers N`` (cli/serve.py); the one without stays
 a single process.
 
 Usage: python benchmarks/batching.py [--rounds 7 --requests 400 --clients 8 --lone 200 --workers 2]
@@ -47,22 +47,14 @@ from benchmarks._doc import update_section  # noqa: E402
 from core.data import write_mnist_zip  # noqa: E402
 from core.images import grid_png  # noqa: E402
 from core.methods import load_model  # noqa: E402
+from tests.helpers import free_port, wait_ready  # noqa: E402
 
 BIN = Path(sys.executable).parent
 
 
-def _port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = int(s.getsockname()[1])
-    s.close()
-    return p
-
-
 class SocketClient:
     """The thinnest HTTP/1.1 client: one keep-alive TCP socket, a fixed request line, Content-Length framing. An answer
-    with ``Connection: close`` (a server of several processes balancing its connections, api/procs.py) ends the
-    connection, and the next request opens a new one, as HTTP/1.1 asks."""
+    with ``Connection: close`` ends the connection, and the next request opens a new one, as HTTP/1.1 asks."""
 
     def __init__(self, port: int, headers: str = "") -> None:
         self.port, self.headers = port, headers  # extra header lines, each ending in \r\n
@@ -127,14 +119,8 @@ def _serve(tmp: Path, port: int, extra: dict[str, str], args: tuple[str, ...] = 
     env.pop("MINEGAN_BROKER_URL", None)
     proc = subprocess.Popen([str(BIN / "minegan"), "serve", "--port", str(port), *args], env=env,
                             stdout=open(tmp / f"server-{port}.log", "wb"), stderr=subprocess.STDOUT)
-    for _ in range(240):
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"server on {port} did not become ready; see {tmp}")
+    wait_ready(f"http://127.0.0.1:{port}", proc, tmp / f"server-{port}.log", timeout=120)
+    return proc
 
 
 def _concurrent(port: int, kind: str, job: str, clients: int, total: int, seed0: int) -> tuple[float, dict[int, bytes]]:
@@ -208,7 +194,7 @@ def main() -> int:
     command = "python benchmarks/batching.py " + " ".join(shlex.quote(x) for x in sys.argv[1:])
     tmp = Path(tempfile.mkdtemp(prefix="minegan-batching-"))
     target = write_mnist_zip(tmp / "nines.zip", [9], 100, seed=0)
-    on_port, off_port = _port(), _port()
+    on_port, off_port = free_port(), free_port()
     on_env = {"MINEGAN_SAMPLE_BATCH_WINDOW_MS": "2", **dict(kv.split("=", 1) for kv in a.on_env)}
     on = _serve(tmp, on_port, on_env, ("--workers", str(a.workers)))
     off = None
@@ -298,7 +284,7 @@ def main() -> int:
         f"Command: `{command}`  ",
         f"Machine: {os.cpu_count()} CPU cores, torch {torch.__version__}, no GPU. Two embedded servers (`minegan serve`) on "
         "the same SQLite database and storage on loopback, one with batching (`MINEGAN_SAMPLE_BATCH_WINDOW_MS=2`, the "
-        "default" + (f"; `--workers {a.workers}`: {a.workers} API processes sharing the port and the cores, api/procs.py"
+        "default" + (f"; `--workers {a.workers}`: {a.workers} API processes on the port, cli/serve.py"
                      if a.workers > 1 else "")
         + (f"; here also {', '.join(f'`{kv}`' for kv in a.on_env)}" if a.on_env else "")
         + ") and one without (`0`, the service before this change"

@@ -30,8 +30,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._doc import update_section  # noqa: E402
-from benchmarks.sampling import _port, _wait_job  # noqa: E402
+from benchmarks.sampling import _wait_job  # noqa: E402
 from core.data import write_mnist_zip  # noqa: E402
+from tests.helpers import free_port, wait_ready  # noqa: E402
 
 BIN = Path(sys.executable).parent
 
@@ -52,19 +53,14 @@ def main() -> int:
     env.pop("MINEGAN_BROKER_URL", None)
     key = subprocess.run([str(BIN / "minegan"), "keys", "create", "--tenant", "load"], env=env, capture_output=True,
                          text=True, check=True).stdout.strip()
-    port = _port()
+    port = free_port()
     server = subprocess.Popen([str(BIN / "minegan"), "serve", "--port", str(port)], env=env,
                               stdout=open(tmp / "server.log", "wb"), stderr=subprocess.STDOUT)
     try:
         url = f"http://127.0.0.1:{port}"
         headers = {"Authorization": f"Bearer {key}"}
+        wait_ready(url, server, tmp / "server.log", timeout=120)
         with httpx.Client(base_url=url, timeout=120, headers=headers) as c:
-            for _ in range(240):
-                try:
-                    if c.get("/readyz").status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.5)
             spec = {"sources": ["mnist-no-9"], "method": "minegan", "mining_steps": 10, "finetune_steps": 10, "batch_size": 32}
             target = write_mnist_zip(tmp / "nines.zip", [9], 100, seed=0).read_bytes()
             job = c.post("/jobs", files={"images": ("t.zip", target, "application/zip")}, data={"spec": json.dumps(spec)}).json()

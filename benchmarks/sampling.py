@@ -32,10 +32,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._doc import update_section  # noqa: E402
-from benchmarks.batching import SocketClient, _port  # noqa: E402
+from benchmarks.batching import SocketClient  # noqa: E402
 from core.data import write_mnist_zip  # noqa: E402
 from core.images import grid_png  # noqa: E402
 from core.methods import load_model  # noqa: E402
+from tests.helpers import free_port, wait_ready  # noqa: E402
 
 MINEGAN = [sys.executable, "-m", "cli.main"]  # the `minegan` command, also where the package is not installed
 
@@ -66,7 +67,7 @@ def main() -> int:
     command = "python benchmarks/sampling.py " + " ".join(shlex.quote(x) for x in sys.argv[1:])
     tmp = Path(tempfile.mkdtemp(prefix="minegan-bench-"))
     target = write_mnist_zip(tmp / "nines.zip", [9], 100, seed=0)
-    port = _port()
+    port = free_port()
     env = {**os.environ, "MINEGAN_DATABASE_URL": f"sqlite:///{tmp}/db.sqlite", "MINEGAN_STORAGE_DIR": str(tmp / "blobs"),
            "MINEGAN_WORK_DIR": str(tmp / "work")}
     env.pop("MINEGAN_BROKER_URL", None)
@@ -76,12 +77,7 @@ def main() -> int:
                               stdout=open(tmp / "server.log", "wb"), stderr=subprocess.STDOUT)
     try:
         url = f"http://127.0.0.1:{port}"
-        for _ in range(120):
-            try:
-                if httpx.get(f"{url}/readyz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
+        wait_ready(url, server, tmp / "server.log", timeout=120)
         spec = {"sources": ["mnist-no-9"], "method": "minegan++", "mining_steps": a.job_steps,
                 "finetune_steps": a.job_steps, "seed": 0}
         with httpx.Client(base_url=url, timeout=600) as c:

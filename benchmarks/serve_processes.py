@@ -39,10 +39,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._doc import update_section  # noqa: E402
-from benchmarks.batching import SocketClient, _concurrent, _port  # noqa: E402
+from benchmarks.batching import SocketClient, _concurrent  # noqa: E402
 from core.data import write_mnist_zip  # noqa: E402
 from core.images import grid_png  # noqa: E402
 from core.methods import load_model  # noqa: E402
+from tests.helpers import free_port, wait_ready  # noqa: E402
 
 
 def _serve(checkout: Path, tmp: Path, name: str, port: int, workers: int) -> subprocess.Popen[bytes]:
@@ -54,15 +55,8 @@ def _serve(checkout: Path, tmp: Path, name: str, port: int, workers: int) -> sub
     cmd = [sys.executable, "-c", "import sys; from cli.main import main; sys.exit(main())", "serve", "--port", str(port),
            "--workers", str(workers)]
     proc = subprocess.Popen(cmd, env=env, cwd=checkout, stdout=open(tmp / f"server-{name}.log", "wb"), stderr=subprocess.STDOUT)
-    for _ in range(240):
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        assert proc.poll() is None, (tmp / f"server-{name}.log").read_text()[-3000:]
-        time.sleep(0.5)
-    raise RuntimeError(f"server {name} did not become ready; see {tmp}")
+    wait_ready(f"http://127.0.0.1:{port}", proc, tmp / f"server-{name}.log", timeout=120)
+    return proc
 
 
 def main() -> int:
@@ -78,7 +72,7 @@ def main() -> int:
     label = subprocess.run(["git", "-C", str(before), "log", "-1", "--format=%h"], capture_output=True, text=True).stdout.strip()
     tmp = Path(tempfile.mkdtemp(prefix="minegan-serve-processes-"))
     target = write_mnist_zip(tmp / "nines.zip", [9], 100, seed=0)
-    ports = {f"{v}-{w}": _port() for v in ("before", "after") for w in (1, 2)}
+    ports = {f"{v}-{w}": free_port() for v in ("before", "after") for w in (1, 2)}
     servers: dict[str, subprocess.Popen[bytes]] = {}
     try:
         for name, port in ports.items():

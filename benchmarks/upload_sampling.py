@@ -45,9 +45,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._doc import update_section  # noqa: E402
-from benchmarks.batching import SocketClient, _port  # noqa: E402
+from benchmarks.batching import SocketClient  # noqa: E402
 from core.data import write_mnist_zip  # noqa: E402
 from core.images import png_bytes  # noqa: E402
+from tests.helpers import free_port, wait_ready  # noqa: E402
 
 BIN = Path(sys.executable).parent
 
@@ -133,7 +134,7 @@ def _idle_phase(sample: SocketClient, path: str, n: int) -> list[float]:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--workers", type=int, default=1, help="API processes (minegan serve --workers, api/procs.py)")
+    ap.add_argument("--workers", type=int, default=1, help="API processes (minegan serve --workers, cli/serve.py)")
     ap.add_argument("--uploads", type=int, default=10)
     ap.add_argument("--mb", type=float, default=5.0)
     ap.add_argument("--idle", type=int, default=2000, help="idle sample requests per round, half before the uploads and half "
@@ -153,7 +154,7 @@ def main() -> int:
     database_url = base["MINEGAN_IT_DATABASE_URL"].rsplit("/", 1)[0] + f"/{dbname}"
     tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"minegan-upload-bench-{uuid.uuid4().hex[:6]}"
     tmp.mkdir(parents=True)
-    port = _port()
+    port = free_port()
     env = {**base, "MINEGAN_DATABASE_URL": database_url, "MINEGAN_BROKER_URL": base["MINEGAN_IT_BROKER_URL"],
            "MINEGAN_STORAGE": "s3", "MINEGAN_S3_ENDPOINT_URL": base["MINEGAN_IT_S3_ENDPOINT"],
            "MINEGAN_S3_ACCESS_KEY": base["MINEGAN_IT_S3_ACCESS_KEY"], "MINEGAN_S3_SECRET_KEY": base["MINEGAN_IT_S3_SECRET_KEY"],
@@ -165,19 +166,12 @@ def main() -> int:
                                stdout=open(tmp / "api.log", "wb"), stderr=subprocess.STDOUT)
         procs.append(api)
         url = f"http://127.0.0.1:{port}"
-        for _ in range(240):
-            try:
-                if httpx.get(f"{url}/readyz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
+        wait_ready(url, api, tmp / "api.log", timeout=120)
         from store import auth as keys_dao
 
         key = keys_dao.create_key(database_url, "bench", "upload benchmark")[0]
         auth = {"Authorization": f"Bearer {key}"}
-        worker = subprocess.Popen([str(BIN / "celery"), "-A", "worker.celery_app", "worker", "-Q", "gpu", "-c", "1", "-P",
-                                   "prefork", "--prefetch-multiplier", "1", "-n", f"bench-{uuid.uuid4().hex[:6]}@%h"],
+        worker = subprocess.Popen([str(BIN / "minegan"), "worker", "--name", f"bench-{uuid.uuid4().hex[:6]}@%h"],
                                   cwd=ROOT, env=env, stdout=open(tmp / "worker.log", "wb"), stderr=subprocess.STDOUT)
         procs.append(worker)
         target = write_mnist_zip(tmp / "nines.zip", [9], 100, seed=0)
@@ -284,7 +278,7 @@ def main() -> int:
         "",
         f"Command: `{command}`  ",
         f"Machine: {os.cpu_count()} CPU cores, torch {torch.__version__}, no GPU. `minegan serve`"
-        + (f" (`--workers {a.workers}`: {a.workers} API processes, api/procs.py)" if a.workers > 1 else "") + " with PostgreSQL, "
+        + (f" (`--workers {a.workers}`: {a.workers} API processes, cli/serve.py)" if a.workers > 1 else "") + " with PostgreSQL, "
         "SeaweedFS (S3) and Redis (Celery broker), API keys required, all on this machine "
         "(`scripts/services.sh`); the one Celery worker ran the sampled job and was then stopped, so the submitted "
         "jobs stay queued. One keep-alive socket client sends `GET /jobs/{id}/sample?n=16` (PNG) one request after "
