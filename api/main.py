@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -15,6 +16,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from api import VERSION, contract, errors, metrics
+from api.compute import RenderPriority, claim_render_team, start_checker
 from api.fastpath import SampleFastPath
 from api.limits import BodyLimitMiddleware, KeyFirstMiddleware
 from api.routes import blobs, health, jobs, models, sample, ui, v2
@@ -22,10 +24,12 @@ from api.routes import events as event_routes
 from api.services import LatestJobs, ModelCache, Services
 from api.watchdog import Watchdog, heartbeat
 from core.methods import pick_device
-from store import events
+from store import events, logs
+from store import jobs as jobs_dao
 from store.blobs import make_blob_store
 from store.db import upgrade
 from store.settings import Settings, get_settings
+from worker.embedded import EmbeddedWorker
 from worker.housekeeping import housekeeping
 
 log = logging.getLogger(__name__)
@@ -57,9 +61,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # would (worker/housekeeping.py); `minegan serve` turns it off and starts `minegan worker` beside the API
         worker = None
         if settings.embedded and settings.run_worker:
-            from store import jobs as jobs_dao
-            from worker.embedded import EmbeddedWorker
-
             worker = EmbeddedWorker(settings)
             worker.start(jobs_dao.unfinished(settings.database_url))
             app.state.worker = worker
@@ -82,8 +83,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             subscriber.start()
         else:
             log.warning("broker is not Redis: GET /sample asks the database for the latest job on every request")
-        from api.compute import RenderPriority, claim_render_team, start_checker
-
         if settings.upload_check_process:
             start_checker()  # before the render priority: the checker's threads here (and its process) must not inherit it
         RenderPriority.nice = settings.render_nice
@@ -135,10 +134,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def served_app() -> FastAPI:
     """The app of each process of ``minegan serve --workers N`` (uvicorn's factory, called in every process): settings
     from the environment, which the command filled, and its log format and level (cli/main.py, cmd_serve)."""
-    import os
-
-    from store import logs
-
     settings = get_settings()
     logs.setup(settings.log_format, int(os.environ.get("MINEGAN_SERVE_LOG_LEVEL", logging.WARNING)))
     return create_app(settings)

@@ -18,10 +18,11 @@ from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
 from starlette.responses import Response
@@ -129,8 +130,6 @@ def _buckets(values: list[float]) -> tuple[list[tuple[str, float]], float]:
 def _all_processes() -> bytes:
     """The API metrics of every process of this server, summed (``prometheus_client``'s multiprocess mode: each process
     writes its values to files in ``PROMETHEUS_MULTIPROC_DIR``, which ``minegan serve --workers`` sets)."""
-    from prometheus_client import multiprocess
-
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)
     return generate_latest(registry)
@@ -138,8 +137,6 @@ def _all_processes() -> bytes:
 
 def endpoint(jobs: CollectorRegistry) -> Callable[[Request], Awaitable[Response]]:
     """``GET /metrics``: this process's metrics, then the jobs' (read off the event loop)."""
-    from starlette.concurrency import run_in_threadpool
-
     async def metrics(_: Request) -> Response:
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # several API processes (minegan serve --workers): all of theirs, from files
             own = await run_in_threadpool(_all_processes)

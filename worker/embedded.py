@@ -22,13 +22,20 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import queue
+import signal
 import threading
+from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
 
+from core import zoo
+from store import events, logs
 from store import jobs as jobs_dao
+from store.blobs import make_blob_store
 from store.settings import Settings
+from worker.runner import execute_job
 
 log = logging.getLogger(__name__)
 
@@ -37,32 +44,21 @@ _CTX = multiprocessing.get_context("spawn")
 
 def _child(job_id: str, settings: Settings, zoo_dir: str, interrupt: Any) -> None:
     """The job's process: run it to an end state (or until ``interrupt``) and exit."""
-    import os
-    import signal
-
     # with several API processes their metrics are files in this directory (api/metrics.py); the job's are not API metrics
     os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: interrupt.set())
-    from store import logs
-
     logs.setup(settings.log_format)
 
     parent = multiprocessing.parent_process()
     if parent is not None:  # the server died without stopping us: stop at the next step, resume later
 
         def watch() -> None:
-            from multiprocessing.connection import wait
-
             wait([parent.sentinel])
             interrupt.set()
 
         threading.Thread(target=watch, name="minegan-parent-watch", daemon=True).start()
-
-    from core import zoo
-    from store.blobs import make_blob_store
-    from worker.runner import execute_job
 
     zoo.WEIGHTS_DIR = Path(zoo_dir)  # the server's zoo directory, whatever it was set to
     try:
@@ -138,13 +134,10 @@ class EmbeddedWorker:
                     self._known.discard(job_id)
 
     def _run(self, job_id: str) -> None:
-        from core import zoo
-
         p = _CTX.Process(target=_child, args=(job_id, self.settings, str(zoo.WEIGHTS_DIR), self.interrupt),
                          name=f"minegan-job-{job_id[:8]}", daemon=True)
         p.start()
         p.join()
-        from store import events
         job = jobs_dao.get(self.settings.database_url, job_id)
         if job is None:
             return

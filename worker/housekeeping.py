@@ -27,7 +27,9 @@ import httpx
 
 from store import jobs as jobs_dao
 from store import webhooks
+from store.db import upgrade
 from store.settings import Settings
+from worker.embedded import EmbeddedWorker
 
 log = logging.getLogger(__name__)
 DELIVER_EVERY_S = 0.5
@@ -83,15 +85,11 @@ def celery_command(settings: Settings, name: str | None = None) -> list[str]:
 def run(settings: Settings, name: str | None = None) -> int:
     """``minegan worker`` until SIGTERM or SIGINT (or, in service mode, until its Celery worker exits): a running
     embedded job stops at its next step and stays queued, to resume from its checkpoint at the next start."""
-    from store.db import upgrade
-
     upgrade(settings.database_url)
     stop = threading.Event()
     celery: subprocess.Popen[bytes] | None = None
     embedded = None
     if settings.embedded:
-        from worker.embedded import EmbeddedWorker
-
         embedded = EmbeddedWorker(settings, poll_s=settings.embedded_poll_s)  # jobs queued by the API, from the database
         embedded.start(jobs_dao.unfinished(settings.database_url))  # jobs left queued or running resume
         enqueue = embedded.enqueue

@@ -10,10 +10,13 @@ and sent as ``Authorization: Bearer``; signed artifact links need no key.
 
 from __future__ import annotations
 
+import json
 from typing import Annotated
 
 from fastapi import APIRouter, Path
 from fastapi.responses import HTMLResponse
+
+from core.options import METHODS
 
 router = APIRouter(tags=["gallery"], include_in_schema=False)
 
@@ -201,15 +204,9 @@ refresh().then(() => watchEvents(`/jobs/${{ID}}/events`, onEvent)).then(refresh)
 
 @router.get("/", response_class=HTMLResponse)
 def index() -> HTMLResponse:
-    import json
-
-    from core.methods import METHODS
-
     return HTMLResponse(_HEAD.format(title="jobs") + _INDEX.format(methods=json.dumps(list(METHODS))))
 
 
 @router.get("/ui/jobs/{job_id}", response_class=HTMLResponse)
 def job_page(job_id: Annotated[str, Path(pattern=r"^[A-Za-z0-9-]{1,64}$")]) -> HTMLResponse:
-    import json
-
     return HTMLResponse(_HEAD.format(title="job") + _JOB.format(job_id=job_id, job_id_js=json.dumps(job_id)))
