@@ -617,6 +617,8 @@ def request_corpus() -> list[RequestCase]:
                     _infer({"inputs": [{"name": "seed", "datatype": "INT64", "shape": [1], "data": [2**63]}]}), 422, None),
         RequestCase("/v2: BYTES as numbers", "n = [-1] as BYTES",
                     _infer({"inputs": [{"name": "n", "datatype": "BYTES", "shape": [1], "data": [-1]}]}), 422, None),
+        RequestCase("/v2: outputs not a list", '{"inputs": [], "outputs": true} (found by tests/test_fuzz.py)',
+                    _infer('{"inputs": [], "outputs": true}'), 422, None),
         RequestCase("/v2: huge shape", "shape [2^62, 4] with binary_data_size 0",
                     _infer({"inputs": [{"name": "n", "datatype": "INT32", "shape": [2**62, 4], "parameters": {"binary_data_size": 0}}]}),
                     422, None),

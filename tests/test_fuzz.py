@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -116,7 +117,7 @@ def test_get_with_any_query(server: dict[str, Any], path: str, params: dict[str,
     headers = {}
     if last_event is not None and last_event.isascii() and last_event.isprintable() and last_event.strip() == last_event != "":
         headers["Last-Event-ID"] = last_event
-    other = _wire(other).replace("%", "%25").replace("/", "%2F").replace("?", "%3F").replace("#", "%23") or "x"
+    other = urllib.parse.quote(_wire(other), safe="") or "x"
     url = path.format(job=server["job"], other=other)
     with server["c"].stream("GET", url, params={k: _wire(v) for k, v in params.items()}, headers=headers, timeout=60) as r:
         if r.headers.get("content-type", "").startswith("text/event-stream"):  # a live stream: its start is enough
@@ -173,7 +174,7 @@ def test_grpc(server: dict[str, Any], shape: list[int], datatype: str, contents:
         infer = inference_pb2_grpc.GRPCInferenceServiceStub(ch)
         model = server["job"] if name == "job" else _wire(name)
         job_id = _wire(job_id)
-        t = inference_pb2.ModelInferRequest.InferInputTensor(name="seed", datatype=datatype, shape=[s for s in shape if fits(s, 64)])
+        t = inference_pb2.ModelInferRequest.InferInputTensor(name="seed", datatype=_wire(datatype), shape=[s for s in shape if fits(s, 64)])
         t.contents.int64_contents.extend([v for v in ints64 if fits(v, 64)])
         t.contents.int_contents.extend([v for v in ints64 if fits(v, 32)])
         req = inference_pb2.ModelInferRequest(model_name=model, inputs=[t], raw_input_contents=[contents] if contents else [])
@@ -181,6 +182,6 @@ def test_grpc(server: dict[str, Any], shape: list[int], datatype: str, contents:
         call(lambda: infer.ModelMetadata(inference_pb2.ModelMetadataRequest(name=model), metadata=meta, timeout=30))
         jobs = jobs_pb2_grpc.JobsStub(ch)
         call(lambda: jobs.Get(jobs_pb2.GetJobRequest(id=job_id), metadata=meta, timeout=30))
-        text = _encode(*spec).decode("utf-8", "replace")
+        text = _wire(_encode(*spec).decode("utf-8", "replace"))
         parts = iter([jobs_pb2.SubmitRequest(spec_json=text), jobs_pb2.SubmitRequest(zip_chunk=target_zip_bytes())])
         call(lambda: jobs.Submit(parts, metadata=meta, timeout=60))

@@ -111,7 +111,10 @@ def _inputs(req: dict[str, Any], binary: bytes) -> list[oip.Tensor]:
 def _outputs(req: dict[str, Any]) -> tuple[list[tuple[str, bool]], bool]:
     default_binary = bool(_params(req, "parameters").get("binary_data_output", False))
     wanted = []
-    for o in req.get("outputs") or []:
+    outputs = req.get("outputs") or []
+    if not isinstance(outputs, list):
+        raise ApiError(422, "invalid_request", "outputs: a list of requested outputs {name, parameters} is expected")
+    for o in outputs:
         if not isinstance(o, dict) or "name" not in o:
             raise ApiError(422, "invalid_request", "outputs: each requested output needs a name")
         wanted.append((str(o["name"]), bool(_params(o, f"outputs.{o['name']}").get("binary_data", default_binary))))
