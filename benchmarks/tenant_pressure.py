@@ -1,0 +1,149 @@
+"""One tenant against another -> docs/benchmarks.md section "tenant_pressure" (issue 35).
+
+``minegan serve`` (embedded, API keys required) in a subprocess; tenants ``alice`` and ``bob`` each with a finished job.
+While alice sends hostile-but-valid work: ``--uploaders`` threads that each submit, again and again, a zip of 15 PNGs
+of 4096x4096 (each at the per-image pixel limit, 252 Mpx in all, under the per-upload limit) with a ``batch_size``
+that is refused only after the zip is checked (so no job and no quota is used), and ``--grids`` threads that fetch
+her job's ``target.png`` again and again, bob measures ``GET /jobs/{id}/sample?n=16`` (median and p99 of
+``--requests``, sequential) and the time of a 100-image submit, first idle, then during the pressure.
+
+Usage:  python benchmarks/tenant_pressure.py [--uploaders 2 --grids 3 --requests 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import io
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+import httpx
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks._doc import update_section  # noqa: E402
+from benchmarks.keyless_pressure import latencies  # noqa: E402
+from tests.helpers import free_port, target_zip_bytes, wait_ready, write_tiny_zoo  # noqa: E402
+
+BIN = Path(sys.executable).parent
+SPEC = {"sources": ["tiny-src"], "mining_steps": 2, "finetune_steps": 0, "batch_size": 8}
+
+
+def big_zip() -> bytes:
+    buf = io.BytesIO()
+    png = io.BytesIO()
+    Image.new("L", (4096, 4096), 128).save(png, format="PNG")
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
+        for i in range(15):
+            z.writestr(f"{i}.png", png.getvalue())
+    return buf.getvalue()
+
+
+def submit_s(url: str, headers: dict[str, str]) -> float:
+    t0 = time.perf_counter()
+    r = httpx.post(f"{url}/jobs", headers=headers, files={"images": ("t.zip", target_zip_bytes(100), "application/zip")},
+                   data={"spec": json.dumps(SPEC)}, timeout=120)
+    assert r.status_code == 202, r.text
+    httpx.post(f"{url}/jobs/{r.json()['id']}/cancel", headers=headers)
+    return time.perf_counter() - t0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--uploaders", type=int, default=2)
+    ap.add_argument("--grids", type=int, default=3)
+    ap.add_argument("--requests", type=int, default=200)
+    ap.add_argument("--submits", type=int, default=5)
+    a = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp())
+    write_tiny_zoo(tmp / "models", "tiny-src")
+    port = free_port()
+    env = {**os.environ, "MINEGAN_DATABASE_URL": f"sqlite:///{tmp}/db.sqlite", "MINEGAN_STORAGE_DIR": str(tmp / "blobs"),
+           "MINEGAN_WORK_DIR": str(tmp / "work"), "MINEGAN_MODELS_DIR": str(tmp / "models"), "MINEGAN_AUTH": "required",
+           "MINEGAN_MAX_CONCURRENT_JOBS": "100"}
+    subprocess.run([str(BIN / "minegan"), "keys", "list"], env=env, capture_output=True, check=True)
+    keys = {t: subprocess.run([str(BIN / "minegan"), "keys", "create", "--tenant", t], env=env, capture_output=True, text=True,
+                              check=True).stdout.strip() for t in ("alice", "bob")}
+    auth = {t: {"Authorization": f"Bearer {k}"} for t, k in keys.items()}
+    proc = subprocess.Popen([str(BIN / "minegan"), "serve", "--port", str(port)], env=env, stdout=open(tmp / "log", "wb"),
+                            stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    stop = threading.Event()
+    counts = {"uploads": 0, "grids": 0, "refused_after_check": 0}
+    try:
+        wait_ready(url, proc, tmp / "log", timeout=120)
+        jobs = {}
+        for t in ("alice", "bob"):
+            r = httpx.post(f"{url}/jobs", headers=auth[t], files={"images": ("t.zip", target_zip_bytes(), "application/zip")},
+                           data={"spec": json.dumps(SPEC)}, timeout=120)
+            jobs[t] = r.json()["id"]
+            while httpx.get(f"{url}/jobs/{jobs[t]}", headers=auth[t]).json()["status"] not in ("succeeded", "failed"):
+                time.sleep(0.3)
+        latencies(url, auth["bob"], jobs["bob"], 20)  # warm
+        idle = latencies(url, auth["bob"], jobs["bob"], a.requests)
+        idle_submit = statistics.median(submit_s(url, auth["bob"]) for _ in range(a.submits))
+        data = big_zip()
+
+        def uploader() -> None:
+            with httpx.Client(timeout=300) as c:
+                while not stop.is_set():
+                    r = c.post(f"{url}/jobs", headers=auth["alice"], files={"images": ("big.zip", data, "application/zip")},
+                               data={"spec": json.dumps({**SPEC, "batch_size": 64})})
+                    counts["uploads"] += 1
+                    counts["refused_after_check"] += r.status_code == 422 and "batch_size" in r.text
+
+        def grids() -> None:
+            with httpx.Client(timeout=300) as c:
+                while not stop.is_set():
+                    assert c.get(f"{url}/jobs/{jobs['alice']}/target.png", headers=auth["alice"]).status_code == 200
+                    counts["grids"] += 1
+
+        threads = [threading.Thread(target=uploader) for _ in range(a.uploaders)] + [threading.Thread(target=grids) for _ in range(a.grids)]
+        for t in threads:
+            t.start()
+        time.sleep(2)
+        busy = latencies(url, auth["bob"], jobs["bob"], a.requests)
+        busy_submit = statistics.median(submit_s(url, auth["bob"]) for _ in range(a.submits))
+        stop.set()
+        for t in threads:
+            t.join()
+    finally:
+        stop.set()
+        proc.terminate()
+        proc.wait(60)
+    cmd = " ".join(["python benchmarks/tenant_pressure.py", *(shlex.quote(x) for x in sys.argv[1:])])
+    text = "\n".join([
+        "## One tenant against another (issue 35)", "",
+        f"Command: `{cmd}` ({datetime.date.today().isoformat()}, 2-core CPU). `minegan serve` (embedded, `MINEGAN_AUTH=required`), "
+        f"tenants alice and bob with a finished job each. The pressure: {a.uploaders} of alice's clients submit, again and "
+        "again, a zip of 15 PNGs of 4096x4096 (each at the per-image pixel limit, 252 Mpx in all) with a `batch_size` "
+        f"that is refused only after the zip is checked (no job, no quota used), and {a.grids} more fetch her job's "
+        "`target.png` again and again. Upload checks run one at a time, the tenant served least recently first "
+        "(api/fair.py); a job's target grid is decoded once and kept.", "",
+        "| bob's measure | idle | under alice's pressure |", "|---|---|---|",
+        f"| `/jobs/{{id}}/sample?n=16`, median / p99 of {a.requests} | {idle[0]:.1f} / {idle[1]:.1f} ms | "
+        f"{busy[0]:.1f} / {busy[1]:.1f} ms (p99 {busy[1] / idle[1]:.2f}x idle; goal: within 2x) |",
+        f"| a 100-image `POST /jobs`, median of {a.submits} | {idle_submit:.2f} s | {busy_submit:.2f} s |",
+        "",
+        f"During the pressure alice's clients sent {counts['uploads']} uploads ({counts['refused_after_check']} refused after "
+        f"their check, as intended) and fetched `target.png` {counts['grids']} times.",
+    ])
+    update_section("tenant_pressure", text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
