@@ -123,6 +123,17 @@ def _serve(tmp: Path, port: int, extra: dict[str, str], args: tuple[str, ...] = 
     return proc
 
 
+def finished_job(port: int, target: Path, steps: int) -> str:
+    """A ``minegan++`` job on ``mnist-no-9`` (``steps`` mining + ``steps`` finetuning) run to its end; its id."""
+    spec = {"sources": ["mnist-no-9"], "method": "minegan++", "mining_steps": steps, "finetune_steps": steps, "seed": 0}
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=600) as c:
+        job = c.post("/jobs", files={"images": ("t.zip", target.read_bytes(), "application/zip")}, data={"spec": json.dumps(spec)}).json()
+        while (j := c.get(f"/jobs/{job['id']}").json())["status"] not in ("succeeded", "failed", "canceled"):
+            time.sleep(0.2)
+    assert j["status"] == "succeeded", j
+    return str(j["id"])
+
+
 def _concurrent(port: int, kind: str, job: str, clients: int, total: int, seed0: int) -> tuple[float, dict[int, bytes]]:
     """``total`` requests from ``clients`` concurrent clients; returns (requests/s, seed -> body)."""
     per = total // clients
@@ -199,13 +210,7 @@ def main() -> int:
     on = _serve(tmp, on_port, on_env, ("--workers", str(a.workers)))
     off = None
     try:
-        spec = {"sources": ["mnist-no-9"], "method": "minegan++", "mining_steps": a.job_steps, "finetune_steps": a.job_steps, "seed": 0}
-        with httpx.Client(base_url=f"http://127.0.0.1:{on_port}", timeout=600) as c:
-            job = c.post("/jobs", files={"images": ("t.zip", target.read_bytes(), "application/zip")}, data={"spec": json.dumps(spec)}).json()
-            while (j := c.get(f"/jobs/{job['id']}").json())["status"] not in ("succeeded", "failed", "canceled"):
-                time.sleep(0.2)
-            assert j["status"] == "succeeded", j
-        job_id = j["id"]
+        job_id = finished_job(on_port, target, a.job_steps)
         # the same database and storage, batching off: the service before issue 20
         off = _serve(tmp, off_port, {"MINEGAN_SAMPLE_BATCH_WINDOW_MS": "0", **dict(kv.split("=", 1) for kv in a.off_env)})
         model, _ = load_model(tmp / "blobs" / "jobs" / job_id / "model.pt")

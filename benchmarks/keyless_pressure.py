@@ -12,6 +12,7 @@ Usage:  python benchmarks/keyless_pressure.py [--clients 100 --requests 60]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -22,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -53,30 +55,48 @@ def latencies(url: str, headers: dict[str, str], job: str, n: int) -> tuple[floa
     return statistics.median(times), times[min(len(times) - 1, int(0.99 * len(times)))]
 
 
+@contextlib.contextmanager
+def keyed_server(tenants: tuple[str, ...], **env_extra: str) -> Iterator[tuple[subprocess.Popen[bytes], str, dict[str, dict[str, str]]]]:
+    """``minegan serve`` (embedded, API keys required, the tiny source) on a free port; yields (process, url, each tenant's
+    headers with its key)."""
+    tmp = Path(tempfile.mkdtemp())
+    write_tiny_zoo(tmp / "models", "tiny-src")
+    port = free_port()
+    env = {**os.environ, "MINEGAN_DATABASE_URL": f"sqlite:///{tmp}/db.sqlite", "MINEGAN_STORAGE_DIR": str(tmp / "blobs"),
+           "MINEGAN_WORK_DIR": str(tmp / "work"), "MINEGAN_MODELS_DIR": str(tmp / "models"), "MINEGAN_AUTH": "required", **env_extra}
+    subprocess.run([str(BIN / "minegan"), "keys", "list"], env=env, capture_output=True, check=True)
+    auth = {t: {"Authorization": "Bearer " + subprocess.run([str(BIN / "minegan"), "keys", "create", "--tenant", t], env=env,
+                                                            capture_output=True, text=True, check=True).stdout.strip()}
+            for t in tenants}
+    proc = subprocess.Popen([str(BIN / "minegan"), "serve", "--port", str(port)], env=env, stdout=open(tmp / "log", "wb"),
+                            stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, proc, tmp / "log", timeout=120)
+        yield proc, url, auth
+    finally:
+        proc.terminate()
+        proc.wait(60)
+
+
+def finished_job(url: str, headers: dict[str, str]) -> str:
+    """A two-step job of the tiny source, run to its end; its id."""
+    spec = {"sources": ["tiny-src"], "mining_steps": 2, "finetune_steps": 0, "batch_size": 8}
+    job = httpx.post(f"{url}/jobs", headers=headers, files={"images": ("t.zip", target_zip_bytes(), "application/zip")},
+                     data={"spec": json.dumps(spec)}, timeout=120).json()["id"]
+    while httpx.get(f"{url}/jobs/{job}", headers=headers).json()["status"] not in ("succeeded", "failed"):
+        time.sleep(0.3)
+    return str(job)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--clients", type=int, default=100)
     ap.add_argument("--requests", type=int, default=60)
     a = ap.parse_args()
-    tmp = Path(tempfile.mkdtemp())
-    write_tiny_zoo(tmp / "models", "tiny-src")
-    port = free_port()
-    env = {**os.environ, "MINEGAN_DATABASE_URL": f"sqlite:///{tmp}/db.sqlite", "MINEGAN_STORAGE_DIR": str(tmp / "blobs"),
-           "MINEGAN_WORK_DIR": str(tmp / "work"), "MINEGAN_MODELS_DIR": str(tmp / "models"), "MINEGAN_AUTH": "required",
-           "OMP_NUM_THREADS": "1"}
-    subprocess.run([str(BIN / "minegan"), "keys", "list"], env=env, capture_output=True, check=True)
-    key = subprocess.run([str(BIN / "minegan"), "keys", "create", "--tenant", "bob"], env=env, capture_output=True, text=True,
-                         check=True).stdout.strip()
-    proc = subprocess.Popen([str(BIN / "minegan"), "serve", "--port", str(port)], env=env, stdout=open(tmp / "log", "wb"),
-                            stderr=subprocess.STDOUT)
-    url, headers = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {key}"}
-    try:
-        wait_ready(url, proc, tmp / "log")
-        spec = {"sources": ["tiny-src"], "mining_steps": 2, "finetune_steps": 0, "batch_size": 8}
-        job = httpx.post(f"{url}/jobs", headers=headers, files={"images": ("t.zip", target_zip_bytes(), "application/zip")},
-                         data={"spec": json.dumps(spec)}, timeout=60).json()["id"]
-        while httpx.get(f"{url}/jobs/{job}", headers=headers).json()["status"] not in ("succeeded", "failed"):
-            time.sleep(0.5)
+    with keyed_server(("bob",), OMP_NUM_THREADS="1") as (proc, url, auth):
+        headers = auth["bob"]
+        job = finished_job(url, headers)
         latencies(url, headers, job, 10)  # warm: the model is loaded and cached
         idle = latencies(url, headers, job, a.requests)
         before = rss_mb(proc.pid)
@@ -84,7 +104,7 @@ def main() -> int:
                 f"Content-Length: {45 * 2**20}\r\n\r\n").encode()
         socks, refused = [], 0
         for _ in range(a.clients):
-            s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            s = socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])), timeout=10)
             s.sendall(head)
             try:
                 s.sendall(b"x" * 2**20)  # the first MiB; then it stalls
@@ -101,9 +121,6 @@ def main() -> int:
             except OSError:
                 pass
             s.close()
-    finally:
-        proc.terminate()
-        proc.wait(20)
     cmd = " ".join(["python benchmarks/keyless_pressure.py", *(shlex.quote(x) for x in sys.argv[1:])])
     text = "\n".join([
         "## Pressure without a key (issue 35)", "",

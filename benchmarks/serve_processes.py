@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import shlex
 import statistics
@@ -32,14 +31,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._doc import update_section  # noqa: E402
-from benchmarks.batching import SocketClient, _concurrent  # noqa: E402
+from benchmarks.batching import SocketClient, _concurrent, finished_job  # noqa: E402
 from core.data import write_mnist_zip  # noqa: E402
 from core.images import grid_png  # noqa: E402
 from core.methods import load_model  # noqa: E402
@@ -78,13 +76,7 @@ def main() -> int:
         for name, port in ports.items():
             version, workers = name.split("-")
             servers[name] = _serve(before if version == "before" else ROOT, tmp, name, port, int(workers))
-        spec = {"sources": ["mnist-no-9"], "method": "minegan++", "mining_steps": a.job_steps, "finetune_steps": a.job_steps, "seed": 0}
-        with httpx.Client(base_url=f"http://127.0.0.1:{ports['after-1']}", timeout=600) as c:
-            job = c.post("/jobs", files={"images": ("t.zip", target.read_bytes(), "application/zip")}, data={"spec": json.dumps(spec)}).json()
-            while (j := c.get(f"/jobs/{job['id']}").json())["status"] not in ("succeeded", "failed", "canceled"):
-                time.sleep(0.2)
-            assert j["status"] == "succeeded", j
-        job_id = j["id"]
+        job_id = finished_job(ports["after-1"], target, a.job_steps)
         model, _ = load_model(tmp / "blobs" / "jobs" / job_id / "model.pt")
 
         def in_process(seed: int) -> bytes:

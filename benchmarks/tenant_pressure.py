@@ -16,12 +16,9 @@ import argparse
 import datetime
 import io
 import json
-import os
 import shlex
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import zipfile
@@ -34,8 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._doc import update_section  # noqa: E402
-from benchmarks.keyless_pressure import latencies  # noqa: E402
-from tests.helpers import free_port, target_zip_bytes, wait_ready, write_tiny_zoo  # noqa: E402
+from benchmarks.keyless_pressure import finished_job, keyed_server, latencies  # noqa: E402
+from tests.helpers import target_zip_bytes  # noqa: E402
 
 BIN = Path(sys.executable).parent
 SPEC = {"sources": ["tiny-src"], "mining_steps": 2, "finetune_steps": 0, "batch_size": 8}
@@ -67,30 +64,10 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=200)
     ap.add_argument("--submits", type=int, default=5)
     a = ap.parse_args()
-    tmp = Path(tempfile.mkdtemp())
-    write_tiny_zoo(tmp / "models", "tiny-src")
-    port = free_port()
-    env = {**os.environ, "MINEGAN_DATABASE_URL": f"sqlite:///{tmp}/db.sqlite", "MINEGAN_STORAGE_DIR": str(tmp / "blobs"),
-           "MINEGAN_WORK_DIR": str(tmp / "work"), "MINEGAN_MODELS_DIR": str(tmp / "models"), "MINEGAN_AUTH": "required",
-           "MINEGAN_MAX_CONCURRENT_JOBS": "100"}
-    subprocess.run([str(BIN / "minegan"), "keys", "list"], env=env, capture_output=True, check=True)
-    keys = {t: subprocess.run([str(BIN / "minegan"), "keys", "create", "--tenant", t], env=env, capture_output=True, text=True,
-                              check=True).stdout.strip() for t in ("alice", "bob")}
-    auth = {t: {"Authorization": f"Bearer {k}"} for t, k in keys.items()}
-    proc = subprocess.Popen([str(BIN / "minegan"), "serve", "--port", str(port)], env=env, stdout=open(tmp / "log", "wb"),
-                            stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
     stop = threading.Event()
     counts = {"uploads": 0, "grids": 0, "refused_after_check": 0}
-    try:
-        wait_ready(url, proc, tmp / "log", timeout=120)
-        jobs = {}
-        for t in ("alice", "bob"):
-            r = httpx.post(f"{url}/jobs", headers=auth[t], files={"images": ("t.zip", target_zip_bytes(), "application/zip")},
-                           data={"spec": json.dumps(SPEC)}, timeout=120)
-            jobs[t] = r.json()["id"]
-            while httpx.get(f"{url}/jobs/{jobs[t]}", headers=auth[t]).json()["status"] not in ("succeeded", "failed"):
-                time.sleep(0.3)
+    with keyed_server(("alice", "bob"), MINEGAN_MAX_CONCURRENT_JOBS="100") as (_, url, auth):
+        jobs = {t: finished_job(url, auth[t]) for t in ("alice", "bob")}
         latencies(url, auth["bob"], jobs["bob"], 20)  # warm
         idle = latencies(url, auth["bob"], jobs["bob"], a.requests)
         idle_submit = statistics.median(submit_s(url, auth["bob"]) for _ in range(a.submits))
@@ -119,10 +96,6 @@ def main() -> int:
         stop.set()
         for t in threads:
             t.join()
-    finally:
-        stop.set()
-        proc.terminate()
-        proc.wait(60)
     cmd = " ".join(["python benchmarks/tenant_pressure.py", *(shlex.quote(x) for x in sys.argv[1:])])
     text = "\n".join([
         "## One tenant against another (issue 35)", "",

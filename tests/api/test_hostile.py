@@ -7,6 +7,7 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -54,9 +55,10 @@ def test_every_hostile_upload_gets_its_error_and_nothing_is_kept(client: TestCli
     assert client.get("/healthz").status_code == 200
 
 
-def test_docs_table_matches_the_corpus() -> None:
+@pytest.mark.parametrize("corpus", [hostile.corpus, hostile.request_corpus], ids=["uploads", "requests"])
+def test_docs_table_matches_the_corpus(corpus: Any) -> None:
     doc = (Path(__file__).resolve().parents[2] / "docs" / "hostile_uploads.md").read_text()
-    for case in hostile.corpus():
+    for case in corpus():
         row = next((line for line in doc.splitlines() if line.startswith(f"| {case.name} |")), None)
         assert row is not None, f"docs/hostile_uploads.md lacks a row for {case.name!r}"
         assert f"| {case.status} |" in row and (case.code is None or f"`{case.code}`" in row), row
@@ -85,9 +87,3 @@ def test_each_pressure_or_malformed_request_gets_its_4xx(keyed: tuple[TestClient
     assert c.get("/healthz").status_code == 200
 
 
-def test_docs_table_matches_the_request_corpus() -> None:
-    doc = (Path(__file__).resolve().parents[2] / "docs" / "hostile_uploads.md").read_text()
-    for case in hostile.request_corpus():
-        row = next((line for line in doc.splitlines() if line.startswith(f"| {case.name} |")), None)
-        assert row is not None, f"docs/hostile_uploads.md lacks a row for {case.name!r}"
-        assert f"| {case.status} |" in row and (case.code is None or f"`{case.code}`" in row), row
