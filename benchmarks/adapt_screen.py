@@ -124,6 +124,9 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "adapt_screen"))
     ap.add_argument("--report", action="store_true")
+    ap.add_argument("--section", default="adapt_screen", help="the docs/faces.md section to write: adapt_screen (every cached "
+                    "variant, the cause) or another name (only --variants, under --title)")
+    ap.add_argument("--title", default="The finetuning mechanisms, one at a time")
     a = ap.parse_args()
     torch.set_num_threads(1)
     out = Path(a.out)
@@ -142,7 +145,8 @@ def main() -> int:
                 res.write_text(json.dumps(_variant(name, json.loads(opts), source, target, mined, a.seed)))
             print(name, res.read_text(), flush=True)
     rows = ["| finetuning variant (options) | KID (250 samples) | faces found (Haar, 200 samples) |", "|---|---|---|"]
-    for item in VARIANTS.split(";"):
+    listed = VARIANTS if a.section == "adapt_screen" else a.variants
+    for item in listed.split(";"):
         name = item.split("=", 1)[0]
         res = out / f"{name}-s{a.seed}.json"
         if res.exists():
@@ -150,7 +154,7 @@ def main() -> int:
             rows.append(f"| {name} `{json.dumps(m['opts'])}` | {m['kid']:.4f} | {100 * m['faces']:.0f} % |")
     diag = out / f"diagnose-s{a.seed}.json"
     cause: list[str] = []
-    if diag.exists():
+    if diag.exists() and a.section == "adapt_screen":
         d = json.loads(diag.read_text())
         cause = ["", "Plain finetuning (`none`) step by step (step 250 is the end of mining):", "",
                  "| step | KID (250 samples) | faces found | pixel-space MMD to the targets (Eq. PMMD) |", "|---|---|---|---|",
@@ -162,8 +166,8 @@ def main() -> int:
                  ", ".join(f"{k} {100 * v['grad_power_below_4_cycles']:.0f} %" for k, v in d["critic"].items()) + "."]
     # the command that measures (a --report run rewrites the table from the cache)
     cmd = " ".join(["python benchmarks/adapt_screen.py", *(shlex.quote(x) for x in sys.argv[1:] if x != "--report")])
-    update_section("adapt_screen", "\n".join([
-        "### The finetuning mechanisms, one at a time", "",
+    update_section(a.section, "\n".join([
+        f"### {a.title}", "",
         f"Command: `{cmd}` ({datetime.date.today().isoformat()}, 2-core CPU). `minegan++`, seed {a.seed}, every variant "
         "finetuned for 100 steps from the same end-of-mining checkpoint; the published model is the last step.", "", *rows, *cause]), DOC)
     return 0

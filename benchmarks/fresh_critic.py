@@ -38,8 +38,10 @@ from core.options import AUTO_WARMUP  # noqa: E402
 # name -> options; "auto" rows use the service's defaults for a source without a critic
 OFF = {"g_ema": 0.0, "keep_best": "off"}  # the rows below the first fresh one keep their meaning: no adaptation
 DEFAULTS_ROW = "fresh: defaults (--critic-init fresh)"
+WARMUP_ROWS = [f"fresh: defaults + warm-up {n}" for n in (50, 100, 200)]  # the section on the warm-up's length
 VARIANTS: dict[str, dict[str, object]] = {
     DEFAULTS_ROW: {"critic_init": "fresh"},
+    "fresh: defaults + warm-up 50": {"critic_init": "fresh", "critic_warmup": 50},
     "fresh: defaults + warm-up 100": {"critic_init": "fresh", "critic_warmup": 100},
     "fresh: defaults + warm-up 200": {"critic_init": "fresh", "critic_warmup": 200},
     "source critic": {"critic_init": "source"},
@@ -109,12 +111,12 @@ def _key(a: argparse.Namespace, name: str, seed: int) -> str:
 
 
 def write_doc(out: Path, a: argparse.Namespace, command: str, names: list[str]) -> None:
-    """The table of every cached row; a run of the defaults row alone writes a section of its own (its seeds)."""
-    alone = names == [DEFAULTS_ROW]
+    """The table of every cached row; a run of the warm-up rows alone writes a section of its own (their seeds)."""
+    alone = set(names) <= set(WARMUP_ROWS)
     if alone:
-        command += " --variants " + shlex.quote(DEFAULTS_ROW)
+        command += " --variants " + shlex.quote(",".join(names))
     rows = []
-    for name in [DEFAULTS_ROW] if alone else VARIANTS:
+    for name in WARMUP_ROWS if alone else [v for v in VARIANTS if v not in WARMUP_ROWS]:
         ms = [json.loads(p.read_text()) for seed in range(10) if (p := out / f"{_key(a, name, seed)}.json").exists()]
         if ms:
             med = {k: statistics.median(m[k] for m in ms) for k in ("classifier_error", "fd_classifier", "fid", "wall_s")}
@@ -123,23 +125,25 @@ def write_doc(out: Path, a: argparse.Namespace, command: str, names: list[str]) 
             rows.append(f"| {name} | {100 * med['classifier_error']:.1f} %{per_seed} | {med['fd_classifier']:.2f} | {med['fid']:.1f} | "
                         f"{ms[0]['steps']} | {med['wall_s']:.0f} s |")
     text = "\n".join([
-        f"## A source without its critic: `mnist-no-9` -> 9, `{a.method}` with a fresh critic (issue 18)",
+        f"## A source without its critic: `mnist-no-9` -> 9, `{a.method}` with a fresh critic"
+        + (", the warm-up's length (issue 32)" if alone else " (issue 18)"),
         "",
         f"Command: `{command}` (2-core CPU). Target: 100 real test-split 9s (seed 0), as the main MNIST table. "
         f"{a.mining_steps} mining + {a.finetune_steps} finetuning steps; a warm-up adds its critic-only steps. "
         f"DiffAugment: `color,translation,cutout`; warm-up: 50 steps of {RunConfig().n_critic} critic updates. "
-        f"`fresh + warm-up` is exactly what `--critic-init fresh` gets by default on this zoo source: a "
-        f"{AUTO_WARMUP}-step warm-up, no DiffAugment, Appendix A's miner; a generator-only upload gets the identity miner "
-        "instead (`fresh + warm-up + identity miner`). Colour matching does not apply: the digits are one channel.",
+        f"`--critic-init fresh` on this zoo source runs a {AUTO_WARMUP['source']}-step warm-up, no DiffAugment, Appendix A's "
+        f"miner and `keep_best`; a generator-only upload gets a {AUTO_WARMUP['generator-only']}-step warm-up and the "
+        "identity miner instead (`fresh + warm-up + identity miner`). Colour matching does not apply: the digits are one channel.",
         "",
         "| critic | classifier error on 9s | FD (classifier features) | FID (Inception, 200) | steps | wall |",
         "|---|---|---|---|---|---|",
         *rows,
         "",
         "Lower is better everywhere. A row with several job seeds gives their medians (`--seed`) and each seed's error; one "
-        "seed: differences of a few points of classifier error are within run-to-run spread. `fresh: defaults` is what "
-        "`--critic-init fresh` runs on this zoo source: the warm-up and `keep_best` (on for every fresh critic; "
-        "`g_ema` stays off for a source that ships a critic); the other fresh rows turn both off.",
+        "seed: differences of a few points of classifier error are within run-to-run spread. `fresh: defaults + warm-up N` "
+        "is `--critic-init fresh` with an N-step warm-up and the rest at its defaults (`keep_best` on, as for every fresh "
+        f"critic; `g_ema` off for a source that ships a critic): N = {AUTO_WARMUP['source']} is what it runs by default. "
+        "The `fresh` rows of the other table turn `keep_best` off.",
         *([] if alone else [
             "",
             "With the source's critic this is the main MNIST table's setting. A fresh critic needs its warm-up (the critic "

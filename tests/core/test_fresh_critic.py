@@ -54,12 +54,14 @@ def test_auto_follows_the_source_critic() -> None:
     assert resolve(RunConfig(), [info]) == RunConfig(critic_init="source", critic_warmup=0, miner_init="paper", colour_match="off",
                                                      band_match="off", lr_miner=4e-4, keep_best="off", **ADAPT_AUTO["source"])
     no_critic = resolve(RunConfig(), [SourceInfo("s", 8, 28, 1, False, has_critic=False)])
-    assert (no_critic.critic_init, no_critic.critic_warmup, no_critic.miner_init) == ("fresh", AUTO_WARMUP, "identity")
+    assert (no_critic.critic_init, no_critic.critic_warmup, no_critic.miner_init) == ("fresh", AUTO_WARMUP["generator-only"], "identity")
     assert (no_critic.keep_best, no_critic.g_ema) == ("on", ADAPT_AUTO["generator-only"]["g_ema"])  # a generator-only upload
     forced = resolve(RunConfig(critic_init="fresh", augment=POLICY, critic_warmup=3), [info])
     # a zoo source keeps Appendix A's miner when its critic is replaced (the MNIST measurement of options.resolve)
     assert (forced.critic_init, forced.augment, forced.critic_warmup, forced.miner_init) == ("fresh", POLICY, 3, "paper")
     assert (forced.keep_best, forced.g_ema) == ("on", 0.0)  # a zoo source's fresh critic: the best candidate, no G_ema
+    replaced = resolve(RunConfig(critic_init="fresh"), [info])  # its own critic replaced: the longer warm-up
+    assert replaced.critic_warmup == AUTO_WARMUP["source"] > AUTO_WARMUP["generator-only"]
     assert _generator_only().info.has_critic is False and tiny_source().info.has_critic is True
 
 
