@@ -265,7 +265,7 @@ def cmd_worker(a: argparse.Namespace) -> int:
 
     settings = get_settings()
     logs.setup(settings.log_format, logging.INFO if a.verbose else logging.WARNING)
-    return run(settings, a.name)
+    return run(settings, a.name, a.parent)
 
 
 def cmd_keys(a: argparse.Namespace) -> int:
@@ -407,6 +407,8 @@ def parser() -> argparse.ArgumentParser:
     w = sub.add_parser("worker", help="run jobs (embedded: from the database; service: a Celery worker), the stale-job sweeper "
                                       "and webhook delivery; `minegan serve` starts one itself in embedded mode")
     w.add_argument("--name", default=None, help="service mode: the Celery worker's node name (celery worker -n)")
+    w.add_argument("--parent", type=int, default=None, metavar="PID", help="stop once process PID, which started it, is gone "
+                   "(minegan serve passes its own)")
     w.set_defaults(fn=cmd_worker)
 
     k = sub.add_parser("keys", help="API keys and tenants (service database)").add_subparsers(dest="keys_cmd", required=True)

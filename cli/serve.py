@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -40,10 +41,18 @@ def listener(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _api_process(host: str, port: int, opts: dict[str, Any]) -> None:
+def _exit_with_parent(parent: int) -> None:
+    """Ask this process to stop (uvicorn's graceful SIGTERM) once ``parent`` is gone, however it ended."""
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _api_process(host: str, port: int, opts: dict[str, Any], parent: int) -> None:
     """One API process of several: its own listener, uvicorn serving the app that the environment describes."""
     import uvicorn
 
+    threading.Thread(target=_exit_with_parent, args=(parent,), name="minegan-parent-watch", daemon=True).start()
     sock = listener(host, port)
     uvicorn.Server(uvicorn.Config("api.main:served_app", factory=True, **opts)).run(sockets=[sock])
 
@@ -59,7 +68,7 @@ def _processes(n: int, host: str, port: int, opts: dict[str, Any]) -> int:
     signal.signal(signal.SIGINT, on_signal)
 
     def start() -> tuple[multiprocessing.process.BaseProcess, float]:
-        p = _CTX.Process(target=_api_process, args=(host, port, opts), name="minegan-api")
+        p = _CTX.Process(target=_api_process, args=(host, port, opts, os.getpid()), name="minegan-api")
         p.start()
         return p, time.monotonic()
 
@@ -113,7 +122,8 @@ def serve(settings: Settings, host: str, port: int, workers: int, log_level: int
     os.environ.update(env)  # the worker's and the API processes' settings (they read the environment)
     worker = None
     if settings.embedded:
-        worker = subprocess.Popen([sys.executable, "-m", "cli.main", *(["-v"] if log_level <= logging.INFO else []), "worker"])
+        worker = subprocess.Popen([sys.executable, "-m", "cli.main", *(["-v"] if log_level <= logging.INFO else []), "worker",
+                                   "--parent", str(os.getpid())])  # it also stops if this process is killed
     try:
         if workers == 1:
             uvicorn.run(create_app(settings.model_copy(update={"run_worker": False})), host=host, port=port, **opts)

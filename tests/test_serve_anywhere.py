@@ -39,8 +39,42 @@ def test_serve_in_an_empty_folder_runs_a_job(tmp_path: Path) -> None:
             time.sleep(0.3)
         assert job["status"] == "succeeded", job
         assert httpx.get(f"{url}/sample?n=4").status_code == 200
+        worker = _worker_of(proc.pid)
+        assert worker is not None  # the jobs ran in `minegan worker`, started beside the API
     finally:
         proc.terminate()
         proc.wait(20)
     said = (tmp_path / "serve.log").read_text()
     assert f"files in {folder / 'var' / 'blobs'}" in said and (folder / "var" / "minegan.db").exists()
+    deadline = time.time() + 30
+    while Path(f"/proc/{worker}").exists():  # stopping the server stops its worker
+        assert time.time() < deadline, "minegan worker outlived minegan serve"
+        time.sleep(0.2)
+
+
+def _worker_of(pid: int) -> int | None:
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid and b"worker" in (stat.parent / "cmdline").read_bytes():
+                return int(stat.parent.name)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def test_a_worker_stops_when_the_server_that_started_it_is_killed(tmp_path: Path) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MINEGAN_") or k == "MINEGAN_CACHE"}
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "minegan"), "serve", "--port", str(port)], cwd=tmp_path, env=env,
+                            stdout=open(tmp_path / "serve.log", "wb"), stderr=subprocess.STDOUT)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", proc, tmp_path / "serve.log")
+        worker = _worker_of(proc.pid)
+        assert worker is not None
+    finally:
+        proc.kill()  # no chance to stop its worker itself
+        proc.wait(20)
+    deadline = time.time() + 30
+    while Path(f"/proc/{worker}").exists() and b"Z" not in Path(f"/proc/{worker}/stat").read_bytes().split(b")")[1][:3]:
+        assert time.time() < deadline, "minegan worker outlived a killed minegan serve"
+        time.sleep(0.2)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -82,9 +83,10 @@ def celery_command(settings: Settings, name: str | None = None) -> list[str]:
     return cmd + (["-n", name] if name else [])
 
 
-def run(settings: Settings, name: str | None = None) -> int:
-    """``minegan worker`` until SIGTERM or SIGINT (or, in service mode, until its Celery worker exits): a running
-    embedded job stops at its next step and stays queued, to resume from its checkpoint at the next start."""
+def run(settings: Settings, name: str | None = None, parent: int | None = None) -> int:
+    """``minegan worker`` until SIGTERM or SIGINT (or, in service mode, until its Celery worker exits; with
+    ``parent``, once the process of that id is no longer its parent): a running embedded job stops at its next step
+    and stays queued, to resume from its checkpoint at the next start."""
     upgrade(settings.database_url)
     stop = threading.Event()
     celery: subprocess.Popen[bytes] | None = None
@@ -112,6 +114,9 @@ def run(settings: Settings, name: str | None = None) -> int:
     async def main() -> None:
         tasks = housekeeping(settings, enqueue)
         while not stop.is_set() and (celery is None or celery.poll() is None):
+            if parent is not None and os.getppid() != parent:  # `minegan serve` is gone, however it ended
+                log.warning("minegan worker: the server that started it is gone; stopping")
+                break
             await asyncio.sleep(0.2)
         for t in tasks:
             t.cancel()
