@@ -94,14 +94,15 @@ _CHECKER: ProcessPoolExecutor | None = None
 _checker_lock = threading.Lock()
 
 
-def _checker_init() -> None:
-    """Checker-process initializer: low priority for the whole process, one torch thread, and an end with its parent."""
+def _checker_init(parent: int) -> None:
+    """Checker-process initializer: low priority for the whole process, one torch thread, and an end with its parent
+    (``parent``: the API process's id, passed in, since it may be gone before this runs)."""
     try:
         os.setpriority(os.PRIO_PROCESS, 0, max(os.getpriority(os.PRIO_PROCESS, 0), BACKGROUND_NICE))
     except (AttributeError, OSError):
         pass
     torch.set_num_threads(1)
-    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), name="minegan-checker-parent", daemon=True).start()
+    threading.Thread(target=_exit_with_parent, args=(parent,), name="minegan-checker-parent", daemon=True).start()
 
 
 def _exit_with_parent(parent: int, every_s: float = 0.5) -> None:
@@ -118,7 +119,8 @@ def _checker() -> ProcessPoolExecutor:
     global _CHECKER
     with _checker_lock:
         if _CHECKER is None:  # spawn: a fresh interpreter, never a fork of this threaded one
-            _CHECKER = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=_checker_init)
+            _CHECKER = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=_checker_init,
+                                           initargs=(os.getpid(),))
         return _CHECKER
 
 

@@ -122,8 +122,9 @@ def serve(settings: Settings, host: str, port: int, workers: int, log_level: int
     os.environ.update(env)  # the worker's and the API processes' settings (they read the environment)
     worker = None
     if settings.embedded:
+        worker_env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}  # the API's metrics files only
         worker = subprocess.Popen([sys.executable, "-m", "cli.main", *(["-v"] if log_level <= logging.INFO else []), "worker",
-                                   "--parent", str(os.getpid())])  # it also stops if this process is killed
+                                   "--parent", str(os.getpid())], env=worker_env)  # it also stops if this process is killed
     try:
         if workers == 1:
             uvicorn.run(create_app(settings.model_copy(update={"run_worker": False})), host=host, port=port, **opts)

@@ -35,7 +35,6 @@ from store import events, logs
 from store import jobs as jobs_dao
 from store.blobs import make_blob_store
 from store.settings import Settings
-from worker.runner import execute_job
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +58,9 @@ def _child(job_id: str, settings: Settings, zoo_dir: str, interrupt: Any) -> Non
             interrupt.set()
 
         threading.Thread(target=watch, name="minegan-parent-watch", daemon=True).start()
+
+    # imported only now: prometheus_client reads PROMETHEUS_MULTIPROC_DIR when the job's metrics module is first imported
+    from worker.runner import execute_job
 
     zoo.WEIGHTS_DIR = Path(zoo_dir)  # the server's zoo directory, whatever it was set to
     try:
