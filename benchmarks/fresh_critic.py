@@ -143,7 +143,9 @@ def write_doc(out: Path, a: argparse.Namespace, command: str, names: list[str]) 
         "seed: differences of a few points of classifier error are within run-to-run spread. `fresh: defaults + warm-up N` "
         "is `--critic-init fresh` with an N-step warm-up and the rest at its defaults (`keep_best` on, as for every fresh "
         f"critic; `g_ema` off for a source that ships a critic): N = {AUTO_WARMUP['source']} is what it runs by default. "
-        "The `fresh` rows of the other table turn `keep_best` off.",
+        "The `fresh` rows of the other table turn `keep_best` off."
+        + (" Each row ran once per `--seed` (0, 1, 2; 200 steps: 0 only), two or more runs at a time on the 2 cores: "
+           "wall times are not comparable between rows." if alone else ""),
         *([] if alone else [
             "",
             "With the source's critic this is the main MNIST table's setting. A fresh critic needs its warm-up (the critic "

@@ -96,6 +96,8 @@ def main() -> int:
         stop.set()
         for t in threads:
             t.join()
+        time.sleep(2)
+        after = latencies(url, auth["bob"], jobs["bob"], a.requests)  # idle again: the stricter of the two idle p99s is the bar
     cmd = " ".join(["python benchmarks/tenant_pressure.py", *(shlex.quote(x) for x in sys.argv[1:])])
     text = "\n".join([
         "## One tenant against another (issue 35)", "",
@@ -105,10 +107,12 @@ def main() -> int:
         f"that is refused only after the zip is checked (no job, no quota used), and {a.grids} more fetch her job's "
         "`target.png` again and again. Upload checks run one at a time, the tenant served least recently first "
         "(api/fair.py); a job's target grid is decoded once and kept.", "",
-        "| bob's measure | idle | under alice's pressure |", "|---|---|---|",
-        f"| `/jobs/{{id}}/sample?n=16`, median / p99 of {a.requests} | {idle[0]:.1f} / {idle[1]:.1f} ms | "
-        f"{busy[0]:.1f} / {busy[1]:.1f} ms (p99 {busy[1] / idle[1]:.2f}x idle; goal: within 2x) |",
-        f"| a 100-image `POST /jobs`, median of {a.submits} | {idle_submit:.2f} s | {busy_submit:.2f} s |",
+        "| bob's measure | idle (before / after) | under alice's pressure |", "|---|---|---|",
+        f"| `/jobs/{{id}}/sample?n=16`, median / p99 of {a.requests} | {idle[0]:.1f} / {idle[1]:.1f} ms; {after[0]:.1f} / "
+        f"{after[1]:.1f} ms | {busy[0]:.1f} / {busy[1]:.1f} ms (p99 {busy[1] / min(idle[1], after[1]):.2f}x the lower idle p99; "
+        "goal: within 2x) |",
+        f"| a 100-image `POST /jobs`, median of {a.submits} | {idle_submit:.2f} s | {busy_submit:.2f} s (it waits for at most "
+        "one of alice's checks) |",
         "",
         f"During the pressure alice's clients sent {counts['uploads']} uploads ({counts['refused_after_check']} refused after "
         f"their check, as intended) and fetched `target.png` {counts['grids']} times.",
