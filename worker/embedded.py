@@ -76,7 +76,7 @@ class EmbeddedWorker:
         self.jobs: queue.Queue[str | None] = queue.Queue()
         self.thread = threading.Thread(target=self._loop, name="minegan-worker", daemon=True)
         self.interrupt = _CTX.Event()
-        # poll_s > 0: also take the jobs that other API processes of this server queued (api/procs.py), from the database
+        # poll_s > 0: also take the jobs that the API processes queued in the database (minegan worker polls; cli/serve.py)
         self.poll_s = poll_s
         self._known: set[str] = set()  # put on the queue and not yet run to its end here
         self._lock = threading.Lock()
