@@ -156,7 +156,12 @@ def test_grpc(server: dict[str, Any], shape: list[int], datatype: str, contents:
               spec: tuple[str, str], job_id: str) -> None:
     import grpc
 
-    from minegan_grpc import inference_pb2, inference_pb2_grpc, jobs_pb2, jobs_pb2_grpc
+    # the Open Inference Protocol's messages as a third-party client has them (minegan_grpc's own inference_pb2 declares
+    # the same protobuf package, and one process can load only one of the two)
+    import tritonclient.grpc.service_pb2 as inference_pb2
+    import tritonclient.grpc.service_pb2_grpc as inference_pb2_grpc
+
+    from minegan_grpc import jobs_pb2, jobs_pb2_grpc
 
     meta = (("authorization", f"Bearer {server['key']}"),)
     bad = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL}

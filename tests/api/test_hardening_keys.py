@@ -231,32 +231,3 @@ def test_a_body_that_does_not_arrive_in_time_gets_408_and_a_stream_after_its_bod
     got, sent = _run_body_limit([(0.0, {"type": "http.request", "body": b"{}", "more_body": False}),
                                  (0.5, {"type": "http.disconnect"})], timeout_s=0.2)
     assert [m["type"] for m in got] == ["http.request", "http.disconnect"] and sent[0]["status"] == 200
-
-
-def test_a_large_upload_part_is_written_to_disk_while_it_arrives() -> None:
-    import asyncio
-
-    from api.uploads import PIECE, UploadRequest
-
-    boundary = "b0undary"
-    payload = b"z" * (3 * PIECE)
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"images\"; filename=\"t.zip\"\r\n"
-            f"Content-Type: application/zip\r\n\r\n").encode() + payload + f"\r\n--{boundary}--\r\n".encode()
-    pieces = [body[i:i + 65536] for i in range(0, len(body), 65536)]
-
-    async def receive() -> dict:  # type: ignore[type-arg]
-        chunk = pieces.pop(0)
-        return {"type": "http.request", "body": chunk, "more_body": bool(pieces)}
-
-    async def parse() -> tuple[bool, bytes]:
-        req = UploadRequest({"type": "http", "method": "POST", "headers": [(b"content-type", f"multipart/form-data; boundary={boundary}".encode())]},
-                            receive)
-        form = await req.form()
-        upload = form["images"]
-        on_disk = not upload._in_memory  # type: ignore[union-attr]
-        data = await upload.read()  # type: ignore[union-attr]
-        await req.close()
-        return on_disk, data
-
-    on_disk, data = asyncio.run(parse())
-    assert on_disk and data == payload
