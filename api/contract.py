@@ -71,7 +71,7 @@ def _component(schema: dict[str, Any], model: Any) -> dict[str, str]:
 def _json_parts(schema: dict[str, Any]) -> None:
     """The multipart parts that carry JSON documents (a job's ``spec``, an upload's ``config``) declared as JSON with
     their schemas (OpenAPI's ``encoding`` with ``contentType: application/json``), not as free strings; the server reads
-    them as text either way."""
+    them as text either way. The form has no other parts (the server refuses a form with more fields)."""
     parts = {("/jobs", "images", "spec", JobSpec): ["images", "spec"], ("/models", "generator", "config", UploadConfig): ["generator", "config"]}
     for (path, file_part, json_part, model), required in parts.items():
         content = schema["paths"].get(path, {}).get("post", {}).get("requestBody", {}).get("content", {})
@@ -81,7 +81,7 @@ def _json_parts(schema: dict[str, Any]) -> None:
         if path == "/models":
             properties["critic"] = {"type": "string", "format": "binary"}
         content["multipart/form-data"] = {
-            "schema": {"type": "object", "required": required, "properties": properties},
+            "schema": {"type": "object", "required": required, "properties": properties, "additionalProperties": False},
             "encoding": {json_part: {"contentType": "application/json"}}}
     schema["components"]["schemas"].pop("Body_submit_job_jobs_post", None)
 
