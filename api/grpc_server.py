@@ -62,16 +62,23 @@ class _Servicer:
     def __init__(self, svc: Services) -> None:
         self.svc = svc
 
-    async def _tenant(self, context: grpc.aio.ServicerContext) -> str:
+    async def _tenant(self, context: grpc.aio.ServicerContext, upload: bool = False) -> str:
+        """The caller's tenant; with keys required, past the tenant's request (or ``upload``) rate RESOURCE_EXHAUSTED."""
         key = key_of(context)
         tenant = self.svc.auth.cached_tenant_of_key(key)
-        return tenant if tenant is not None else await run_in_threadpool(self.svc.auth.tenant_of_key, key)
+        if tenant is None:
+            tenant = await run_in_threadpool(self.svc.auth.tenant_of_key, key)
+        if self.svc.settings.auth_required:
+            refused = await self.svc.rates.check(tenant, upload)
+            if refused is not None:
+                raise refused
+        return tenant
 
     async def _call(self, context: grpc.aio.ServicerContext, fn: Callable[[], Awaitable[R]]) -> R:
         try:
             return await fn()
         except ApiError as exc:
-            await context.abort(CODES.get(exc.status, grpc.StatusCode.INTERNAL), exc.message)
+            await context.abort(CODES.get(exc.status, grpc.StatusCode.INTERNAL), exc.message, tuple((exc.headers or {}).items()))
             raise  # abort raises; this line is for type checkers
 
 
@@ -130,7 +137,7 @@ class JobsService(_Servicer, jobs_pb2_grpc.JobsServicer):
 
     async def Submit(self, request_iterator: AsyncIterator[jobs_pb2.SubmitRequest], context: grpc.aio.ServicerContext) -> jobs_pb2.Job:
         async def run() -> jobs_pb2.Job:
-            tenant = await self._tenant(context)
+            tenant = await self._tenant(context, upload=True)
             first = await anext(aiter(request_iterator), None)
             if first is None or first.WhichOneof("part") != "spec_json":
                 raise ApiError(422, "invalid_request", "spec: the first message must carry spec_json (the JobSpec as JSON)")

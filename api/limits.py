@@ -1,5 +1,6 @@
-"""What a request may cost before it is let in: the API key, checked before the body is read (``KeyFirstMiddleware``),
-and hard limits on request bodies, enforced before and while the body streams in (``BodyLimitMiddleware``).
+"""What a request may cost before it is let in: the API key and the tenant's request rates, checked before the body is
+read (``KeyFirstMiddleware``, ``TenantRates``), and hard limits on request bodies, enforced before and while the body
+streams in (``BodyLimitMiddleware``).
 
 Starlette would otherwise take an arbitrarily large multipart body, for as long as its client cares to send it,
 before any route code runs. ``BodyLimitMiddleware`` answers 413 at once when ``Content-Length`` is over the size
@@ -12,14 +13,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from typing import Any
 
+import limits
+from limits.storage import storage_from_string
+from limits.strategies import MovingWindowRateLimiter
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import ApiError
+from store.settings import Settings
 
 
 class BodyLimitMiddleware:
@@ -91,10 +97,50 @@ class BodyLimitMiddleware:
 OPEN_PREFIXES = ("/healthz", "/readyz", "/docs", "/redoc", "/openapi.json", "/blobs/", "/v2/health", "/ui", "/favicon.ico")
 
 
+UPLOADS = {("POST", "/jobs"), ("POST", "/models")}
+
+
+class TenantRates:
+    """How many requests, and how many uploads, one tenant may send (``MINEGAN_RATE_LIMIT``,
+    ``MINEGAN_UPLOAD_RATE_LIMIT``): the moving-window limiter of the ``limits`` package, counted per tenant in
+    ``MINEGAN_RATE_LIMIT_STORAGE`` (memory: each API process counts its own; Redis: all processes together).
+
+    An upload is also a request. The upload limit is what keeps one tenant's zips from occupying the upload checker
+    (api/fair.py serves tenants in turn, but a check once started runs to its end), and since it is checked from the
+    headers, a refused upload's body is never read."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.requests = limits.parse_many(settings.rate_limit) if settings.rate_limit.strip() else []
+        self.uploads = limits.parse_many(settings.upload_rate_limit) if settings.upload_rate_limit.strip() else []
+        self.limiter = MovingWindowRateLimiter(storage_from_string(settings.rate_limit_storage))
+        self.blocking = not settings.rate_limit_storage.startswith("memory")  # a network store: off the event loop
+
+    def _check(self, tenant: str, upload: bool) -> ApiError | None:
+        for kind, items in (("uploads", self.uploads if upload else []), ("requests", self.requests)):
+            for item in items:
+                if not self.limiter.hit(item, kind, tenant):
+                    reset = self.limiter.get_window_stats(item, kind, tenant).reset_time
+                    wait = max(1, math.ceil(reset - time.time()))
+                    return ApiError(429, "rate_limited", f"tenant {tenant!r} sent more than {item.amount} {kind} per "
+                                                         f"{item.multiples} {item.GRANULARITY.name}; retry in {wait} s",
+                                    {"retry-after": str(wait)})
+        return None
+
+    async def check(self, tenant: str, upload: bool) -> ApiError | None:
+        """None when the request may go on; else the 429 to answer (it carries ``Retry-After``)."""
+        if not self.requests and not (upload and self.uploads):
+            return None
+        if self.blocking:
+            return await run_in_threadpool(self._check, tenant, upload)
+        return self._check(tenant, upload)
+
+
 class KeyFirstMiddleware:
     """With API keys required, the key is checked from the headers before any of the body is read: a request without
     a valid key gets its 401 at once and the connection is closed, so a key-less client cannot make the server hold an
-    upload. ``/metrics`` needs a key too. The routes check the tenant again (from the key cache, no second lookup)."""
+    upload. ``/metrics`` needs a key too. The tenant's request rates are checked here too (``TenantRates``), so a
+    tenant past its limit gets its 429 before its body is read. The routes check the tenant again (from the key
+    cache, no second lookup)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -110,14 +156,24 @@ class KeyFirstMiddleware:
             return
         conn = HTTPConnection(scope)
         try:
-            if svc.auth.cached_tenant(conn) is None:
-                await run_in_threadpool(svc.auth.tenant, conn)
+            tenant = svc.auth.cached_tenant(conn)
+            if tenant is None:
+                tenant = await run_in_threadpool(svc.auth.tenant, conn)
         except ApiError as exc:
-            body = json.dumps({"error": exc.message} if path.startswith("/v2") else
-                              {"error": {"code": exc.code, "message": exc.message}}).encode()
-            await send({"type": "http.response.start", "status": exc.status,
-                        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                    (b"www-authenticate", b"Bearer"), (b"connection", b"close")]})
-            await send({"type": "http.response.body", "body": body})
+            await self._refuse(send, path, exc, [(b"www-authenticate", b"Bearer")])
+            return
+        refused = await svc.rates.check(tenant, (scope.get("method", ""), path.rstrip("/")) in UPLOADS)
+        if refused is not None:
+            await self._refuse(send, path, refused, [(k.encode(), v.encode()) for k, v in (refused.headers or {}).items()])
             return
         await self.app(scope, receive, send)
+
+    @staticmethod
+    async def _refuse(send: Send, path: str, exc: ApiError, headers: list[tuple[bytes, bytes]]) -> None:
+        """The error, and the connection closed: the request's body (if any) is not read."""
+        body = json.dumps({"error": exc.message} if path.startswith("/v2") else
+                          {"error": {"code": exc.code, "message": exc.message}}).encode()
+        await send({"type": "http.response.start", "status": exc.status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                *headers, (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})

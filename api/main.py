@@ -23,7 +23,7 @@ from api.routes import blobs, health, jobs, models, sample, ui, v2
 from api.routes import events as event_routes
 from api.services import LatestJobs, ModelCache, Services
 from api.watchdog import Watchdog, heartbeat
-from core.methods import pick_device
+from core.model_file import pick_device
 from store import events, logs
 from store import jobs as jobs_dao
 from store.blobs import make_blob_store

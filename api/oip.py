@@ -25,7 +25,7 @@ from api.metrics import SAMPLES
 from api.services import Services
 from api.services.sampling import finished_model, latest_model
 from core.images import png_bytes, to_uint8
-from core.methods import TransferredModel
+from core.model_file import TransferredModel
 from core.multi import MultiMinedGenerator, member_images
 from store import jobs as jobs_dao
 

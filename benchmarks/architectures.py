@@ -29,7 +29,8 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks._doc import update_section  # noqa: E402
 from core import checkpoints, export, zoo  # noqa: E402
-from core.methods import RunConfig, load_model, train  # noqa: E402
+from core.methods import RunConfig, train  # noqa: E402
+from core.model_file import load_model  # noqa: E402
 from tests.architectures import ARCHS, FORMATS, Arch, write  # noqa: E402
 
 DOC = ROOT / "docs" / "architectures.md"

@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks._doc import update_section  # noqa: E402
 from core.data import write_mnist_zip  # noqa: E402
 from core.images import grid_png  # noqa: E402
-from core.methods import load_model  # noqa: E402
+from core.model_file import load_model  # noqa: E402
 from tests.helpers import free_port, wait_ready  # noqa: E402
 
 BIN = Path(sys.executable).parent

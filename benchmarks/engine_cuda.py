@@ -38,8 +38,9 @@ from api.batching import SampleBatcher, forward_cost  # noqa: E402
 from benchmarks._doc import update_section  # noqa: E402
 from core import zoo  # noqa: E402
 from core.data import load_target, write_mnist_zip  # noqa: E402
-from core.methods import RunConfig, load_model, train  # noqa: E402
+from core.methods import RunConfig, train  # noqa: E402
 from core.mining import MinedGenerator  # noqa: E402
+from core.model_file import load_model  # noqa: E402
 from core.nets.dcgan import DCGANGenerator, DCGANGeneratorConfig  # noqa: E402
 
 FUSION = 20  # fusion steps (training G_F, Eq. 15-16) before mining it; not counted in s/step

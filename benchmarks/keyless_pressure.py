@@ -44,13 +44,16 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def latencies(url: str, headers: dict[str, str], job: str, n: int) -> tuple[float, float]:
+def latencies(url: str, headers: dict[str, str], job: str, n: int, every_ms: float = 20.0) -> tuple[float, float]:
+    """Median and p99 (ms) of ``n`` sequential ``/sample?n=16`` requests, one started every ``every_ms`` at most."""
     times = []
     with httpx.Client(timeout=60) as c:
         for i in range(n):
             t0 = time.perf_counter()
-            assert c.get(f"{url}/jobs/{job}/sample", params={"n": 16, "seed": i}, headers=headers).status_code == 200
+            r = c.get(f"{url}/jobs/{job}/sample", params={"n": 16, "seed": i}, headers=headers)
+            assert r.status_code == 200, r.text
             times.append(1000 * (time.perf_counter() - t0))
+            time.sleep(max(0.0, every_ms / 1000 - (time.perf_counter() - t0)))
     times.sort()
     return statistics.median(times), times[min(len(times) - 1, int(0.99 * len(times)))]
 

@@ -35,7 +35,7 @@ from benchmarks._doc import update_section  # noqa: E402
 from benchmarks.batching import SocketClient  # noqa: E402
 from core.data import write_mnist_zip  # noqa: E402
 from core.images import grid_png  # noqa: E402
-from core.methods import load_model  # noqa: E402
+from core.model_file import load_model  # noqa: E402
 from tests.helpers import free_port, wait_ready  # noqa: E402
 
 MINEGAN = [sys.executable, "-m", "cli.main"]  # the `minegan` command, also where the package is not installed

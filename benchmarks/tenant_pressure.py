@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks._doc import update_section  # noqa: E402
 from benchmarks.keyless_pressure import finished_job, keyed_server, latencies  # noqa: E402
+from store.settings import Settings  # noqa: E402
 from tests.helpers import target_zip_bytes  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -62,42 +63,52 @@ def main() -> int:
     ap.add_argument("--uploaders", type=int, default=2)
     ap.add_argument("--grids", type=int, default=3)
     ap.add_argument("--requests", type=int, default=200)
-    ap.add_argument("--submits", type=int, default=5)
+    ap.add_argument("--submits", type=int, default=3)
+    ap.add_argument("--every-ms", type=float, default=20.0, help="bob's pace: one sample request this often (a client under "
+                    "its tenant's request rate)")
     a = ap.parse_args()
     stop = threading.Event()
-    counts = {"uploads": 0, "grids": 0, "refused_after_check": 0}
+    counts = {"uploads": 0, "grids": 0, "refused_after_check": 0, "rate_limited": 0, "grids_limited": 0}
     with keyed_server(("alice", "bob"), MINEGAN_MAX_CONCURRENT_JOBS="100") as (_, url, auth):
         jobs = {t: finished_job(url, auth[t]) for t in ("alice", "bob")}
-        latencies(url, auth["bob"], jobs["bob"], 20)  # warm
-        idle = latencies(url, auth["bob"], jobs["bob"], a.requests)
+        latencies(url, auth["bob"], jobs["bob"], 20, a.every_ms)  # warm
+        idle = latencies(url, auth["bob"], jobs["bob"], a.requests, a.every_ms)
         idle_submit = statistics.median(submit_s(url, auth["bob"]) for _ in range(a.submits))
         data = big_zip()
 
-        def uploader() -> None:
+        def uploader() -> None:  # a hostile client: it does not wait for Retry-After
             with httpx.Client(timeout=300) as c:
                 while not stop.is_set():
-                    r = c.post(f"{url}/jobs", headers=auth["alice"], files={"images": ("big.zip", data, "application/zip")},
-                               data={"spec": json.dumps({**SPEC, "batch_size": 64})})
+                    try:
+                        r = c.post(f"{url}/jobs", headers=auth["alice"], files={"images": ("big.zip", data, "application/zip")},
+                                   data={"spec": json.dumps({**SPEC, "batch_size": 64})})
+                    except httpx.TransportError:  # the server answered 429 and closed while the body was being sent
+                        counts["uploads"] += 1
+                        counts["rate_limited"] += 1
+                        continue
                     counts["uploads"] += 1
                     counts["refused_after_check"] += r.status_code == 422 and "batch_size" in r.text
+                    counts["rate_limited"] += r.status_code == 429
 
         def grids() -> None:
             with httpx.Client(timeout=300) as c:
                 while not stop.is_set():
-                    assert c.get(f"{url}/jobs/{jobs['alice']}/target.png", headers=auth["alice"]).status_code == 200
+                    code = c.get(f"{url}/jobs/{jobs['alice']}/target.png", headers=auth["alice"]).status_code
+                    assert code in (200, 429), code
                     counts["grids"] += 1
+                    counts["grids_limited"] += code == 429
 
         threads = [threading.Thread(target=uploader) for _ in range(a.uploaders)] + [threading.Thread(target=grids) for _ in range(a.grids)]
         for t in threads:
             t.start()
         time.sleep(2)
-        busy = latencies(url, auth["bob"], jobs["bob"], a.requests)
+        busy = latencies(url, auth["bob"], jobs["bob"], a.requests, a.every_ms)
         busy_submit = statistics.median(submit_s(url, auth["bob"]) for _ in range(a.submits))
         stop.set()
         for t in threads:
             t.join()
         time.sleep(2)
-        after = latencies(url, auth["bob"], jobs["bob"], a.requests)  # idle again: the stricter of the two idle p99s is the bar
+        after = latencies(url, auth["bob"], jobs["bob"], a.requests, a.every_ms)  # idle again: the stricter of the two idle p99s is the bar
     cmd = " ".join(["python benchmarks/tenant_pressure.py", *(shlex.quote(x) for x in sys.argv[1:])])
     text = "\n".join([
         "## One tenant against another (issue 35)", "",
@@ -115,7 +126,10 @@ def main() -> int:
         "one of alice's checks) |",
         "",
         f"During the pressure alice's clients sent {counts['uploads']} uploads ({counts['refused_after_check']} refused after "
-        f"their check, as intended) and fetched `target.png` {counts['grids']} times.",
+        f"their check, as intended; {counts['rate_limited']} refused by her upload rate before their body) and asked for "
+        f"`target.png` {counts['grids']} times ({counts['grids_limited']} refused by her request rate). Bob sends one "
+        f"sample request every {a.every_ms:g} ms. The rates are the defaults (`MINEGAN_RATE_LIMIT` "
+        f"{Settings().rate_limit!r}, `MINEGAN_UPLOAD_RATE_LIMIT` {Settings().upload_rate_limit!r}, per tenant; api/limits.py).",
     ])
     update_section("tenant_pressure", text)
     print(text)

@@ -18,7 +18,8 @@ from core.data import TargetDataError, load_target, write_mnist_zip
 from core.export import FORMATS as EXPORT_FORMATS
 from core.export import describe, export, triton_repository
 from core.images import grid_png, zip_of_pngs
-from core.methods import load_model, train
+from core.methods import train
+from core.model_file import load_model
 from core.options import OPTION_TYPES, OPTIONS, MethodError, RunConfig, api_options
 from core.trainer import Stopped
 

@@ -36,7 +36,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from core import checkpoints
 from core.adapt import adaptation_hooks
 from core.augment import diff_augment
 from core.baselines import finetune_all_stage
@@ -45,6 +44,7 @@ from core.finetune import finetune_stage
 from core.fusion import FusionConfig, fuse
 from core.keep_best import KeepBest
 from core.mining import MinedGenerator, mining_stage
+from core.model_file import TransferredModel, save_model
 from core.multi import MultiGanModules, MultiMinedGenerator, unconditional_critic
 from core.nets import GENERATORS, GraphGenerator, JointMiner, JointMinerConfig, Miner, MinerConfig, critic_like, generate, new_like
 from core.options import (
@@ -69,10 +69,8 @@ from core.zoo import SourceModel, load_source_file
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FUSION_METHODS", "METHODS", "MINING_METHODS", "MethodError", "RunConfig", "build_modules", "load_model", "plan", "train"]
+__all__ = ["FUSION_METHODS", "METHODS", "MINING_METHODS", "MethodError", "RunConfig", "build_modules", "plan", "train"]
 
-MODEL_FORMAT = "minegan-model/1"
-TransferredModel = MinedGenerator | MultiMinedGenerator
 
 
 def plan(cfg: RunConfig) -> list[StageConfig]:
@@ -358,50 +356,3 @@ def _fused_source(cfg: RunConfig, sources: list[SourceModel], run_dir: Path, on_
         return load_source_file(fused_path, name)
     return fuse(sources, FusionConfig.of(cfg), run_dir, name=name, on_progress=on_progress, should_stop=should_stop,
                 after_checkpoint=after_checkpoint, total_steps=cfg.total_steps, device=device)
-
-
-def save_model(model: TransferredModel, path: Path, meta: dict[str, Any]) -> Path:
-    obj: dict[str, Any] = {"format": MODEL_FORMAT, "meta": json.dumps(meta)}
-    if isinstance(model, MultiMinedGenerator):
-        obj |= {"generators": [checkpoints.pack_module("generator", g) for g in model.G],
-                "miners": [checkpoints.pack_module("miner", m) for m in model.M],
-                "family": json.dumps({"members": model.members, "pi": model.pi, "names": model.member_names})}
-    else:
-        kind = "joint-miner" if isinstance(model.M, JointMiner) else "miner"
-        obj |= {"generator": checkpoints.pack_module("generator", model.G),
-                "miner": checkpoints.pack_module(kind, model.M) if model.M is not None else {}}
-        if model.colour is not None:
-            obj["colour"] = json.dumps(model.colour.as_json())
-    return checkpoints.save(obj, path)
-
-
-def pick_device(setting: str) -> str:
-    """A device setting (``MINEGAN_DEVICE``, ``MINEGAN_SERVE_DEVICE``): ``auto`` is cuda if available, else cpu."""
-    if setting != "auto":
-        return setting
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def load_model(path: str | Path | bytes) -> tuple[TransferredModel, dict[str, Any]]:
-    """The transferred generator(s) and miner(s) of a finished run, from ``model.pt`` (weights only)."""
-    obj = checkpoints.load(path)
-    if obj.get("format") != MODEL_FORMAT:
-        raise checkpoints.CheckpointError("not a MineGAN model file")
-    meta = json.loads(obj["meta"])
-    if "family" in obj:
-        fam = json.loads(obj["family"])
-        Gs = nn.ModuleList(checkpoints.unpack_module(g) for g in obj["generators"])
-        Ms = nn.ModuleList(checkpoints.unpack_module(m) for m in obj["miners"])
-        return MultiMinedGenerator(Gs.eval(), Ms.eval(), fam["members"], fam["pi"], fam["names"]), meta
-    G = checkpoints.unpack_module(obj["generator"])
-    M = checkpoints.unpack_module(obj["miner"]) if obj.get("miner") else None
-    assert isinstance(G, GENERATORS) and (M is None or isinstance(M, (Miner, JointMiner)))
-    try:
-        colour = ColourMap.from_json(json.loads(obj["colour"])) if obj.get("colour") else None
-    except (TypeError, ValueError, KeyError) as exc:
-        raise checkpoints.CheckpointError(f"the model's colour map is malformed: {exc}") from exc
-    if colour is not None and colour.W.shape[0] != G.cfg.channels:
-        raise checkpoints.CheckpointError("the model's colour map does not fit its generator's channels")
-    return MinedGenerator(G.eval(), M.eval() if M is not None else None, colour), meta
-
-

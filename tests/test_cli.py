@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from cli.main import main
-from core.methods import load_model
+from core.model_file import load_model
 from core.zoo import load_source_file
 from tests.helpers import target_zip_bytes, write_tiny_zoo
 

@@ -26,7 +26,8 @@ from sqlalchemy.exc import OperationalError
 from core import checkpoints, zoo
 from core.data import TargetDataError, TargetSet, load_target
 from core.images import grid_png
-from core.methods import RunResult, pick_device, train
+from core.methods import RunResult, train
+from core.model_file import pick_device
 from core.options import MethodError, RunConfig, config_from_spec
 from core.trainer import Stopped
 from store import events, logs

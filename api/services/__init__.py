@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from api.auth import Authenticator
 from api.batching import SampleBatcher
 from api.fair import FairQueue
+from api.limits import TenantRates
 from api.metrics import CACHE
-from core.methods import TransferredModel, load_model
+from core.model_file import TransferredModel, load_model
 from store.blobs import BlobStore
 from store.settings import Settings
 
@@ -135,10 +136,12 @@ class Services:
     auth: Authenticator = field(init=False)
     batcher: SampleBatcher = field(init=False)
     checks: FairQueue = field(init=False)  # upload checks, round-robin over tenants (api/fair.py)
+    rates: TenantRates = field(init=False)  # what each tenant may send, with keys required (api/limits.py)
     fast_path_hits: int = 0  # sample requests answered by api/fastpath.py (the rest went through the routes)
 
     def __post_init__(self) -> None:
         self.auth = Authenticator(self.settings)
         self.checks = FairQueue(max_waiting=self.settings.max_waiting_checks)
+        self.rates = TenantRates(self.settings)
         self.batcher = SampleBatcher(self.settings.sample_batch_window_ms / 1000, self.settings.sample_batch_max_images,
                                      self.settings.sample_batch_measure)

@@ -13,7 +13,7 @@ from api.errors import ApiError
 from api.metrics import SAMPLES
 from api.services import Services
 from core.images import grid_png, zip_of_pngs
-from core.methods import TransferredModel
+from core.model_file import TransferredModel
 from store import jobs as jobs_dao
 from store.models import Job
 

@@ -315,8 +315,8 @@ def test_the_model_cache_keeps_models_on_the_serve_device(tmp_path: Path) -> Non
     import torch
 
     from api.services import ModelCache
-    from core.methods import pick_device, save_model
     from core.mining import MinedGenerator
+    from core.model_file import pick_device, save_model
     from tests.helpers import tiny_source
 
     path = save_model(MinedGenerator(tiny_source(width=4, z_dim=8).G, None), tmp_path / "model.pt", {})

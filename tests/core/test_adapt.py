@@ -10,7 +10,8 @@ from torch import nn
 
 from core.adapt import LeCam, cdc_loss, layer_features, r1_penalty, similarity_distribution
 from core.keep_best import pixel_mmd
-from core.methods import RunConfig, load_model, train
+from core.methods import RunConfig, train
+from core.model_file import load_model
 from core.nets import generate
 from core.options import MethodError
 from core.trainer import Stopped

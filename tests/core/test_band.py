@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from core.colour import ColourMap, band_limit, fit_band, fit_colour_map, log_spectrum
-from core.methods import RunConfig, load_model, train
+from core.methods import RunConfig, train
+from core.model_file import load_model
 from core.nets import Critic, CriticConfig, Generator, GeneratorConfig
 from core.options import MethodError, SourceInfo, check_sources, resolve
 from core.zoo import SourceModel

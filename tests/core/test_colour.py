@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from core.colour import ColourMap, channel_stats, monge_kantorovich
-from core.methods import RunConfig, _resolved_json, load_model, train
+from core.methods import RunConfig, _resolved_json, train
+from core.model_file import load_model
 from core.nets import Critic, CriticConfig, Generator, GeneratorConfig
 from core.options import MethodError, SourceInfo, check_sources, resolve
 from core.zoo import SourceModel

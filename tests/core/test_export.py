@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from core import checkpoints, export, zoo
-from core.methods import RunConfig, load_model, train
+from core.methods import RunConfig, train
 from core.mining import MinedGenerator
+from core.model_file import load_model
 from tests.architectures import ARCHS, write
 
 

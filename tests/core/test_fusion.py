@@ -17,7 +17,8 @@ from core.fusion import (
     pseudo_real,
     sample_source_region,
 )
-from core.methods import MethodError, RunConfig, load_model, train
+from core.methods import MethodError, RunConfig, train
+from core.model_file import load_model
 from core.trainer import Stopped
 from core.zoo import load_source_file
 from tests.conftest import stop_after, tiny_source

@@ -3,7 +3,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.methods import FUSION_METHODS, METHODS, MethodError, RunConfig, build_modules, load_model, plan, train
+from core.methods import FUSION_METHODS, METHODS, MethodError, RunConfig, build_modules, plan, train
+from core.model_file import load_model
 from core.trainer import Stopped
 from tests.conftest import tiny_source
 

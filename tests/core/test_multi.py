@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from core.methods import MethodError, RunConfig, build_modules, load_model, train
+from core.methods import MethodError, RunConfig, build_modules, train
+from core.model_file import load_model
 from core.multi import MultiGanModules, MultiMinedGenerator, Selector, unconditional_critic
 from core.trainer import Stopped
 from tests.conftest import tiny_source

@@ -13,7 +13,7 @@ import torch
 
 from core import checkpoints
 from core.checkpoints import CheckpointError
-from core.methods import load_model
+from core.model_file import load_model
 from store import sources as registry
 from store.blobs import LocalBlobStore
 

@@ -1,0 +1,91 @@
+"""Issue 35: one tenant's request volume. With API keys required each tenant has a request rate and an upload rate
+(api/limits.py, TenantRates); past either it gets 429 with Retry-After before its body is read, over REST, /v2 and
+gRPC, and another tenant is not affected."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from store import auth as keys_dao
+from tests.helpers import TINY_SPEC, app_client, free_port, target_zip_bytes
+
+
+def _keys(c: TestClient, *tenants: str) -> list[dict[str, str]]:
+    url = c.app.state.services.settings.database_url  # type: ignore[attr-defined]
+    return [{"Authorization": f"Bearer {keys_dao.create_key(url, t, 'test', 4)[0]}"} for t in tenants]
+
+
+def _upload(c: TestClient, key: dict[str, str]) -> int:
+    files = {"images": ("t.zip", target_zip_bytes(), "application/zip")}
+    return c.post("/jobs", headers=key, files=files, data={"spec": json.dumps({**TINY_SPEC, "batch_size": 9999})}).status_code
+
+
+def test_a_tenant_past_its_upload_rate_gets_429_before_its_body_is_read_and_another_tenant_does_not(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with app_client(tmp_path, monkeypatch, auth="required", upload_rate_limit="2/minute", rate_limit="") as c:
+        alice, bob = _keys(c, "alice", "bob")
+        assert [_upload(c, alice), _upload(c, alice)] == [422, 422]  # checked, then refused for its batch size
+        read: list[int] = []
+
+        def body() -> Iterator[bytes]:
+            for _ in range(64):
+                read.append(1)
+                yield b"x" * 65536
+
+        r = c.post("/jobs", headers={**alice, "Content-Type": "multipart/form-data; boundary=x"}, content=body())
+        assert r.status_code == 429 and r.json()["error"]["code"] == "rate_limited", r.text
+        assert "more than 2 uploads per 1 minute" in r.json()["error"]["message"]
+        assert 1 <= int(r.headers["retry-after"]) <= 60 and r.headers["connection"] == "close"
+        assert len(read) <= 2  # the answer came before the body
+        assert c.post("/models", headers=alice, files={"generator": ("g", b"x")}).status_code == 429  # uploads both ways
+        assert c.get("/jobs", headers=alice).status_code == 200  # other requests go on
+        assert _upload(c, bob) == 422  # bob's uploads have their own count
+
+
+def test_a_tenant_past_its_request_rate_gets_429_over_rest_and_v2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with app_client(tmp_path, monkeypatch, auth="required", rate_limit="5/minute") as c:
+        alice, bob = _keys(c, "alice", "bob")
+        codes = [c.get("/jobs", headers=alice).status_code for _ in range(5)]
+        assert codes == [200] * 5
+        over = c.get("/jobs", headers=alice)
+        assert over.status_code == 429 and "more than 5 requests per 1 minute" in over.json()["error"]["message"]
+        assert c.get("/sample?n=1", headers=alice).status_code == 429  # the fast path is behind the limit too
+        assert c.post("/v2/models/latest/infer", headers=alice, content=b"{}").json()["error"].startswith("tenant 'alice'")
+        assert c.get("/healthz").status_code == 200  # the open paths are not counted
+        assert c.get("/jobs", headers=bob).status_code == 200
+
+
+def test_without_keys_there_is_no_rate_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with app_client(tmp_path, monkeypatch, auth="off", rate_limit="2/minute") as c:
+        assert [c.get("/jobs").status_code for _ in range(4)] == [200] * 4
+
+
+def test_grpc_submit_counts_as_an_upload(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import grpc
+
+    from minegan_grpc import jobs_pb2, jobs_pb2_grpc
+
+    port = free_port()
+    with app_client(tmp_path, monkeypatch, auth="required", grpc_port=port, upload_rate_limit="1/minute") as c:
+        (alice,) = _keys(c, "alice")
+        meta = (("authorization", alice["Authorization"]),)
+
+        def parts() -> Iterator[jobs_pb2.SubmitRequest]:
+            yield jobs_pb2.SubmitRequest(spec_json=json.dumps({**TINY_SPEC, "batch_size": 9999}))
+            yield jobs_pb2.SubmitRequest(zip_chunk=target_zip_bytes())
+
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            jobs = jobs_pb2_grpc.JobsStub(ch)
+            codes = []
+            for _ in range(2):
+                with pytest.raises(grpc.RpcError) as err:
+                    jobs.Submit(parts(), metadata=meta, timeout=30)
+                codes.append(err.value.code())
+            assert codes == [grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED]
+            assert "more than 1 uploads per 1 minute" in (err.value.details() or "")
+            assert dict(err.value.trailing_metadata() or ())["retry-after"].isdigit()
