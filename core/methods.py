@@ -38,9 +38,7 @@ from torch import nn
 
 from core.adapt import adaptation_hooks
 from core.augment import diff_augment
-from core.baselines import finetune_all_stage
 from core.colour import ColourMap, fit_colour_map
-from core.finetune import finetune_stage
 from core.fusion import FusionConfig, fuse
 from core.keep_best import KeepBest
 from core.mining import MinedGenerator, mining_stage
@@ -71,6 +69,19 @@ log = logging.getLogger(__name__)
 
 __all__ = ["FUSION_METHODS", "METHODS", "MINING_METHODS", "MethodError", "RunConfig", "build_modules", "plan", "train"]
 
+
+def finetune_stage(steps: int, *, sparse: bool = False, **opts: object) -> StageConfig:
+    """Finetuning after mining (Sec. 3.4.1): M, G and D learn together with the mining objective (Eq. 3-4, now minimised
+    w.r.t. M and G); ``sparse`` restricts D to the filters S^3 selects (Eq. 11-14, Sec. 3.4.2: MineGAN++)."""
+    return StageConfig("finetune", steps=steps, train_miner=True, train_generator=True, sparse=sparse, **opts)  # type: ignore[arg-type]
+
+
+def finetune_all_stage(steps: int, *, sparse: bool = False, freeze_critic_layers: int = 0, **opts: object) -> StageConfig:
+    """The baselines' one stage (Sec. 5, Tables 1-3): G and D learn directly, no miner. ``scratch`` from random weights,
+    ``transfergan`` from the source (Wang et al. 2018), ``transfergan++`` with S^3 on the critic (Sec. 5: S^3 "does not
+    require mining"), ``freezed`` with the lowest critic layers fixed (FreezeD, Mo et al. 2020)."""
+    return StageConfig("train", steps=steps, train_miner=False, train_generator=True, sparse=sparse,
+                       freeze_critic_layers=freeze_critic_layers, **opts)  # type: ignore[arg-type]
 
 
 def plan(cfg: RunConfig) -> list[StageConfig]:
