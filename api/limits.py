@@ -15,6 +15,7 @@ import asyncio
 import json
 import math
 import time
+from collections import deque
 from typing import Any
 
 import limits
@@ -100,39 +101,76 @@ OPEN_PREFIXES = ("/healthz", "/readyz", "/docs", "/redoc", "/openapi.json", "/bl
 UPLOADS = {("POST", "/jobs"), ("POST", "/models")}
 
 
+class LocalWindows:
+    """The moving window of each limit (``limits``' rate items), counted in this process: the times of the hits still in
+    the window, per tenant and limit. Standing in for ``limits``' own ``memory://`` storage, which starts a timer thread
+    on every hit: ``Thread.start`` waits for that thread to take the GIL, so with another Python thread busy (the sampling
+    thread, an upload's parse) each check held the event loop for about 10 ms, against microseconds here
+    (docs/benchmarks.md, "rate_check")."""
+
+    def __init__(self) -> None:
+        self._hits: dict[str, deque[float]] = {}
+
+    def hit(self, item: limits.RateLimitItem, *ids: str) -> float | None:
+        """Count a hit: None if it is within the limit, else the seconds until the oldest hit leaves the window."""
+        now, window = time.monotonic(), item.get_expiry()
+        hits = self._hits.setdefault(item.key_for(*ids), deque())
+        while hits and hits[0] <= now - window:
+            hits.popleft()
+        if len(hits) >= item.amount:
+            return hits[0] + window - now
+        hits.append(now)
+        return None
+
+
 class TenantRates:
     """How many requests, and how many uploads, one tenant may send (``MINEGAN_RATE_LIMIT``,
-    ``MINEGAN_UPLOAD_RATE_LIMIT``): the moving-window limiter of the ``limits`` package, counted per tenant in
-    ``MINEGAN_RATE_LIMIT_STORAGE`` (memory: each API process counts its own; Redis: all processes together).
+    ``MINEGAN_UPLOAD_RATE_LIMIT``; ``limits``' rate strings): a moving window per tenant, counted in this API process
+    (``MINEGAN_RATE_LIMIT_STORAGE=memory://``, :class:`LocalWindows`) or in a shared store for every process (e.g.
+    ``redis://``: the ``limits`` package's moving-window limiter over that storage, called off the event loop).
 
     An upload is also a request. The upload limit is what keeps one tenant's zips from occupying the upload checker
     (api/fair.py serves tenants in turn, but a check once started runs to its end), and since it is checked from the
-    headers, a refused upload's body is never read."""
+    headers, a refused upload's body is never read. A refused request is not counted, and is answered only after
+    ``MINEGAN_RATE_LIMIT_DELAY_S`` (or its ``Retry-After``, if sooner): a client that does not wait for ``Retry-After``
+    is slowed to a request per connection per delay instead of being answered as fast as it sends, as nginx's
+    ``limit_req`` holds back excess requests (docs/benchmarks.md, "tenant_pressure")."""
 
     def __init__(self, settings: Settings) -> None:
+        self.delay_s = settings.rate_limit_delay_s
         self.requests = limits.parse_many(settings.rate_limit) if settings.rate_limit.strip() else []
         self.uploads = limits.parse_many(settings.upload_rate_limit) if settings.upload_rate_limit.strip() else []
-        self.limiter = MovingWindowRateLimiter(storage_from_string(settings.rate_limit_storage))
         self.blocking = not settings.rate_limit_storage.startswith("memory")  # a network store: off the event loop
+        self.local = None if self.blocking else LocalWindows()
+        self.shared = MovingWindowRateLimiter(storage_from_string(settings.rate_limit_storage)) if self.blocking else None
+
+    def _wait(self, item: limits.RateLimitItem, kind: str, tenant: str) -> float | None:
+        if self.local is not None:
+            return self.local.hit(item, kind, tenant)
+        assert self.shared is not None
+        if self.shared.hit(item, kind, tenant):
+            return None
+        return self.shared.get_window_stats(item, kind, tenant).reset_time - time.time()
 
     def _check(self, tenant: str, upload: bool) -> ApiError | None:
         for kind, items in (("uploads", self.uploads if upload else []), ("requests", self.requests)):
             for item in items:
-                if not self.limiter.hit(item, kind, tenant):
-                    reset = self.limiter.get_window_stats(item, kind, tenant).reset_time
-                    wait = max(1, math.ceil(reset - time.time()))
+                wait = self._wait(item, kind, tenant)
+                if wait is not None:
+                    seconds = max(1, math.ceil(wait))
                     return ApiError(429, "rate_limited", f"tenant {tenant!r} sent more than {item.amount} {kind} per "
-                                                         f"{item.multiples} {item.GRANULARITY.name}; retry in {wait} s",
-                                    {"retry-after": str(wait)})
+                                                         f"{item.multiples} {item.GRANULARITY.name}; retry in {seconds} s",
+                                    {"retry-after": str(seconds)})
         return None
 
     async def check(self, tenant: str, upload: bool) -> ApiError | None:
         """None when the request may go on; else the 429 to answer (it carries ``Retry-After``)."""
         if not self.requests and not (upload and self.uploads):
             return None
-        if self.blocking:
-            return await run_in_threadpool(self._check, tenant, upload)
-        return self._check(tenant, upload)
+        refused = await run_in_threadpool(self._check, tenant, upload) if self.blocking else self._check(tenant, upload)
+        if refused is not None and self.delay_s > 0:
+            await asyncio.sleep(min(self.delay_s, float((refused.headers or {}).get("retry-after", 0))))
+        return refused
 
 
 class KeyFirstMiddleware:

@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     upload_rate_limit: str = "10/minute"
     # where the counts live: memory:// (per API process) or a shared store such as redis://host:6379/2 (compose)
     rate_limit_storage: str = "memory://"
+    # a refused request is answered after this many seconds (at most its Retry-After): a client that ignores
+    # Retry-After is slowed rather than answered as fast as it sends; 0: at once
+    rate_limit_delay_s: float = Field(default=1.0, ge=0.0, le=60.0)
     # nice value of the thread that renders samples (api/compute.py, RenderPriority); below 0 needs CAP_SYS_NICE
     render_nice: int = Field(default=-5, ge=-20, le=19)
     # warn, with the loop thread's stack, when the API's event loop has not run for this long (api/watchdog.py); 0: off

@@ -27,7 +27,8 @@ def _upload(c: TestClient, key: dict[str, str]) -> int:
 
 def test_a_tenant_past_its_upload_rate_gets_429_before_its_body_is_read_and_another_tenant_does_not(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with app_client(tmp_path, monkeypatch, auth="required", upload_rate_limit="2/minute", rate_limit="") as c:
+    with app_client(tmp_path, monkeypatch, auth="required", upload_rate_limit="2/minute", rate_limit="",
+                    rate_limit_delay_s=0) as c:
         alice, bob = _keys(c, "alice", "bob")
         assert [_upload(c, alice), _upload(c, alice)] == [422, 422]  # checked, then refused for its batch size
         read: list[int] = []
@@ -48,7 +49,7 @@ def test_a_tenant_past_its_upload_rate_gets_429_before_its_body_is_read_and_anot
 
 
 def test_a_tenant_past_its_request_rate_gets_429_over_rest_and_v2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with app_client(tmp_path, monkeypatch, auth="required", rate_limit="5/minute") as c:
+    with app_client(tmp_path, monkeypatch, auth="required", rate_limit="5/minute", rate_limit_delay_s=0) as c:
         alice, bob = _keys(c, "alice", "bob")
         codes = [c.get("/jobs", headers=alice).status_code for _ in range(5)]
         assert codes == [200] * 5
@@ -58,6 +59,30 @@ def test_a_tenant_past_its_request_rate_gets_429_over_rest_and_v2(tmp_path: Path
         assert c.post("/v2/models/latest/infer", headers=alice, content=b"{}").json()["error"].startswith("tenant 'alice'")
         assert c.get("/healthz").status_code == 200  # the open paths are not counted
         assert c.get("/jobs", headers=bob).status_code == 200
+
+
+def test_a_refused_request_is_answered_after_the_delay_and_holds_no_one_else_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client that ignores Retry-After waits ``rate_limit_delay_s`` for each refusal; the event loop goes on meanwhile."""
+    import threading
+    import time
+
+    with app_client(tmp_path, monkeypatch, auth="required", rate_limit="1/minute", rate_limit_delay_s=1.0) as c:
+        alice, bob = _keys(c, "alice", "bob")
+        assert c.get("/jobs", headers=alice).status_code == 200
+        refused: list[tuple[int, float]] = []
+
+        def hammer() -> None:
+            t0 = time.perf_counter()
+            refused.append((c.get("/jobs", headers=alice).status_code, time.perf_counter() - t0))
+
+        thread = threading.Thread(target=hammer)
+        thread.start()
+        time.sleep(0.2)
+        t0 = time.perf_counter()
+        assert c.get("/jobs", headers=bob).status_code == 200  # while alice's refusal is held back
+        assert time.perf_counter() - t0 < 0.6 and thread.is_alive()
+        thread.join()
+        assert refused[0][0] == 429 and 0.95 <= refused[0][1] < 5
 
 
 def test_without_keys_there_is_no_rate_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -71,7 +96,8 @@ def test_grpc_submit_counts_as_an_upload(tmp_path: Path, monkeypatch: pytest.Mon
     from minegan_grpc import jobs_pb2, jobs_pb2_grpc
 
     port = free_port()
-    with app_client(tmp_path, monkeypatch, auth="required", grpc_port=port, upload_rate_limit="1/minute") as c:
+    with app_client(tmp_path, monkeypatch, auth="required", grpc_port=port, upload_rate_limit="1/minute",
+                    rate_limit_delay_s=0) as c:
         (alice,) = _keys(c, "alice")
         meta = (("authorization", alice["Authorization"]),)
 
