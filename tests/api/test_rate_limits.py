@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from store import auth as keys_dao
-from tests.helpers import TINY_SPEC, app_client, free_port, target_zip_bytes
+from tests.helpers import TINY_SPEC, app_client, embedded_server, free_port, target_zip_bytes
 
 
 def _keys(c: TestClient, *tenants: str) -> list[dict[str, str]]:
@@ -90,16 +90,23 @@ def test_without_keys_there_is_no_rate_limit(tmp_path: Path, monkeypatch: pytest
         assert [c.get("/jobs").status_code for _ in range(4)] == [200] * 4
 
 
-def test_grpc_submit_counts_as_an_upload(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_grpc_submit_counts_as_an_upload(tmp_path: Path) -> None:
+    """Against ``minegan serve --grpc-port`` in a subprocess: the gRPC server's protobuf package is the one tritonclient
+    declares, and other tests load tritonclient into this process."""
+    import subprocess
+    import sys
+
     import grpc
 
     from minegan_grpc import jobs_pb2, jobs_pb2_grpc
 
     port = free_port()
-    with app_client(tmp_path, monkeypatch, auth="required", grpc_port=port, upload_rate_limit="1/minute",
-                    rate_limit_delay_s=0) as c:
-        (alice,) = _keys(c, "alice")
-        meta = (("authorization", alice["Authorization"]),)
+    env = {"MINEGAN_AUTH": "required", "MINEGAN_GRPC_PORT": str(port), "MINEGAN_UPLOAD_RATE_LIMIT": "1/minute",
+           "MINEGAN_RATE_LIMIT_DELAY_S": "0"}
+    with embedded_server(tmp_path, **env) as (_, full_env):
+        key = subprocess.run([str(Path(sys.executable).parent / "minegan"), "keys", "create", "--tenant", "alice"], env=full_env,
+                             capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+        meta = (("authorization", f"Bearer {key}"),)
 
         def parts() -> Iterator[jobs_pb2.SubmitRequest]:
             yield jobs_pb2.SubmitRequest(spec_json=json.dumps({**TINY_SPEC, "batch_size": 9999}))

@@ -146,6 +146,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "MINEGAN_HEARTBEAT_INTERVAL_S": "0.5", "MINEGAN_STALE_AFTER_S": "4", "MINEGAN_SWEEP_INTERVAL_S": "1",
         "MINEGAN_PRESIGN_EXPIRY_S": "60", "MINEGAN_MAX_CONCURRENT_JOBS": "20", "MINEGAN_AUTH_CACHE_S": "1",
         "MINEGAN_MAX_WAITING_CHECKS": "20",  # the quota test sends 20 submissions at once
+        # one tenant here submits dozens of jobs a minute and the load test samples as fast as it can: no per-tenant
+        # rates (tests/api/test_rate_limits.py and test_rate_limits_redis.py test them)
+        "MINEGAN_RATE_LIMIT": "", "MINEGAN_UPLOAD_RATE_LIMIT": "",
         "MINEGAN_WEBHOOK_ALLOW": "127.0.0.1",  # the tests' webhook receiver listens on loopback
         "MINEGAN_GRPC_PORT": str(grpc_port),
         "MINEGAN_WORKER_METRICS_PORT": str(_free_port()),  # the Celery worker's own /metrics (worker/metrics.py)
