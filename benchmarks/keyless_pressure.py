@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import json
 import os
-import shlex
 import socket
 import statistics
 import subprocess
@@ -31,7 +29,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._doc import update_section  # noqa: E402
+from benchmarks._doc import command_line, update_section  # noqa: E402
 from tests.helpers import free_port, target_zip_bytes, wait_ready, write_tiny_zoo  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -124,10 +122,9 @@ def main() -> int:
             except OSError:
                 pass
             s.close()
-    cmd = " ".join(["python benchmarks/keyless_pressure.py", *(shlex.quote(x) for x in sys.argv[1:])])
     text = "\n".join([
         "## Pressure without a key (issue 35)", "",
-        f"Command: `{cmd}` ({datetime.date.today().isoformat()}, 2-core CPU). `minegan serve` (embedded, `MINEGAN_AUTH=required`) "
+        f"Command: {command_line()}, 2-core CPU). `minegan serve` (embedded, `MINEGAN_AUTH=required`) "
         f"with one tenant's finished job; {a.clients} connections without a key each start a `POST /jobs` declaring a 45 MB "
         "body, send its first MiB and stall. The server checks the key from the headers before it reads any body "
         "(api/limits.py, `KeyFirstMiddleware`).", "",

@@ -12,8 +12,6 @@ Usage:  python benchmarks/rate_check.py [--checks 400 --every-ms 5]
 from __future__ import annotations
 
 import argparse
-import datetime
-import shlex
 import statistics
 import sys
 import threading
@@ -29,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from api.limits import LocalWindows  # noqa: E402
-from benchmarks._doc import update_section  # noqa: E402
+from benchmarks._doc import command_line, update_section  # noqa: E402
 
 
 def timings(check: Callable[[], object], n: int, every_s: float) -> list[float]:
@@ -77,10 +75,9 @@ def main() -> int:
     for (name, beside), ts in results.items():
         ts.sort()
         rows.append(f"| {name} | {beside} | {statistics.median(ts):.3f} ms | {ts[int(0.99 * len(ts))]:.3f} ms | {ts[-1]:.3f} ms |")
-    cmd = " ".join(["python benchmarks/rate_check.py", *(shlex.quote(x) for x in sys.argv[1:])])
     text = "\n".join([
         "## What a rate check costs the event loop (issue 35)", "",
-        f"Command: `{cmd}` ({datetime.date.today().isoformat()}, 2-core CPU). One tenant's request-rate check "
+        f"Command: {command_line()}, 2-core CPU). One tenant's request-rate check "
         f"(api/limits.py), {a.rounds} x {a.checks} checks per row, one every {a.every_ms:g} ms, the two ways interleaved. "
         "`limits`' memory storage starts a timer thread on every hit, and `Thread.start` waits until that thread has "
         "taken the GIL: beside a busy Python thread each check then holds the event loop for a switch interval or two. "

@@ -14,11 +14,9 @@ Usage:  python benchmarks/tenant_pressure.py [--uploaders 2 --grids 3 --requests
 from __future__ import annotations
 
 import argparse
-import datetime
 import io
 import json
 import os
-import shlex
 import statistics
 import sys
 import threading
@@ -32,7 +30,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._doc import update_section  # noqa: E402
+from benchmarks._doc import command_line, update_section  # noqa: E402
 from benchmarks.keyless_pressure import finished_job, keyed_server, latencies  # noqa: E402
 from store.settings import Settings  # noqa: E402
 from tests.helpers import target_zip_bytes  # noqa: E402
@@ -149,10 +147,9 @@ def main() -> int:
     def per_round(xs: list[tuple[float, float]]) -> str:
         return "; ".join(f"{m:.1f} / {p:.1f}" for m, p in xs) + " ms"
 
-    cmd = " ".join(["python benchmarks/tenant_pressure.py", *(shlex.quote(x) for x in sys.argv[1:])])
     text = "\n".join([
         "## One tenant against another (issue 35)", "",
-        f"Command: `{cmd}` ({datetime.date.today().isoformat()}, 2-core CPU). `minegan serve` (embedded, `MINEGAN_AUTH=required`), "
+        f"Command: {command_line()}, 2-core CPU). `minegan serve` (embedded, `MINEGAN_AUTH=required`), "
         f"tenants alice and bob with a finished job each. The pressure: {a.uploaders} of alice's clients submit, again and "
         "again, a zip of 15 PNGs of 4096x4096 (each at the per-image pixel limit, 252 Mpx in all) with a `batch_size` "
         f"that is refused only after the zip is checked (no job, no quota used), and {a.grids} more fetch her job's "
