@@ -10,7 +10,8 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import Field, model_validator
+import limits
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -100,6 +101,16 @@ class Settings(BaseSettings):
     sweep_interval_s: float = Field(default=30.0, gt=0)  # how often the API looks for stale jobs
     requeue_queued_after_s: float = Field(default=900.0, gt=0)  # a queued job not picked up is enqueued again
     max_attempts: int = Field(default=3, ge=1)  # claims of one job (crashes included) before it is failed
+
+    @field_validator("rate_limit", "upload_rate_limit")
+    @classmethod
+    def _rates(cls, value: str) -> str:
+        try:
+            if value.strip():
+                limits.parse_many(value)
+        except ValueError as exc:
+            raise ValueError(f"{value!r} is not a rate such as '100/second' or '10/minute;100/hour' ({exc})") from exc
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

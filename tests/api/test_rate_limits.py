@@ -122,3 +122,15 @@ def test_grpc_submit_counts_as_an_upload(tmp_path: Path) -> None:
             assert codes == [grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED]
             assert "more than 1 uploads per 1 minute" in (err.value.details() or "")
             assert dict(err.value.trailing_metadata() or ())["retry-after"].isdigit()
+
+
+def test_a_rate_that_does_not_parse_is_refused_with_its_setting_named() -> None:
+    from pydantic import ValidationError
+
+    from store.settings import Settings
+
+    with pytest.raises(ValidationError, match="upload_rate_limit") as err:
+        Settings(upload_rate_limit="lots")
+    assert "'lots' is not a rate such as '100/second'" in str(err.value)
+    assert Settings(rate_limit="5/second;100/minute", upload_rate_limit="").rate_limit == "5/second;100/minute"
+
