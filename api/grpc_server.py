@@ -68,10 +68,9 @@ class _Servicer:
         tenant = self.svc.auth.cached_tenant_of_key(key)
         if tenant is None:
             tenant = await run_in_threadpool(self.svc.auth.tenant_of_key, key)
-        if self.svc.settings.auth_required:
-            refused = await self.svc.rates.check(tenant, upload)
-            if refused is not None:
-                raise refused
+        refused = await self.svc.rates.check(tenant, upload)
+        if refused is not None:
+            raise refused
         return tenant
 
     async def _call(self, context: grpc.aio.ServicerContext, fn: Callable[[], Awaitable[R]]) -> R:

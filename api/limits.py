@@ -137,7 +137,7 @@ class TenantRates:
     ``limit_req`` holds back excess requests (docs/benchmarks.md, "tenant_pressure")."""
 
     def __init__(self, settings: Settings) -> None:
-        self.delay_s = settings.rate_limit_delay_s
+        self.keyed, self.delay_s = settings.auth_required, settings.rate_limit_delay_s
         self.requests = limits.parse_many(settings.rate_limit) if settings.rate_limit.strip() else []
         self.uploads = limits.parse_many(settings.upload_rate_limit) if settings.upload_rate_limit.strip() else []
         self.blocking = not settings.rate_limit_storage.startswith("memory")  # a network store: off the event loop
@@ -164,8 +164,9 @@ class TenantRates:
         return None
 
     async def check(self, tenant: str, upload: bool) -> ApiError | None:
-        """None when the request may go on; else the 429 to answer (it carries ``Retry-After``)."""
-        if not self.requests and not (upload and self.uploads):
+        """None when the request may go on (always, without keys: there are no tenants to share among); else the 429
+        to answer (it carries ``Retry-After``)."""
+        if not self.keyed or (not self.requests and not (upload and self.uploads)):
             return None
         refused = await run_in_threadpool(self._check, tenant, upload) if self.blocking else self._check(tenant, upload)
         if refused is not None and self.delay_s > 0:

@@ -64,12 +64,12 @@ class Settings(BaseSettings):
     upload_check_process: bool = True
     # a tenant's uploads waiting for the checker (served round-robin over tenants, api/fair.py); one more is a 429
     max_waiting_checks: int = Field(default=4, ge=1, le=1000)
-    # with API keys required, what one tenant may send (api/limits.py, TenantRates; the `limits` package's moving window):
+    # with API keys required, what one tenant may send (api/limits.py, TenantRates: a moving window, `limits`' rate strings):
     # every request but the open paths, and the uploads (POST /jobs, POST /models, gRPC Submit) again on their own;
     # "N/second;M/minute" and so on, "" for no limit. Past a limit: 429 with Retry-After, before the body is read
     rate_limit: str = "100/second"
     upload_rate_limit: str = "10/minute"
-    # where the counts live: memory:// (per API process) or a shared store such as redis://host:6379/2 (compose)
+    # where the counts live: memory:// (per API process) or a store `limits` reaches, such as redis://host:6379/2 (compose)
     rate_limit_storage: str = "memory://"
     # a refused request is answered after this many seconds (at most its Retry-After): a client that ignores
     # Retry-After is slowed rather than answered as fast as it sends; 0: at once

@@ -15,7 +15,7 @@ from tests.integration.conftest import _need_services
 def test_two_processes_limiters_share_one_count_per_tenant_in_redis() -> None:
     _need_services()
     url = f"redis://127.0.0.1:{os.environ['MINEGAN_IT_REDIS_PORT']}/2"
-    settings = Settings(rate_limit="3/minute", upload_rate_limit="1/minute", rate_limit_storage=url)
+    settings = Settings(auth="required", rate_limit="3/minute", upload_rate_limit="1/minute", rate_limit_storage=url)
     one, two = TenantRates(settings), TenantRates(settings)  # as two API processes would make them
     assert one.blocking and two.blocking
     alice, bob = f"alice-{uuid.uuid4().hex}", f"bob-{uuid.uuid4().hex}"
