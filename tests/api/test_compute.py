@@ -74,11 +74,11 @@ def test_background_threads_run_at_a_lower_cpu_priority_than_the_event_loop() ->
 def _whoami() -> tuple[int, int]:
     import os
 
-    return os.getpid(), os.getpriority(os.PRIO_PROCESS, 0)
+    return os.getpid(), os.sched_getscheduler(0)
 
 
-def test_target_zips_are_checked_in_a_low_priority_process_whose_errors_reach_the_caller(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """run_check: another process (so its Python holds another GIL), at nice 10 or more; a check's refusal comes back
+def test_target_zips_are_checked_in_an_idle_class_process_whose_errors_reach_the_caller(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """run_check: another process (so its Python holds another GIL), in the idle scheduling class; a check's refusal comes back
     as the same 4xx; a checker that dies is replaced and the call still answers."""
     import os
     import signal
@@ -95,8 +95,8 @@ def test_target_zips_are_checked_in_a_low_priority_process_whose_errors_reach_th
     good = write_mnist_zip(tmp_path / "t.zip", [9], 12, seed=0).read_bytes()
 
     async def main() -> None:
-        pid, nice = await compute.run_check(_whoami)
-        assert pid != os.getpid() and nice >= compute.BACKGROUND_NICE
+        pid, policy = await compute.run_check(_whoami)
+        assert pid != os.getpid() and policy == os.SCHED_IDLE
         assert await validate_target_off_process(good, 1, 28, settings) == validate_target(good, 1, 28, settings)
         with pytest.raises(ApiError) as err:
             await validate_target_off_process(b"PK\x03\x04 not a zip", 1, 28, settings)
