@@ -77,7 +77,9 @@ class JobPublic(BaseModel):
     step: int
     total_steps: int
     method: str
-    spec: dict[str, Any]
+    spec: dict[str, Any] = Field(description="the job spec as submitted, its options with this version's defaults filled in")
+    run: dict[str, Any] | None = Field(default=None, description="the run as it trains: every option, each \"auto\" made "
+                                       "concrete for the job's sources (null for a job submitted before the service stored it)")
     stats: dict[str, Any] | None
     metrics: dict[str, Any] | None
     target: dict[str, Any] | None

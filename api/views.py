@@ -11,7 +11,7 @@ def job_public(job: Job) -> JobPublic:
              "sample": f"/jobs/{job.id}/sample?n=16", "previews": f"/jobs/{job.id}/previews"}
     return JobPublic(
         id=job.id, status=job.status, phase=job.phase, progress=round(job.progress, 4), step=job.step,  # type: ignore[arg-type]
-        total_steps=job.total_steps, method=job.method, spec=job.spec, stats=job.stats, metrics=job.metrics,
+        total_steps=job.total_steps, method=job.method, spec=job.spec, run=job.run, stats=job.stats, metrics=job.metrics,
         target=job.target_report, error=ErrorInfo(code=job.error_code, message=job.error_message or "") if job.error_code else None,
         selector=_selector(job), created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at, links=links,
     )

@@ -20,7 +20,7 @@ from core.export import describe, export, triton_repository
 from core.images import grid_png, zip_of_pngs
 from core.methods import train
 from core.model_file import load_model
-from core.options import OPTION_TYPES, OPTIONS, MethodError, RunConfig, api_options
+from core.options import OPTION_TYPES, OPTIONS, SOURCE_DEPENDENT, MethodError, RunConfig, api_options, prepare
 from core.trainer import Stopped
 
 
@@ -46,13 +46,17 @@ def cmd_train(a: argparse.Namespace) -> int:
     target = load_target(a.target, source.G.cfg.channels, source.G.cfg.img_size)
     conv = target.report.get("converted")
     print(f"target: {len(target)} images from {a.target}" + (f" (converted: {conv})" if conv else ""), file=sys.stderr)
-    cfg = RunConfig(**{f.name: getattr(a, f.name) for f in OPTIONS if f.metadata["cli"]})
+    asked = RunConfig(**{f.name: getattr(a, f.name) for f in OPTIONS if f.metadata["cli"]})
+    prepared = prepare(asked, [s.info for s in sources])  # checked, every "auto" made concrete for these sources
+    resolved = [f"{k} {getattr(prepared.run, k)}" for k in SOURCE_DEPENDENT if getattr(asked, k) != getattr(prepared.run, k)]
+    if resolved:
+        print(f"auto for {', '.join(s.name for s in sources)}: {', '.join(resolved)}", file=sys.stderr)
     if a.threads:
         torch.set_num_threads(a.threads)
-    bar, on_progress = _progress_bar(cfg.total_steps)
+    bar, on_progress = _progress_bar(prepared.total_steps)
     t0 = time.time()
     try:
-        result = train(cfg, sources, target.images, a.out, on_progress=on_progress, device=a.device)
+        result = train(prepared, sources, target.images, a.out, on_progress=on_progress, device=a.device)
     finally:
         bar.close()
     print(f"done in {time.time() - t0:.0f}s: {result.run_dir / 'model.pt'}", file=sys.stderr)

@@ -53,9 +53,9 @@ from core.options import (
     MINING_METHODS,
     OPTIONS,
     MethodError,
+    PreparedRun,
     RunConfig,
     SourceInfo,
-    check_sources,
     is_family,
     miner_lr,
     prepare,
@@ -119,17 +119,16 @@ def _new_miner(cfg: RunConfig, z: int) -> Miner:
 def build_modules(cfg: RunConfig, source: SourceModel | list[SourceModel]) -> GanModules:
     """Fresh copies of the source nets (random init for ``scratch``) plus a miner for mining methods;
     for a family (several sources or a conditional one) one miner per member and one critic.
-    Fusion methods take the fused source (``fuse`` first; ``train`` does)."""
+    Fusion methods take the fused source (``fuse`` first; ``train`` does). ``cfg`` fits ``source``
+    (``core.options.prepare`` checks that)."""
     sources = _as_list(source)
     if cfg.method in FUSION_METHODS:
         if len(sources) != 1:
             raise MethodError("fusion methods mine the fused generator: call fuse() first (train() does)")
         if is_family(cfg, [s.info for s in sources]) and "fusion" in sources[0].meta:
             return _build_region_family(cfg, sources[0])
-    else:
-        check_sources(cfg, [s.info for s in sources])
-        if is_family(cfg, [s.info for s in sources]):
-            return _build_family(cfg, sources)
+    elif is_family(cfg, [s.info for s in sources]):
+        return _build_family(cfg, sources)
     source = sources[0]
     if cfg.method == "scratch" and isinstance(source.G, GraphGenerator):
         raise MethodError("method: scratch re-initialises the generator, which one read from a graph file (ONNX, .pt2) cannot be; "
@@ -195,7 +194,7 @@ PreviewFn = Callable[[int, Callable[[int, int], torch.Tensor]], None]
 
 
 def train(
-    cfg: RunConfig,
+    cfg: RunConfig | PreparedRun,
     source: SourceModel | list[SourceModel],
     target: torch.Tensor,
     run_dir: str | Path,
@@ -207,7 +206,8 @@ def train(
     preview_every: int = 0,
 ) -> RunResult:
     """Run ``cfg.method`` from ``source`` (one model or a list) on ``target`` ([N, C, H, W] in [-1, 1]);
-    resumable via ``run_dir``.
+    resumable via ``run_dir``. ``cfg``: a run that ``core.options.prepare`` made for these sources (run as it is), or a
+    plain config (prepared here).
 
     ``after_checkpoint(path)`` is called after each checkpoint is written (the worker uploads it).
     ``on_preview(step, sample)`` is called every ``preview_every`` mining/finetuning steps (and at the last
@@ -219,7 +219,8 @@ def train(
     g = sources[0].G.cfg if sources else None
     if g is not None and tuple(target.shape[1:]) != (g.channels, g.img_size, g.img_size):
         raise MethodError(f"target images {tuple(target.shape[1:])} do not match the source's output shape")
-    concrete = prepare(cfg, [s.info for s in sources])  # checked, with "auto" settings made concrete for these sources
+    prepared = cfg if isinstance(cfg, PreparedRun) else prepare(cfg, [s.info for s in sources])
+    cfg, concrete = prepared.asked, prepared.run
     if cfg.method in FUSION_METHODS:  # Sec. 4.2: fuse the sources into G_F first, then mine G_F
         sources = [_fused_source(concrete, sources, run_dir, on_progress, should_stop, device, after_checkpoint)]
     run = mining_run(cfg, sources, target.to(device), run_dir, concrete)
@@ -261,9 +262,7 @@ def _resolved_json(config: dict[str, Any], infos: list[SourceInfo]) -> dict[str,
     ``keep_best`` says what is published, not how training goes, so it is left out."""
     known = {f.name for f in OPTIONS}
     try:
-        given: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items() if k in known}
-        cfg = RunConfig(**given)
-        resolved = resolve(cfg, infos).as_json() | {k: v for k, v in config.items() if k not in known}
+        resolved = resolve(RunConfig.from_json(config), infos).as_json() | {k: v for k, v in config.items() if k not in known}
         return {k: v for k, v in resolved.items() if k != "keep_best"}
     except (TypeError, ValueError):
         return None

@@ -184,6 +184,14 @@ class RunConfig:
         """The config as JSON values (tuples as lists): what checkpoints and model files record."""
         return jsonable(asdict(self))
 
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> RunConfig:
+        """The config of :meth:`as_json`'s values (lists back to tuples); keys that are no option are left out. Raises
+        ``TypeError`` for a value of the wrong shape."""
+        known = {f.name for f in fields(cls)}
+        values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in obj.items() if k in known}
+        return cls(**values)
+
 
 OPTIONS: tuple[Field[Any], ...] = fields(RunConfig)
 OPTION_TYPES: dict[str, Any] = typing.get_type_hints(RunConfig)
@@ -274,14 +282,29 @@ def _one_unconditional(cfg: RunConfig, sources: list[SourceInfo]) -> bool:
     return not is_family(cfg, sources) and (cfg.method in FUSION_METHODS or not sources[0].conditional)
 
 
-def prepare(cfg: RunConfig, sources: list[SourceInfo]) -> RunConfig:
+@dataclass(frozen=True)
+class PreparedRun:
+    """A run checked against its sources, with every "auto" setting made concrete (:func:`prepare`): what the API stores
+    with a job (``run``, the concrete config), what the worker and ``minegan train`` hand to ``core.methods.train``,
+    which runs it without checking it again."""
+
+    asked: RunConfig  # as given: identifies the run's checkpoints, so a later change of an "auto" rule still resumes them
+    run: RunConfig  # concrete: what trains
+
+    @property
+    def total_steps(self) -> int:
+        return self.run.total_steps
+
+
+def prepare(cfg: RunConfig, sources: list[SourceInfo]) -> PreparedRun:
     """The one place a run is checked and made concrete: ``cfg`` validated, the sources checked against the method
     (:func:`check_sources`) and every "auto" setting resolved for them (:func:`resolve`). Raises :class:`MethodError`
-    naming the spec field. The API calls it when a job is submitted (the step count it stores, the 422 it answers),
-    ``core.methods.train`` before it runs a config (a job's, ``minegan train``'s or a library caller's)."""
+    naming the spec field. The API calls it when a job is submitted and stores the result with the job (the 422 it
+    answers, the step count); ``minegan train`` calls it before it trains; ``core.methods.train`` calls it only for a
+    plain :class:`RunConfig` (a library caller's)."""
     cfg.validate()
     check_sources(cfg, sources)
-    return resolve(cfg, sources)
+    return PreparedRun(cfg, resolve(cfg, sources))
 
 
 def resolve(cfg: RunConfig, sources: list[SourceInfo]) -> RunConfig:

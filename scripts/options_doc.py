@@ -91,9 +91,10 @@ def _auto() -> list[str]:
     lines = [
         "## What \"auto\" becomes",
         "",
-        "Options whose default is `auto` (or `-1`, or `0` for `lr_miner`) are made concrete for the job's sources before "
-        "it trains (`core.options.resolve`); `GET /models` lists per source what a job that sets nothing runs "
-        "(`job_defaults`). The rule, as `resolve` states it:",
+        "Options whose default is `auto` (or `-1`, or `0` for `lr_miner`) are made concrete for the job's sources when it "
+        "is submitted (`core.options.prepare`, by the rule of `core.options.resolve`); the job keeps that run and "
+        "`GET /jobs/{id}` shows it (`run`), `minegan train` prints what each auto became, and `GET /models` lists per "
+        "source what a job that sets nothing runs (`job_defaults`). The rule, as `resolve` states it:",
         "",
         *(f"> {line}" if line else ">" for line in rule.splitlines()),
         "",

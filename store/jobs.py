@@ -73,12 +73,12 @@ class QuotaExceeded(Exception):
 
 
 def create(url: str, *, job_id: str, tenant: str, spec: dict[str, Any], upload_key: str, total_steps: int,
-           default_limit: int | None = None) -> Job:
+           default_limit: int | None = None, run: dict[str, Any] | None = None) -> Job:
     """Insert a queued job. With ``default_limit``, only while the tenant has fewer queued + running jobs than its limit
     (the tenant's own, else ``default_limit``): the count and the insert are one transaction that holds the tenant's
     lock (PostgreSQL: its ``tenants`` row, FOR UPDATE; SQLite: the database's write lock, BEGIN IMMEDIATE), so
     concurrent submissions cannot all pass the check. Raises :class:`QuotaExceeded`."""
-    job = Job(id=job_id, tenant=tenant, status="queued", method=spec["method"], spec=spec, upload_key=upload_key,
+    job = Job(id=job_id, tenant=tenant, status="queued", method=spec["method"], spec=spec, run=run, upload_key=upload_key,
               step=0, total_steps=total_steps, cancel_requested=False, attempts=0, created_at=utcnow())
     with session_scope(url) as s:
         if default_limit is not None:

@@ -32,6 +32,9 @@ class Job(Base):
     total_steps: Mapped[int] = mapped_column(Integer, default=0)
     method: Mapped[str] = mapped_column(String(32))
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # the run as it trains: the spec's config checked and with every "auto" made concrete (core.options.prepare); None
+    # for a job submitted before the API stored it (the worker prepares the spec then)
+    run: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     upload_key: Mapped[str] = mapped_column(String(255))
     target_report: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     stats: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)

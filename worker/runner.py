@@ -15,7 +15,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from core.data import TargetDataError, TargetSet, load_target
 from core.images import grid_png
 from core.methods import RunResult, train
 from core.model_file import pick_device
-from core.options import MethodError, RunConfig, config_from_spec
+from core.options import MethodError, PreparedRun, RunConfig, config_from_spec
 from core.trainer import Stopped
 from store import events, logs
 from store import jobs as jobs_dao
@@ -142,6 +142,16 @@ def run_config_from_spec(spec: dict[str, Any], settings: Settings) -> RunConfig:
     return config_from_spec(spec, checkpoint_every=settings.checkpoint_every)
 
 
+def job_run(job: Job, settings: Settings) -> PreparedRun | RunConfig:
+    """What the job trains: the run the API prepared and stored at submission (core.options.prepare), with this worker's
+    checkpoint interval; a job stored without one (submitted before the API stored runs) gives its spec's config, which
+    ``train`` prepares."""
+    asked = run_config_from_spec(job.spec, settings)
+    if job.run is None:
+        return asked
+    return PreparedRun(asked, replace(RunConfig.from_json(job.run), checkpoint_every=settings.checkpoint_every))
+
+
 # Errors that a retry cannot fix: the job is marked failed with the exception's code.
 PERMANENT: tuple[type[Exception], ...] = (zoo.UnknownModelError, TargetDataError, MethodError, PermanentJobError)
 
@@ -239,7 +249,7 @@ def _fetch_inputs(job: Job, settings: Settings, blobs: BlobStore, run_dir: Path)
 def _train(job: Job, sources: list[zoo.SourceModel], target: TargetSet, settings: Settings, blobs: BlobStore, run_dir: Path,
            reporter: _Reporter) -> RunResult:
     """``core.methods.train``, resumed from the last uploaded checkpoint; checkpoints and previews go to storage."""
-    cfg = run_config_from_spec(job.spec, settings)
+    cfg = job_run(job, settings)
     resumed = _restore_checkpoint(blobs, job.id, run_dir)
     if resumed:
         log.info("job %s resumes from %s", job.id, resumed)

@@ -17,7 +17,7 @@ from api.schemas import JobPublic, JobSpec, JobSpecBase
 from api.services import Services
 from api.uploads import validate_target, validate_target_off_process
 from api.views import job_public
-from core.options import MethodError, RunConfig, SourceInfo, prepare, resolved_options
+from core.options import MethodError, PreparedRun, SourceInfo, prepare, resolved_options
 from store import auth as auth_dao
 from store import jobs as jobs_dao
 from store import logs, webhooks
@@ -38,15 +38,13 @@ def parse_spec(raw: str) -> JobSpecBase:
         raise ApiError(422, "invalid_spec", describe_errors(exc.errors(), whole="spec")) from exc
 
 
-def check_spec_sources(spec: JobSpecBase, srcs: list[dict]) -> tuple[RunConfig, int]:  # type: ignore[type-arg]
+def check_spec_sources(spec: JobSpecBase, srcs: list[dict]) -> PreparedRun:  # type: ignore[type-arg]
     """Which methods fit which sources (core's rules), checked before anything is stored (the worker would fail later);
-    returns the run's config and its step count with its "auto" settings resolved for these sources."""
+    returns the run prepared for these sources (core.options.prepare), which the job stores and the worker runs."""
     try:
-        cfg = spec.run_config()
-        concrete = prepare(cfg, [SourceInfo.of_listing(s) for s in srcs])
+        return prepare(spec.run_config(), [SourceInfo.of_listing(s) for s in srcs])
     except (MethodError, TypeError) as exc:
         raise ApiError(422, "invalid_spec", str(exc)) from exc
-    return cfg, concrete.total_steps
 
 
 def check_quota(svc: Services, tenant: str) -> None:
@@ -67,8 +65,7 @@ class Submission:
 
     spec: JobSpecBase
     sources: list[dict]  # type: ignore[type-arg]
-    cfg: RunConfig
-    total_steps: int
+    prepared: PreparedRun
 
 
 async def check_submission(svc: Services, tenant: str, raw_spec: str) -> Submission:
@@ -81,13 +78,13 @@ async def check_submission(svc: Services, tenant: str, raw_spec: str) -> Submiss
     if unknown:
         raise ApiError(422, "unknown_source", f"sources: unknown source model(s) {unknown}; see GET /models")
     srcs = [known[s] for s in job_spec.sources]
-    cfg, total_steps = check_spec_sources(job_spec, srcs)
+    prepared = check_spec_sources(job_spec, srcs)
     if job_spec.webhook:
         try:
             await run_in_threadpool(webhooks.check_url, job_spec.webhook, svc.settings.webhook_allow_list())  # resolves the host
         except webhooks.WebhookUrlError as exc:
             raise ApiError(422, "invalid_spec", str(exc)) from exc
-    return Submission(job_spec, srcs, cfg, total_steps)
+    return Submission(job_spec, srcs, prepared)
 
 
 async def store_submission(svc: Services, tenant: str, sub: Submission, data: bytes) -> JobPublic:
@@ -105,14 +102,15 @@ async def store_submission(svc: Services, tenant: str, sub: Submission, data: by
     job_id = str(uuid.uuid4())
     logs.job_id.set(job_id)
     upload_key = f"uploads/{job_id}.zip"
-    stored = sub.spec.model_dump() | {"options": resolved_options(sub.cfg)}
+    stored = sub.spec.model_dump() | {"options": resolved_options(sub.prepared.asked)}
 
     def store() -> Job:
         background_priority()  # after the sampling on the event loop (api/compute.py)
         svc.blobs.put(upload_key, data, "application/zip")
         try:  # the quota again, atomically with the insert: concurrent submissions all passed the early check
             job = jobs_dao.create(svc.settings.database_url, job_id=job_id, tenant=tenant, spec=stored, upload_key=upload_key,
-                                  total_steps=sub.total_steps, default_limit=svc.settings.max_concurrent_jobs)
+                                  total_steps=sub.prepared.total_steps, default_limit=svc.settings.max_concurrent_jobs,
+                                  run=sub.prepared.run.as_json())
         except jobs_dao.QuotaExceeded as exc:
             svc.blobs.delete(upload_key)  # a refused job keeps nothing
             raise quota_error(exc.active, exc.limit) from exc

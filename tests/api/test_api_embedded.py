@@ -200,6 +200,33 @@ def test_a_job_stores_its_whole_recipe_so_later_defaults_cannot_change_it(client
     assert again.json()["spec"] == one["spec"]
 
 
+
+def test_a_job_stores_its_prepared_run_and_the_worker_runs_that(client: TestClient) -> None:
+    """core.options.prepare runs once, at submission: GET /jobs/{id} shows the run with every "auto" made concrete, the
+    worker builds its run from that record (with its checkpoint interval), and a job stored without one is prepared."""
+    from dataclasses import replace
+
+    from core.options import PreparedRun, SourceInfo, config_from_spec, prepare
+    from store import jobs as jobs_dao
+    from store import sources as registry
+    from worker.runner import job_run
+
+    svc = client.app.state.services  # type: ignore[attr-defined]
+    job = submit(client, {**TINY_SPEC, "options": {"n_critic": 1}}).json()
+    run = client.get(f"/jobs/{job['id']}").json()["run"]
+    srcs = [SourceInfo.of_listing(registry.known(svc.blobs, "default")["tiny-src"])]
+    want = prepare(config_from_spec(job["spec"]), srcs).run
+    assert run == want.as_json() and run["n_critic"] == 1
+    assert "auto" not in run.values() and run["critic_init"] == "source" and run["critic_warmup"] == 0
+    row = jobs_dao.get(svc.settings.database_url, job["id"])
+    assert row is not None
+    made = job_run(row, svc.settings)
+    assert isinstance(made, PreparedRun)
+    assert made.run == replace(want, checkpoint_every=svc.settings.checkpoint_every)
+    assert made.asked == config_from_spec(job["spec"], checkpoint_every=svc.settings.checkpoint_every)
+    row.run = None  # a job submitted before the API stored runs
+    assert job_run(row, svc.settings) == made.asked
+
 def test_register_refuses_jobs_without_a_fused_model(client: TestClient) -> None:
     done = wait_for(client, submit(client).json()["id"])
     r = client.post("/models", json={"id": "nope", "job_id": done["id"]})

@@ -153,3 +153,25 @@ def test_mined_generator_samples_in_pieces_like_in_one(source, chunk: int) -> No
     assert max(len(p) for p in pieces) <= chunk and torch.allclose(torch.cat(pieces), whole, atol=1e-6)
     assert not torch.allclose(model.sample(300, seed=10), whole)
     assert model.values_per_image == 28 * 28
+
+
+def test_train_runs_a_prepared_run_as_it_is_without_preparing_it_again(source, target, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The worker and ``minegan train`` hand train a run that core.options.prepare made (the API stored it with the job):
+    train runs that run, not a config it resolves again, and keeps the config as asked as the checkpoints' identity."""
+    from dataclasses import replace
+
+    import core.methods
+    from core.options import PreparedRun, prepare
+
+    asked = RunConfig(method="minegan", **TINY)
+    made = prepare(asked, [source.info])
+    assert made.asked == asked and made.run.critic_init == "source" and made.run.critic_warmup == 0  # "auto" made concrete
+    stored = PreparedRun(asked, replace(made.run, critic_warmup=3))  # as if the rules had changed after the job was stored
+
+    def refuse(*args: object) -> None:
+        raise AssertionError("train prepared a run it was given prepared")
+
+    monkeypatch.setattr(core.methods, "prepare", refuse)
+    res = train(stored, source, target, tmp_path)
+    assert res.summary["steps"] == asked.mining_steps + asked.finetune_steps + 3  # the stored warm-up ran
+    assert torch.load(tmp_path / "ckpt-7.pt", weights_only=False)["config"] == asked.as_json()

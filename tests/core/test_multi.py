@@ -9,6 +9,7 @@ from torch import nn
 from core.methods import MethodError, RunConfig, build_modules, train
 from core.model_file import load_model
 from core.multi import MultiGanModules, MultiMinedGenerator, Selector, unconditional_critic
+from core.options import prepare
 from core.trainer import Stopped
 from tests.conftest import tiny_source
 
@@ -130,9 +131,9 @@ def test_family_rejects_baselines_and_mismatched_sources(target, tmp_path: Path)
     with pytest.raises(MethodError, match="need a mining method"):
         train(RunConfig(method="transfergan", **TINY), [tiny_source(name="a"), tiny_source(name="b")], target, tmp_path)
     with pytest.raises(MethodError, match="share"):
-        build_modules(RunConfig(method="mine"), [tiny_source(name="a"), tiny_source(z_dim=4, name="b")])
+        prepare(RunConfig(method="mine"), [tiny_source(name="a").info, tiny_source(z_dim=4, name="b").info])
     with pytest.raises(MethodError, match="critic_source"):
-        build_modules(RunConfig(method="mine", critic_source=2), [tiny_source(name="a"), tiny_source(name="b")])
+        prepare(RunConfig(method="mine", critic_source=2), [tiny_source(name="a").info, tiny_source(name="b").info])
 
 
 def test_multi_resume_is_bit_identical(target, tmp_path: Path) -> None:
@@ -170,7 +171,7 @@ def test_embedding_conditioned_source_is_mined_with_mz_and_mc(target, tmp_path: 
     model, _ = load_model(tmp_path / "model.pt")
     assert isinstance(model.M, JointMiner) and torch.equal(model.sample(4, seed=2), res.model.sample(4, seed=2))
     with pytest.raises(MethodError, match="conditional"):
-        build_modules(RunConfig(method="transfergan"), src)
+        prepare(RunConfig(method="transfergan"), [src.info])
 
 
 @pytest.mark.parametrize("chunk", [4, 7, 300])

@@ -52,8 +52,10 @@ def test_upload_to_samples_through_celery_postgres_and_s3(stack: Stack, tmp_path
 
         # the row lives in PostgreSQL and was run by the Celery worker process, not the API process
         with sqlalchemy.create_engine(stack.database_url).connect() as conn:
-            worker, status = conn.execute(sqlalchemy.text("select worker, status from jobs where id = :i"), {"i": job_id}).one()
+            worker, status, run = conn.execute(sqlalchemy.text("select worker, status, run from jobs where id = :i"), {"i": job_id}).one()
         assert status == "succeeded" and worker.split(":")[-1] != str(stack.api.pid)
+        run = json.loads(run) if isinstance(run, str) else run  # the prepared run (migration 0005), every "auto" made concrete
+        assert run == done["run"] and run["critic_init"] == "source" and "auto" not in run.values()
         assert stack.worker.poll() is None
         _worker_metrics_count(stack, done)
 
