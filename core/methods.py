@@ -93,16 +93,19 @@ def plan(cfg: RunConfig) -> list[StageConfig]:
     warmup = [StageConfig("warmup", steps=cfg.critic_warmup, train_miner=False, train_generator=False, **opts)]
     m, f = cfg.mining_steps, cfg.finetune_steps
     total = m + f
+    # the critic while G finetunes after mining (resolved by core.options.resolve; unresolved: the mining critic's)
+    fine = opts | {"n_critic": cfg.finetune_n_critic if cfg.finetune_n_critic > 0 else cfg.n_critic,
+                   "lr_critic": cfg.finetune_lr_critic if cfg.finetune_lr_critic > 0 else cfg.lr_critic}
     stages: dict[str, list[StageConfig]] = {
         "mine": [mining_stage(total, **opts)],
-        "minegan": [mining_stage(m, **opts), finetune_stage(f, **opts)],
-        "minegan++": [mining_stage(m, sparse=True, **opts), finetune_stage(f, sparse=True, **opts)],
+        "minegan": [mining_stage(m, **opts), finetune_stage(f, **fine)],
+        "minegan++": [mining_stage(m, sparse=True, **opts), finetune_stage(f, sparse=True, **fine)],
         "scratch": [finetune_all_stage(total, **opts)],
         "transfergan": [finetune_all_stage(total, **opts)],
         "transfergan++": [finetune_all_stage(total, sparse=True, **opts)],
         "freezed": [finetune_all_stage(total, freeze_critic_layers=cfg.freeze_critic_layers, **opts)],
-        "fusion": [mining_stage(m, **opts), finetune_stage(f, **opts)],  # after fuse(), on G_F
-        "fusion++": [mining_stage(m, sparse=True, **opts), finetune_stage(f, sparse=True, **opts)],
+        "fusion": [mining_stage(m, **opts), finetune_stage(f, **fine)],  # after fuse(), on G_F
+        "fusion++": [mining_stage(m, sparse=True, **opts), finetune_stage(f, sparse=True, **fine)],
     }
     return [s for s in warmup + stages[cfg.method] if s.steps > 0]
 
