@@ -35,7 +35,7 @@ from core import checkpoints, zoo  # noqa: E402
 from core import methods as engine  # noqa: E402
 from core.data import load_target_bytes  # noqa: E402
 from core.metrics import evaluate  # noqa: E402
-from core.options import RunConfig, resolve  # noqa: E402
+from core.options import DEFAULTS, RunConfig, resolve  # noqa: E402
 
 OFF = {"g_ema": 0, "cdc_weight": 0, "r1_weight": 0, "lecam_weight": 0, "keep_best": "off"}
 VARIANTS = ('none={};ema99={"g_ema":0.99};ema995={"g_ema":0.995};ema999={"g_ema":0.999};lrg1e5={"lr_generator":1e-5};'
@@ -65,7 +65,11 @@ def _mined(source: zoo.SourceModel, target: torch.Tensor, seed: int, out: Path) 
 
 
 def _variant(name: str, opts: dict, source: zoo.SourceModel, target: torch.Tensor, mined: Path, seed: int) -> dict:  # type: ignore[type-arg]
-    cfg = RunConfig(method="minegan++", mining_steps=200, finetune_steps=100, batch_size=16, seed=seed, **{**OFF, **opts})
+    given = {**OFF, **opts}
+    # mining is the shared checkpoint, so a variant's n_critic and lr_critic are its finetuning critic's
+    given.setdefault("finetune_n_critic", given.get("n_critic", DEFAULTS.n_critic))
+    given.setdefault("finetune_lr_critic", given.get("lr_critic", DEFAULTS.lr_critic))
+    cfg = RunConfig(method="minegan++", mining_steps=200, finetune_steps=100, batch_size=16, seed=seed, **given)
     with tempfile.TemporaryDirectory() as tmp:
         run = engine.mining_run(cfg, [source], target, Path(tmp), resolve(cfg, [source.info]))
         run.same_config = lambda a, b: True  # the mining checkpoint was written by another config: only finetuning differs
@@ -85,7 +89,8 @@ def diagnose(source: zoo.SourceModel, target: torch.Tensor, mined: Path, seed: i
     from core.keep_best import pixel_mmd
     from core.nets import generate
 
-    cfg = RunConfig(method="minegan++", mining_steps=200, finetune_steps=100, batch_size=16, seed=seed, **OFF)
+    cfg = RunConfig(method="minegan++", mining_steps=200, finetune_steps=100, batch_size=16, seed=seed, **OFF,
+                    finetune_n_critic=DEFAULTS.n_critic, finetune_lr_critic=DEFAULTS.lr_critic)  # the paper's finetuning critic
     steps: dict[str, dict[str, float]] = {}
 
     def score(step: int, sample: object) -> None:
@@ -169,7 +174,8 @@ def main() -> int:
     update_section(a.section, "\n".join([
         f"### {a.title}", "",
         f"Command: `{cmd}` ({datetime.date.today().isoformat()}, 2-core CPU). `minegan++`, seed {a.seed}, every variant "
-        "finetuned for 100 steps from the same end-of-mining checkpoint; the published model is the last step.", "", *rows, *cause]), DOC)
+        "finetuned for 100 steps from the same end-of-mining checkpoint (a variant's `n_critic` and `lr_critic` are its finetuning "
+        "critic's, `finetune_n_critic` and `finetune_lr_critic` in a job); the published model is the last step.", "", *rows, *cause]), DOC)
     return 0
 
 
