@@ -28,7 +28,7 @@ from core.data import TargetDataError, TargetSet, load_target
 from core.images import grid_png
 from core.methods import RunResult, train
 from core.model_file import pick_device
-from core.options import MethodError, PreparedRun, RunConfig, config_from_spec
+from core.options import MethodError, PreparedRun, RunConfig, SourceInfo, config_from_spec, resolve
 from core.trainer import Stopped
 from store import events, logs
 from store import jobs as jobs_dao
@@ -142,14 +142,16 @@ def run_config_from_spec(spec: dict[str, Any], settings: Settings) -> RunConfig:
     return config_from_spec(spec, checkpoint_every=settings.checkpoint_every)
 
 
-def job_run(job: Job, settings: Settings) -> PreparedRun | RunConfig:
+def job_run(job: Job, settings: Settings, sources: list[SourceInfo]) -> PreparedRun | RunConfig:
     """What the job trains: the run the API prepared and stored at submission (core.options.prepare), with this worker's
     checkpoint interval; a job stored without one (submitted before the API stored runs) gives its spec's config, which
-    ``train`` prepares."""
+    ``train`` prepares. An option that the storing version did not know comes back at its default, so the stored run's
+    "auto" values are resolved for ``sources`` (a concrete value stays as it is; nothing is checked again)."""
     asked = run_config_from_spec(job.spec, settings)
     if job.run is None:
         return asked
-    return PreparedRun(asked, replace(RunConfig.from_json(job.run), checkpoint_every=settings.checkpoint_every))
+    stored = replace(RunConfig.from_json(job.run), checkpoint_every=settings.checkpoint_every)
+    return PreparedRun(asked, resolve(stored, sources))
 
 
 # Errors that a retry cannot fix: the job is marked failed with the exception's code.
@@ -249,7 +251,7 @@ def _fetch_inputs(job: Job, settings: Settings, blobs: BlobStore, run_dir: Path)
 def _train(job: Job, sources: list[zoo.SourceModel], target: TargetSet, settings: Settings, blobs: BlobStore, run_dir: Path,
            reporter: _Reporter) -> RunResult:
     """``core.methods.train``, resumed from the last uploaded checkpoint; checkpoints and previews go to storage."""
-    cfg = job_run(job, settings)
+    cfg = job_run(job, settings, [s.info for s in sources])
     resumed = _restore_checkpoint(blobs, job.id, run_dir)
     if resumed:
         log.info("job %s resumes from %s", job.id, resumed)

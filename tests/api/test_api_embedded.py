@@ -220,12 +220,14 @@ def test_a_job_stores_its_prepared_run_and_the_worker_runs_that(client: TestClie
     assert "auto" not in run.values() and run["critic_init"] == "source" and run["critic_warmup"] == 0
     row = jobs_dao.get(svc.settings.database_url, job["id"])
     assert row is not None
-    made = job_run(row, svc.settings)
+    made = job_run(row, svc.settings, srcs)
     assert isinstance(made, PreparedRun)
     assert made.run == replace(want, checkpoint_every=svc.settings.checkpoint_every)
     assert made.asked == config_from_spec(job["spec"], checkpoint_every=svc.settings.checkpoint_every)
     row.run = None  # a job submitted before the API stored runs
-    assert job_run(row, svc.settings) == made.asked
+    assert job_run(row, svc.settings, srcs) == made.asked
+    row.run = {k: v for k, v in run.items() if k != "keep_best"}  # stored by a version without keep_best: resolved here
+    assert job_run(row, svc.settings, srcs).run.keep_best == want.keep_best == "off"  # type: ignore[union-attr]
 
 def test_register_refuses_jobs_without_a_fused_model(client: TestClient) -> None:
     done = wait_for(client, submit(client).json()["id"])
