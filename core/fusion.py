@@ -46,7 +46,7 @@ from core import checkpoints
 from core.adapt import ema_update, frozen_copy
 from core.augment import diff_augment
 from core.nets import Critic, critic_like, new_like
-from core.options import DEFAULTS, FUSION_CRITICS, RunConfig, check_sources
+from core.options import DEFAULTS, FUSION_CRITICS, RunConfig, check_sources, critic_rate
 from core.trainer import RUN_FORMAT, GanModules, ProgressFn, StageConfig, StagedRun, StageHooks, StageState, StopFn
 from core.zoo import SourceModel, source_checkpoint
 
@@ -85,6 +85,7 @@ class FusionConfig(StageConfig):
     def of(cls, cfg: RunConfig) -> FusionConfig:
         """The fusion stage of a run: each setting from ``fusion_<name>`` of ``cfg`` if there is one, else ``<name>``."""
         own: dict[str, Any] = {f: getattr(cfg, f"fusion_{f}", getattr(cfg, f, None)) for f in _RECORDED}
+        own["n_critic"], own["lr_critic"] = critic_rate(cfg)  # an auto one (a config not resolved): Appendix A's
         return cls(**{k: v for k, v in own.items() if v is not None})
 
     def as_json(self) -> dict[str, Any]:

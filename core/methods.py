@@ -56,6 +56,7 @@ from core.options import (
     PreparedRun,
     RunConfig,
     SourceInfo,
+    critic_rate,
     is_family,
     miner_lr,
     prepare,
@@ -87,15 +88,16 @@ def finetune_all_stage(steps: int, *, sparse: bool = False, freeze_critic_layers
 def plan(cfg: RunConfig) -> list[StageConfig]:
     """The stages a method runs (see the table in the module docstring)."""
     cfg.validate()
-    opts: dict[str, Any] = dict(n_critic=cfg.n_critic, batch_size=cfg.batch_size, lr_miner=miner_lr(cfg), lr_generator=cfg.lr_generator,
-                lr_critic=cfg.lr_critic, betas=tuple(cfg.betas), gp_weight=cfg.gp_weight, finetune_layers=cfg.finetune_layers)
+    n_critic, lr_critic = critic_rate(cfg)  # resolved by core.options.resolve (unresolved: Appendix A's)
+    opts: dict[str, Any] = dict(n_critic=n_critic, batch_size=cfg.batch_size, lr_miner=miner_lr(cfg), lr_generator=cfg.lr_generator,
+                lr_critic=lr_critic, betas=tuple(cfg.betas), gp_weight=cfg.gp_weight, finetune_layers=cfg.finetune_layers)
     # a critic that starts fresh first learns the target alone for a while (critic_warmup, resolved by core.options.resolve)
     warmup = [StageConfig("warmup", steps=cfg.critic_warmup, train_miner=False, train_generator=False, **opts)]
     m, f = cfg.mining_steps, cfg.finetune_steps
     total = m + f
     # the critic while G finetunes after mining (resolved by core.options.resolve; unresolved: the mining critic's)
-    fine = opts | {"n_critic": cfg.finetune_n_critic if cfg.finetune_n_critic > 0 else cfg.n_critic,
-                   "lr_critic": cfg.finetune_lr_critic if cfg.finetune_lr_critic > 0 else cfg.lr_critic}
+    fine = opts | {"n_critic": cfg.finetune_n_critic if cfg.finetune_n_critic > 0 else n_critic,
+                   "lr_critic": cfg.finetune_lr_critic if cfg.finetune_lr_critic > 0 else lr_critic}
     stages: dict[str, list[StageConfig]] = {
         "mine": [mining_stage(total, **opts)],
         "minegan": [mining_stage(m, **opts), finetune_stage(f, **fine)],

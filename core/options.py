@@ -47,13 +47,14 @@ ADAPT_AUTO: dict[str, dict[str, float]] = {
 }
 
 
-# The critic while G finetunes after mining (finetune_n_critic, finetune_lr_critic), by the source: one that ships its
-# critic keeps n_critic and lr_critic (the paper's recipe); against a fresh critic a stronger one gives G better gradients:
-# on the faces DCGAN, 100 finetuning steps from one end-of-mining checkpoint with g_ema 0.995 reached KID 0.0457 at 5
-# updates and 1e-4, 0.0432 at 10, 0.0428 at 20, 0.0420 at 10 and 4e-4, 0.0410 at 20 and 4e-4 (1.7x the time), 0.0419 at
-# 10 and 8e-4 (docs/faces.md, "A stronger critic while finetuning"); through the service, minegan++ at 200 + 100 steps
-# went from 0.0432 to 0.0410 (median of three job seeds).
-FINETUNE_CRITIC: dict[str, tuple[int, float] | None] = {"source": None, "generator-only": (10, 4e-4)}
+# The critic's updates per step and learning rate (n_critic, lr_critic), by the source: one that ships its critic runs
+# Appendix A's 5 updates at 1e-4 (Adam); a critic that starts fresh on a generator-only upload gets a stronger one, in
+# every stage. On the faces DCGAN a stronger critic while G finetunes took KID from 0.0457 to 0.0420 (100 finetuning steps
+# from one end-of-mining checkpoint: 10 updates at 4e-4; docs/faces.md, "A stronger critic while finetuning"), and the
+# same critic from the warm-up on, in whole jobs, from 0.0419 to 0.0385 with 62 % faces found against 59 % (docs/faces.md,
+# "The critic from the start", seed 0; 1.5x the job time). The finetuning critic (finetune_n_critic, finetune_lr_critic)
+# follows the run's unless set.
+CRITIC_AUTO: dict[str, tuple[int, float]] = {"source": (5, 1e-4), "generator-only": (10, 4e-4)}
 MINE_THEN_FINETUNE = ("minegan", "minegan++", *FUSION_METHODS)  # the methods that finetune after mining (Sec. 3.4.1)
 
 
@@ -89,7 +90,8 @@ class RunConfig:
     mining_steps: int = option(200, "steps of the mining stage", ge=0, le=100_000, api="spec")
     finetune_steps: int = option(100, "steps of the finetuning stage (mine: added to mining)", ge=0, le=100_000, api="spec")
     batch_size: int = option(64, "images per minibatch (at most the number of target images)", ge=1, le=1024, api="spec")
-    n_critic: int = option(5, "critic updates per generator/miner update", ge=1, le=20)
+    n_critic: int = option(-1, "critic updates per generator/miner update; -1 (auto): 5 (Appendix A) for a source that ships "
+                           "its critic, CRITIC_AUTO's for a generator-only upload", ge=-1, le=20)
     seed: int = option(0, "seed of initialisation and minibatches", ge=0, le=2**31 - 1, api="spec")
     # Appendix A, MNIST: miner of two FC layers of |z|, N(0, 0.01) init, Adam 4e-4, betas (0.5, 0.999).
     miner_layers: int = option(2, "fully connected layers of the miner (Appendix A: 2)", ge=1, le=8)
@@ -101,7 +103,8 @@ class RunConfig:
     lr_miner: float = option(0.0, f"Adam learning rate of the miner; 0 (auto): {LR_MINER_PAPER:g} for Appendix A's miner (Appendix A), "
                              f"{LR_MINER_IDENTITY:g} for a miner that starts at the identity", ge=0, le=0.1)
     lr_generator: float = option(1e-4, "Adam learning rate of the generator", gt=0, le=0.1)
-    lr_critic: float = option(1e-4, "Adam learning rate of the critic", gt=0, le=0.1)
+    lr_critic: float = option(0.0, "Adam learning rate of the critic; 0 (auto): 1e-4 (Appendix A) for a source that ships its "
+                              "critic, CRITIC_AUTO's for a generator-only upload", ge=0, le=0.1)
     betas: tuple[float, float] = option((0.5, 0.999), "Adam betas (Appendix A)", api=None, cli=False)
     gp_weight: float = option(10.0, "weight of the WGAN-GP gradient penalty", api=None)
     sparse_top_fraction: float = option(0.3, "S^3: share of the critic weights kept by their score, theta_w (Sec. 5)", gt=0, le=1)
@@ -137,10 +140,10 @@ class RunConfig:
     lecam_weight: float = option(-1.0, "weight of the LeCam regulariser of the critic (Tseng et al. 2021, Eq. 3); 0: off; -1 (auto)",
                                  ge=-1, le=10_000)
     finetune_n_critic: int = option(-1, "critic updates per generator/miner update while finetuning after mining; -1 (auto): "
-                                    "n_critic, or FINETUNE_CRITIC's for a generator-only upload", ge=-1, le=20,
+                                    "n_critic", ge=-1, le=20,
                                     methods=MINE_THEN_FINETUNE)
-    finetune_lr_critic: float = option(-1.0, "the critic's Adam learning rate while finetuning after mining; -1 (auto): lr_critic, "
-                                       "or FINETUNE_CRITIC's for a generator-only upload", ge=-1, le=0.1, methods=MINE_THEN_FINETUNE)
+    finetune_lr_critic: float = option(-1.0, "the critic's Adam learning rate while finetuning after mining; -1 (auto): lr_critic",
+                                       ge=-1, le=0.1, methods=MINE_THEN_FINETUNE)
     keep_best: str = option("auto", "publish the best of the end of mining and each finetuning checkpoint by a pixel-space kernel "
                             "statistic against the targets (core/keep_best.py, Eq. PMMD) instead of the last: on, off (the last), or "
                             "auto: on where the critic starts fresh, off with the source's critic (the paper's recipe)",
@@ -180,8 +183,8 @@ class RunConfig:
             raise MethodError("mining_steps and finetune_steps must be >= 0 with a positive total")
         if self.method in FUSION_METHODS and self.fusion_steps < 1:
             raise MethodError("fusion_steps must be positive for fusion methods")
-        if self.batch_size < 1 or self.n_critic < 1 or self.miner_layers < 1:
-            raise MethodError("batch_size, n_critic and miner_layers must be positive")
+        if self.batch_size < 1 or self.n_critic == 0 or self.miner_layers < 1:
+            raise MethodError("batch_size and miner_layers must be positive, n_critic positive or -1 (auto)")
         for f in OPTIONS:
             choices = f.metadata["choices"]
             if choices and getattr(self, f.name) not in choices:
@@ -322,6 +325,13 @@ def prepare(cfg: RunConfig, sources: list[SourceInfo]) -> PreparedRun:
     return PreparedRun(cfg, resolve(cfg, sources))
 
 
+def critic_rate(cfg: RunConfig, kind: str = "source") -> tuple[int, float]:
+    """``cfg.n_critic`` and ``cfg.lr_critic``, each of them that is auto from ``CRITIC_AUTO[kind]`` (``kind``: "source"
+    or "generator-only"; an unresolved config gets Appendix A's)."""
+    n, lr = CRITIC_AUTO[kind]
+    return (cfg.n_critic if cfg.n_critic > 0 else n, cfg.lr_critic if cfg.lr_critic > 0 else lr)
+
+
 def resolve(cfg: RunConfig, sources: list[SourceInfo]) -> RunConfig:
     """``cfg`` with its "auto" settings made concrete for these sources: the critic starts fresh when asked to, or
     when the critic's source ships none (a generator-only upload), and a fresh critic gets a warm-up; one from a
@@ -331,8 +341,9 @@ def resolve(cfg: RunConfig, sources: list[SourceInfo]) -> RunConfig:
     identity 13.6 %). Colour matching is on for colour images from one unconditional generator (not for ``scratch``,
     whose generator has no colours to start from); band matching, when auto, goes with it for the methods in
     ``BAND_METHODS``. The miner's learning rate,
-    when auto, follows where the miner starts (``miner_lr``). While G finetunes after mining, the critic keeps
-    ``n_critic`` and ``lr_critic``, except a generator-only upload's, which gets ``FINETUNE_CRITIC``'s stronger one."""
+    when auto, follows where the miner starts (``miner_lr``). The critic's updates per step and learning rate, when
+    auto, are ``CRITIC_AUTO``'s for the source; while G finetunes after mining it keeps them unless
+    ``finetune_n_critic`` or ``finetune_lr_critic`` is set."""
     critic_from = sources[cfg.critic_source] if cfg.critic_source < len(sources) else sources[0]
     fresh = cfg.critic_init == "fresh" or (cfg.critic_init == "auto" and not critic_from.has_critic)
     miner_init = cfg.miner_init if cfg.miner_init != "auto" else ("paper" if critic_from.has_critic else "identity")
@@ -346,17 +357,17 @@ def resolve(cfg: RunConfig, sources: list[SourceInfo]) -> RunConfig:
     auto = ADAPT_AUTO[kind]
     adapt: dict[str, Any] = {k: v if getattr(cfg, k) < 0 else getattr(cfg, k) for k, v in auto.items()}
     keep = cfg.keep_best if cfg.keep_best != "auto" else ("on" if fresh else "off")
-    n_critic, lr_critic = FINETUNE_CRITIC[kind] or (cfg.n_critic, cfg.lr_critic)
+    n_critic, lr_critic = critic_rate(cfg, kind)
     finetune_critic: dict[str, Any] = {"finetune_n_critic": cfg.finetune_n_critic if cfg.finetune_n_critic > 0 else n_critic,
                                        "finetune_lr_critic": cfg.finetune_lr_critic if cfg.finetune_lr_critic > 0 else lr_critic}
     return replace(cfg, critic_init="fresh" if fresh else "source", miner_init=miner_init, colour_match=colour, band_match=band, **adapt,
-                   keep_best=keep, **finetune_critic,
+                   keep_best=keep, n_critic=n_critic, lr_critic=lr_critic, **finetune_critic,
                    lr_miner=miner_lr(replace(cfg, miner_init=miner_init)),
                    critic_warmup=(AUTO_WARMUP[kind] if fresh else 0) if cfg.critic_warmup < 0 else cfg.critic_warmup)
 
 
 SOURCE_DEPENDENT = ("critic_init", "critic_warmup", "miner_init", "lr_miner", "colour_match", "band_match", "g_ema", "cdc_weight",
-                    "r1_weight", "lecam_weight", "finetune_n_critic", "finetune_lr_critic", "keep_best")
+                    "r1_weight", "lecam_weight", "n_critic", "lr_critic", "finetune_n_critic", "finetune_lr_critic", "keep_best")
 
 
 def source_defaults(info: SourceInfo) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from core.colour import ColourMap
 from core.losses import critic_loss, generator_loss, gradient_penalty
 from core.nets import generate
 from core.nets.layers import is_weighted
-from core.options import DEFAULTS, LR_MINER_PAPER, MethodError
+from core.options import CRITIC_AUTO, DEFAULTS, LR_MINER_PAPER, MethodError
 from core.sparse import SparseConfig, apply_grad_masks, select_subnetwork, trainable_fraction
 
 log = logging.getLogger(__name__)
@@ -54,11 +54,11 @@ class StageConfig:
     sparse: bool = False  # S^3 on the critic (Eq. 11-14)
     freeze_critic_layers: int = 0  # FreezeD: number of lowest critic layers kept fixed
     finetune_layers: int = DEFAULTS.finetune_layers  # weighted G layers that learn, counted back from the output (0: all)
-    n_critic: int = DEFAULTS.n_critic
+    n_critic: int = CRITIC_AUTO["source"][0]  # Appendix A
     batch_size: int = DEFAULTS.batch_size
     lr_miner: float = LR_MINER_PAPER
     lr_generator: float = DEFAULTS.lr_generator
-    lr_critic: float = DEFAULTS.lr_critic
+    lr_critic: float = CRITIC_AUTO["source"][1]
     betas: tuple[float, float] = DEFAULTS.betas
     gp_weight: float = DEFAULTS.gp_weight
 

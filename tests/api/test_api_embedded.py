@@ -134,7 +134,8 @@ def test_models_and_readiness(client: TestClient) -> None:
     assert models["tiny-src"] == {"id": "tiny-src", "resolution": 28, "channels": 1, "conditional": False, "n_classes": 0,
                                   "z_dim": 8, "description": "tiny test source", "origin": "built-in",
                                   "critic": True, "job_defaults": source_defaults(SourceInfo("tiny-src", 8, 28, 1, False))}
-    assert models["tiny-src"]["job_defaults"]["critic_init"] == "source"  # a zoo source: its own critic, the paper's recipe
+    defaults = models["tiny-src"]["job_defaults"]  # a zoo source: its own critic, the paper's recipe (Appendix A's 5 updates at 1e-4)
+    assert defaults["critic_init"] == "source" and (defaults["n_critic"], defaults["lr_critic"]) == (5, 1e-4)
     assert models["tiny-cond"]["conditional"] and models["tiny-cond"]["n_classes"] == 3 and set(models) == {"tiny-src", "tiny-b", "tiny-cond"}
     ready = client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["checks"] == {"database": "ok", "broker": "ok", "storage": "ok"}

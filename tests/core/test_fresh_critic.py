@@ -9,7 +9,7 @@ import torch
 
 from core.augment import diff_augment, parse_policy
 from core.methods import RunConfig, build_modules, plan, train
-from core.options import ADAPT_AUTO, AUTO_WARMUP, FINETUNE_CRITIC, LR_MINER_IDENTITY, LR_MINER_PAPER, MethodError, SourceInfo, resolve
+from core.options import ADAPT_AUTO, AUTO_WARMUP, CRITIC_AUTO, LR_MINER_IDENTITY, LR_MINER_PAPER, MethodError, SourceInfo, resolve
 from core.trainer import Stopped
 from core.zoo import SourceModel
 from tests.conftest import stop_after, tiny_source
@@ -52,12 +52,15 @@ def test_policies_are_differentiable_and_change_images_per_sample() -> None:
 def test_auto_follows_the_source_critic() -> None:
     info = SourceInfo("s", 8, 28, 1, False)
     assert resolve(RunConfig(), [info]) == RunConfig(critic_init="source", critic_warmup=0, miner_init="paper", colour_match="off",
-                                                     band_match="off", lr_miner=4e-4, keep_best="off", finetune_n_critic=5,
-                                                     finetune_lr_critic=1e-4, **ADAPT_AUTO["source"])
+                                                     band_match="off", lr_miner=4e-4, keep_best="off", n_critic=5, lr_critic=1e-4,
+                                                     finetune_n_critic=5, finetune_lr_critic=1e-4, **ADAPT_AUTO["source"])
     no_critic = resolve(RunConfig(), [SourceInfo("s", 8, 28, 1, False, has_critic=False)])
     assert (no_critic.critic_init, no_critic.critic_warmup, no_critic.miner_init) == ("fresh", AUTO_WARMUP["generator-only"], "identity")
     assert (no_critic.keep_best, no_critic.g_ema) == ("on", ADAPT_AUTO["generator-only"]["g_ema"])  # a generator-only upload
-    assert (no_critic.finetune_n_critic, no_critic.finetune_lr_critic) == FINETUNE_CRITIC["generator-only"] == (10, 4e-4)
+    assert (no_critic.n_critic, no_critic.lr_critic) == CRITIC_AUTO["generator-only"] == (10, 4e-4)  # the stronger critic
+    assert (no_critic.finetune_n_critic, no_critic.finetune_lr_critic) == (10, 4e-4)  # also while G finetunes
+    asked = resolve(RunConfig(n_critic=3, finetune_lr_critic=2e-3), [SourceInfo("s", 8, 28, 1, False, has_critic=False)])
+    assert (asked.n_critic, asked.lr_critic, asked.finetune_n_critic, asked.finetune_lr_critic) == (3, 4e-4, 3, 2e-3)  # what is set stays
     assert (resolve(RunConfig(n_critic=3, lr_critic=2e-4), [info]).finetune_n_critic,
             resolve(RunConfig(n_critic=3, lr_critic=2e-4), [info]).finetune_lr_critic) == (3, 2e-4)  # with its critic: the mining one's
     forced = resolve(RunConfig(critic_init="fresh", augment=POLICY, critic_warmup=3), [info])
@@ -136,11 +139,16 @@ def test_the_miners_learning_rate_follows_where_it_starts() -> None:
     assert mining and all(s.lr_miner == LR_MINER_IDENTITY for s in mining)  # plan() on an unresolved config too
 
 
-def test_a_generator_only_uploads_finetuning_gets_the_stronger_critic_and_mining_keeps_its_own() -> None:
+def test_a_generator_only_uploads_stages_get_the_stronger_critic_and_a_source_with_its_critic_appendix_as() -> None:
     from core.methods import plan
 
     run = resolve(RunConfig(method="minegan++"), [SourceInfo("s", 8, 28, 1, False, has_critic=False)])
     stages = {s.name: (s.n_critic, s.lr_critic) for s in plan(run)}
-    assert stages == {"warmup": (5, 1e-4), "mine": (5, 1e-4), "finetune": (10, 4e-4)}
+    assert stages == {"warmup": (10, 4e-4), "mine": (10, 4e-4), "finetune": (10, 4e-4)}
+    own = resolve(RunConfig(method="minegan++", finetune_n_critic=20), [SourceInfo("s", 8, 28, 1, False, has_critic=False)])
+    assert {s.name: (s.n_critic, s.lr_critic) for s in plan(own)}["finetune"] == (20, 4e-4)
     with_critic = {s.name: (s.n_critic, s.lr_critic) for s in plan(resolve(RunConfig(method="minegan++"), [SourceInfo("s", 8, 28, 1, False)]))}
     assert with_critic == {"mine": (5, 1e-4), "finetune": (5, 1e-4)}  # the paper's recipe
+    assert {s.name: (s.n_critic, s.lr_critic) for s in plan(RunConfig(method="minegan++"))} == with_critic  # unresolved: Appendix A's
+    with pytest.raises(MethodError, match="n_critic"):
+        RunConfig(n_critic=0).validate()
