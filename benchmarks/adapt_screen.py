@@ -173,7 +173,8 @@ def main() -> int:
                     _variant(name, json.loads(opts), source, target, mined, a.seed)
                 res.write_text(json.dumps(run))
             print(name, res.read_text(), flush=True)
-    rows = ["| finetuning variant (options) | KID (250 samples) | faces found (Haar, 200 samples) |" + (" job time |" if a.whole else ""),
+    rows = [f"| {'job' if a.whole else 'finetuning'} variant (options) | KID (250 samples) | faces found (Haar, 200 samples) |" +
+            (" job time |" if a.whole else ""),
             "|---|---|---|" + ("---|" if a.whole else "")]
     listed = VARIANTS if a.section == "adapt_screen" else a.variants
     for item in listed.split(";"):
@@ -198,8 +199,8 @@ def main() -> int:
     # the command that measures (a --report run rewrites the table from the cache)
     cmd = " ".join(["python benchmarks/adapt_screen.py", *(shlex.quote(x) for x in sys.argv[1:] if x != "--report")])
     how = ("every variant a whole job (warm-up, 200 mining and 100 finetuning steps, batch 16) at the service's defaults for "
-           "this generator-only upload with the variant's options set; the published model (keep_best's choice) is scored, "
-           "job time without the scoring" if a.whole else
+           "this generator-only upload with the variant's options set (two jobs at a time, one thread each); the published "
+           "model (keep_best's choice) is scored, job time without the scoring" if a.whole else
            "every variant finetuned for 100 steps from the same end-of-mining checkpoint (a variant's `n_critic` and `lr_critic` "
            "are its finetuning critic's, `finetune_n_critic` and `finetune_lr_critic` in a job); the published model is the last step")
     update_section(a.section, "\n".join([

@@ -51,7 +51,7 @@ ADAPT_AUTO: dict[str, dict[str, float]] = {
 # Appendix A's 5 updates at 1e-4 (Adam); a critic that starts fresh on a generator-only upload gets a stronger one, in
 # every stage. On the faces DCGAN a stronger critic while G finetunes took KID from 0.0457 to 0.0420 (100 finetuning steps
 # from one end-of-mining checkpoint: 10 updates at 4e-4; docs/faces.md, "A stronger critic while finetuning"), and the
-# same critic from the warm-up on, in whole jobs, from 0.0419 to 0.0385 with 62 % faces found against 59 % (docs/faces.md,
+# same critic from the warm-up on, in whole jobs, from 0.0419 to 0.0385 with 62 % faces found against 58 % (docs/faces.md,
 # "The critic from the start", seed 0; 1.5x the job time). The finetuning critic (finetune_n_critic, finetune_lr_critic)
 # follows the run's unless set.
 CRITIC_AUTO: dict[str, tuple[int, float]] = {"source": (5, 1e-4), "generator-only": (10, 4e-4)}
