@@ -35,9 +35,10 @@ from core import checkpoints, zoo  # noqa: E402
 from core import methods as engine  # noqa: E402
 from core.data import load_target_bytes  # noqa: E402
 from core.metrics import evaluate  # noqa: E402
-from core.options import DEFAULTS, RunConfig, resolve  # noqa: E402
+from core.options import CRITIC_AUTO, RunConfig, resolve  # noqa: E402
 
 OFF = {"g_ema": 0, "cdc_weight": 0, "r1_weight": 0, "lecam_weight": 0, "keep_best": "off"}
+PAPER_CRITIC = dict(zip(("n_critic", "lr_critic"), CRITIC_AUTO["source"]))  # Appendix A's: what the screens' mining ran
 VARIANTS = ('none={};ema99={"g_ema":0.99};ema995={"g_ema":0.995};ema999={"g_ema":0.999};lrg1e5={"lr_generator":1e-5};'
             'fl2={"finetune_layers":2};aug={"augment":"color,translation,cutout"};cdc100={"cdc_weight":100};'
             'cdc1000={"cdc_weight":1000};r1={"r1_weight":10};lecam={"lecam_weight":0.1};'
@@ -58,17 +59,17 @@ def _mined(source: zoo.SourceModel, target: torch.Tensor, seed: int, out: Path) 
     """The end-of-mining checkpoint every variant starts from (a run with nothing on, stopped after mining)."""
     path = out / f"mined-s{seed}.pt"
     if not path.exists():
-        cfg = RunConfig(method="minegan++", mining_steps=200, finetune_steps=0, batch_size=16, seed=seed, **OFF)
+        cfg = RunConfig(method="minegan++", mining_steps=200, finetune_steps=0, batch_size=16, seed=seed, **OFF, **PAPER_CRITIC)
         with tempfile.TemporaryDirectory() as tmp:
             engine.train(cfg, source, target, tmp, after_checkpoint=lambda p: shutil.copy(p, path) if p.name == "ckpt-250.pt" else None)
     return path
 
 
 def _variant(name: str, opts: dict, source: zoo.SourceModel, target: torch.Tensor, mined: Path, seed: int) -> dict:  # type: ignore[type-arg]
-    given = {**OFF, **opts}
+    given = {**OFF, **PAPER_CRITIC, **opts}
     # mining is the shared checkpoint, so a variant's n_critic and lr_critic are its finetuning critic's
-    given.setdefault("finetune_n_critic", given.get("n_critic", DEFAULTS.n_critic))
-    given.setdefault("finetune_lr_critic", given.get("lr_critic", DEFAULTS.lr_critic))
+    given.setdefault("finetune_n_critic", given["n_critic"])
+    given.setdefault("finetune_lr_critic", given["lr_critic"])
     cfg = RunConfig(method="minegan++", mining_steps=200, finetune_steps=100, batch_size=16, seed=seed, **given)
     with tempfile.TemporaryDirectory() as tmp:
         run = engine.mining_run(cfg, [source], target, Path(tmp), resolve(cfg, [source.info]))
@@ -107,8 +108,7 @@ def diagnose(source: zoo.SourceModel, target: torch.Tensor, mined: Path, seed: i
     from core.keep_best import pixel_mmd
     from core.nets import generate
 
-    cfg = RunConfig(method="minegan++", mining_steps=200, finetune_steps=100, batch_size=16, seed=seed, **OFF,
-                    finetune_n_critic=DEFAULTS.n_critic, finetune_lr_critic=DEFAULTS.lr_critic)  # the paper's finetuning critic
+    cfg = RunConfig(method="minegan++", mining_steps=200, finetune_steps=100, batch_size=16, seed=seed, **OFF, **PAPER_CRITIC)
     steps: dict[str, dict[str, float]] = {}
 
     def score(step: int, sample: object) -> None:

@@ -97,6 +97,8 @@ def main() -> int:
     ap.add_argument("--finetune-steps", type=int, default=40)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--n-critic", type=int, default=5)
+    ap.add_argument("--lr-critic", type=float, default=1e-4, help="the critic's learning rate (the tables were measured at "
+                    "Appendix A's 1e-4; 0: the service's auto)")
     ap.add_argument("--samples", type=int, default=500)
     ap.add_argument("--onnx", default="", help="also export the source to ONNX, upload it, compare its images with the state-dict "
                     "upload's on the same latents, and run this method (aug) on it")
@@ -168,7 +170,7 @@ def _run_job(c: Any, a: argparse.Namespace, method: str, variant: str, target_zi
     """One job through the API, its grid written to ``grid``, and its metrics on ``a.samples`` samples (seeds 123, ...).
     ``seed``: the job's own seed (its minibatches, latents and initial weights); None: the service's default."""
     spec = {"sources": [source_id], "method": method, "mining_steps": a.mining_steps, "finetune_steps": a.finetune_steps,
-            "batch_size": a.batch_size, "options": {"n_critic": a.n_critic, **VARIANTS[variant], **json.loads(a.options)}}
+            "batch_size": a.batch_size, "options": {"n_critic": a.n_critic, "lr_critic": a.lr_critic, **VARIANTS[variant], **json.loads(a.options)}}
     if seed is not None:
         spec["seed"] = seed
     t0 = time.time()

@@ -33,7 +33,7 @@ from core.data import load_mnist, load_target, write_mnist_zip  # noqa: E402
 from core.images import grid_png  # noqa: E402
 from core.methods import RunConfig, train  # noqa: E402
 from core.metrics import evaluate  # noqa: E402
-from core.options import AUTO_WARMUP  # noqa: E402
+from core.options import AUTO_WARMUP, CRITIC_AUTO  # noqa: E402
 
 # name -> options; "auto" rows use the service's defaults for a source without a critic
 OFF = {"g_ema": 0.0, "keep_best": "off"}  # the rows below the first fresh one keep their meaning: no adaptation
@@ -130,7 +130,7 @@ def write_doc(out: Path, a: argparse.Namespace, command: str, names: list[str]) 
         "",
         f"Command: `{command}` (2-core CPU). Target: 100 real test-split 9s (seed 0), as the main MNIST table. "
         f"{a.mining_steps} mining + {a.finetune_steps} finetuning steps; a warm-up adds its critic-only steps. "
-        f"DiffAugment: `color,translation,cutout`; warm-up: 50 steps of {RunConfig().n_critic} critic updates. "
+        f"DiffAugment: `color,translation,cutout`; warm-up: 50 steps of {CRITIC_AUTO['source'][0]} critic updates. "
         f"`--critic-init fresh` on this zoo source runs a {AUTO_WARMUP['source']}-step warm-up, no DiffAugment, Appendix A's "
         f"miner and `keep_best`; a generator-only upload gets a {AUTO_WARMUP['generator-only']}-step warm-up and the "
         "identity miner instead (`fresh + warm-up + identity miner`). Colour matching does not apply: the digits are one channel.",
