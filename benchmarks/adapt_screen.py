@@ -39,6 +39,7 @@ from core.options import CRITIC_AUTO, RunConfig, resolve  # noqa: E402
 
 OFF = {"g_ema": 0, "cdc_weight": 0, "r1_weight": 0, "lecam_weight": 0, "keep_best": "off"}
 PAPER_CRITIC = dict(zip(("n_critic", "lr_critic"), CRITIC_AUTO["source"]))  # Appendix A's: what the screens' mining ran
+MINER_AS_MEASURED = {"lr_miner": 4e-5}  # the identity miner's rate the finetuning screens ran (their shared mining checkpoint)
 VARIANTS = ('none={};ema99={"g_ema":0.99};ema995={"g_ema":0.995};ema999={"g_ema":0.999};lrg1e5={"lr_generator":1e-5};'
             'fl2={"finetune_layers":2};aug={"augment":"color,translation,cutout"};cdc100={"cdc_weight":100};'
             'cdc1000={"cdc_weight":1000};r1={"r1_weight":10};lecam={"lecam_weight":0.1};'
@@ -59,14 +60,14 @@ def _mined(source: zoo.SourceModel, target: torch.Tensor, seed: int, out: Path) 
     """The end-of-mining checkpoint every variant starts from (a run with nothing on, stopped after mining)."""
     path = out / f"mined-s{seed}.pt"
     if not path.exists():
-        cfg = RunConfig(method="minegan++", mining_steps=200, finetune_steps=0, batch_size=16, seed=seed, **OFF, **PAPER_CRITIC)
+        cfg = RunConfig(method="minegan++", mining_steps=200, finetune_steps=0, batch_size=16, seed=seed, **OFF, **PAPER_CRITIC, **MINER_AS_MEASURED)
         with tempfile.TemporaryDirectory() as tmp:
             engine.train(cfg, source, target, tmp, after_checkpoint=lambda p: shutil.copy(p, path) if p.name == "ckpt-250.pt" else None)
     return path
 
 
 def _variant(name: str, opts: dict, source: zoo.SourceModel, target: torch.Tensor, mined: Path, seed: int) -> dict:  # type: ignore[type-arg]
-    given = {**OFF, **PAPER_CRITIC, **opts}
+    given = {**OFF, **PAPER_CRITIC, **MINER_AS_MEASURED, **opts}
     # mining is the shared checkpoint, so a variant's n_critic and lr_critic are its finetuning critic's
     given.setdefault("finetune_n_critic", given["n_critic"])
     given.setdefault("finetune_lr_critic", given["lr_critic"])
@@ -108,7 +109,7 @@ def diagnose(source: zoo.SourceModel, target: torch.Tensor, mined: Path, seed: i
     from core.keep_best import pixel_mmd
     from core.nets import generate
 
-    cfg = RunConfig(method="minegan++", mining_steps=200, finetune_steps=100, batch_size=16, seed=seed, **OFF, **PAPER_CRITIC)
+    cfg = RunConfig(method="minegan++", mining_steps=200, finetune_steps=100, batch_size=16, seed=seed, **OFF, **PAPER_CRITIC, **MINER_AS_MEASURED)
     steps: dict[str, dict[str, float]] = {}
 
     def score(step: int, sample: object) -> None:

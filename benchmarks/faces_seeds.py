@@ -75,6 +75,8 @@ def main() -> int:
     ap.add_argument("--n-critic", type=int, default=5)
     ap.add_argument("--lr-critic", type=float, default=1e-4, help="the critic's learning rate (the tables were measured at "
                     "Appendix A's 1e-4; 0: the service's auto)")
+    ap.add_argument("--lr-miner", type=float, default=4e-5, help="the miner's learning rate where a row does not set it (the "
+                    "tables were measured at 4e-5; 0: the service's auto)")
     ap.add_argument("--samples", type=int, default=500)
     ap.add_argument("--sample-draws", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0)

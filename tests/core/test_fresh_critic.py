@@ -128,11 +128,11 @@ def test_finetune_layers_trains_only_the_last_weighted_layers_of_the_generator(m
 
 
 def test_the_miners_learning_rate_follows_where_it_starts() -> None:
-    """lr_miner 0 (auto): Appendix A's 4e-4 for Appendix A's miner, 4e-5 for the identity miner of a generator-only upload."""
+    """lr_miner 0 (auto): Appendix A's 4e-4 for Appendix A's miner, 1e-4 for the identity miner of a generator-only upload."""
     zoo_src, upload = SourceInfo("z", 8, 28, 1, False), SourceInfo("u", 8, 28, 3, False, has_critic=False)
     assert RunConfig().lr_miner == 0
     assert resolve(RunConfig(), [zoo_src]).lr_miner == LR_MINER_PAPER == 4e-4
-    assert resolve(RunConfig(), [upload]).lr_miner == LR_MINER_IDENTITY == 4e-5
+    assert resolve(RunConfig(), [upload]).lr_miner == LR_MINER_IDENTITY == 1e-4
     assert resolve(RunConfig(miner_init="paper"), [upload]).lr_miner == LR_MINER_PAPER
     assert resolve(RunConfig(lr_miner=1e-3), [upload]).lr_miner == 1e-3  # a rate given is kept
     mining = [s for s in plan(RunConfig(miner_init="identity")) if s.train_miner]
