@@ -175,7 +175,7 @@ def _report(a: argparse.Namespace, out: Path, target: torch.Tensor) -> None:
         f"Command: `{cmd}` ({datetime.date.today().isoformat()}, 2-core CPU, one thread per job). Every job: `POST /jobs` with "
         f"the method, {a.mining_steps} mining + {a.finetune_steps} finetuning steps (`mine`: {a.mining_steps + a.finetune_steps} "
         f"mining steps), batch {a.batch_size} and the seed; nothing else set. KID and FID: {a.samples} samples against the 100 "
-        "targets. Faces found: OpenCV's Haar cascade on the same {a.samples} samples. The same detector finds a face "
+        f"targets. Faces found: OpenCV's Haar cascade on the same {a.samples} samples. The same detector finds a face "
         f"in {100 * refs['source_faces']:.1f} % of {a.samples} samples of the source as uploaded, drawn the same way (on "
         f"five draws of 200: {', '.join(f'{100 * f:.1f}' for f in draws)} %), and in {100 * refs['target_faces']:.0f} % "
         "of the targets.", "", *lines, "",
