@@ -8,6 +8,7 @@ import time
 import pytest
 import torch
 
+from api import batching
 from api.batching import SampleBatcher
 from api.compute import CHUNK_VALUES, sample_on_loop
 from core.mining import MinedGenerator
@@ -134,12 +135,27 @@ def test_a_batch_holds_at_most_four_render_pieces() -> None:
     assert batcher.cap(5) == 20  # 64x64 RGB: 5 images a piece -> 20 a batch, not 128 on the event loop
 
 
-def test_batches_are_limited_to_the_size_that_costs_least_per_image() -> None:
+def test_batches_are_limited_to_the_size_that_costs_least_per_image(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Clock:
+        """api.batching's clock: a forward pass takes exactly its listed cost, whatever the machine's load (a pass that
+        slept its cost would also pay the scheduler's wake-up delay, which favours the larger batch)."""
+
+        now = 0.0
+
+        def perf_counter(self) -> float:
+            return self.now
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(time, name)
+
+    clock = Clock()
+    monkeypatch.setattr(batching, "time", clock)
+
     class Timed(MinedGenerator):
         cost: dict[int, float] = {}
 
         def decode(self, u: torch.Tensor) -> torch.Tensor:
-            time.sleep(self.cost.get(len(u), 0.0))  # sizes not listed: free (the invariance check's)
+            clock.now += self.cost.get(len(u), 0.0)  # sizes not listed: free (the invariance check's)
             return super().decode(u)
 
     src = tiny_source(width=4, z_dim=8)
