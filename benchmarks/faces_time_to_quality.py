@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks._doc import update_section  # noqa: E402
 from benchmarks.adapt_screen import _source  # noqa: E402
 from benchmarks.faces import _faces_zip  # noqa: E402
-from benchmarks.finetune_faces import DOC, IMG, face_rate  # noqa: E402
+from benchmarks.finetune_faces import DOC, IMG, face_rate, source_samples  # noqa: E402
 from core import methods as engine  # noqa: E402
 from core import zoo  # noqa: E402
 from core.data import load_target_bytes  # noqa: E402
@@ -158,11 +158,11 @@ def main() -> int:
 
 
 def _reference(a: argparse.Namespace, out: Path, target: torch.Tensor) -> dict[str, Any]:
-    """The source as uploaded (no miner, no colour map; the same latents as the curves) and the targets' face rate."""
+    """The source as uploaded (finetune_faces.source_samples; for up to 250 samples the same latents as the curves) and
+    the targets' face rate."""
     path = out / f"reference-n{a.samples}.json"
     if not path.exists():
-        source = _source()
-        x = MinedGenerator(source.G.eval(), None, None).sample(a.samples, seed=123)
+        x = source_samples(a.samples)
         path.write_text(json.dumps({"source": scores(x, target), "target_faces": face_rate(target)}))
     ref: dict[str, Any] = json.loads(path.read_text())
     return ref

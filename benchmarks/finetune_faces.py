@@ -128,19 +128,24 @@ def main() -> int:
     return 0
 
 
+def source_samples(n: int, seed: int = 123) -> torch.Tensor:
+    """``n`` samples of the source as uploaded (its G on N(0, I) latents: no miner, no colour map), drawn as
+    ``_samples`` draws a job's: seeds 123, 124, ... (from ``seed``) of up to 250 each, so the k-th sample of a job and
+    of the source share a latent draw."""
+    from benchmarks.adapt_screen import _source
+    from core.mining import MinedGenerator
+
+    g = MinedGenerator(_source().G.eval(), None, None)
+    return torch.cat([g.sample(min(250, n - start), seed=seed + i) for i, start in enumerate(range(0, n, 250))])
+
+
 def _references(out: Path, target: torch.Tensor, n: int) -> dict[str, Any]:
-    """What the face rates compare with: the source as uploaded (its G on N(0, I) latents, no miner, no colour map) on
-    ``n`` samples drawn as a job's are (seeds 123, 124, ... of 250), the same source on five draws of 200 (seeds
-    123-127: how far a rate moves between draws), and the 100 targets."""
+    """What the face rates compare with: the source as uploaded on ``n`` samples (``source_samples``), on five draws
+    of 200 (seeds 123-127: how far a rate moves between draws), and the 100 targets."""
     path = out / f"references-n{n}.json"
     if not path.exists():
-        from benchmarks.adapt_screen import _source
-        from core.mining import MinedGenerator
-
-        g = MinedGenerator(_source().G.eval(), None, None)
-        x = torch.cat([g.sample(min(250, n - start), seed=123 + i) for i, start in enumerate(range(0, n, 250))])
-        path.write_text(json.dumps({"source_faces": face_rate(x),
-                                    "source_faces_draws": [face_rate(g.sample(200, seed=s)) for s in range(123, 128)],
+        draws = [face_rate(source_samples(200, seed=s)) for s in range(123, 128)]
+        path.write_text(json.dumps({"source_faces": face_rate(source_samples(n)), "source_faces_draws": draws,
                                     "target_faces": face_rate(target)}))
     refs: dict[str, Any] = json.loads(path.read_text())
     return refs
