@@ -133,7 +133,7 @@ def main() -> int:
                      f"{_spread([runs[s]['kid'] for s in seeds], '.4f')} | {', '.join(format(runs[s]['fid'], '.1f') for s in seeds)} | "
                      f"{_spread([runs[s]['fid'] for s in seeds], '.1f')} | {_spread([runs[s]['kmmd'] for s in seeds], '.4f')} |")
     text = "\n".join([
-        "## The faces rows across job seeds, and KID's sampling noise (issue 18)", "",
+        "### The faces rows across job seeds, and KID's sampling noise (issue 18)", "",
         f"Command: `python benchmarks/faces_seeds.py` (the jobs split over two processes with `--jobs`, `--threads 1`; 2-core "
         f"CPU, no GPU). The faces benchmark's setting: `gan-face-generate`'s generator uploaded without a critic, the 100 "
         f"LFW faces, {a.mining_steps} mining + {a.finetune_steps} finetuning steps (methods without a miner train for the "
