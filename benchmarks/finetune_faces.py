@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import functools
 import io
 import json
 import os
@@ -128,14 +129,19 @@ def main() -> int:
     return 0
 
 
-def source_samples(n: int, seed: int = 123) -> torch.Tensor:
-    """``n`` samples of the source as uploaded (its G on N(0, I) latents: no miner, no colour map), drawn as
-    ``_samples`` draws a job's: seeds 123, 124, ... (from ``seed``) of up to 250 each, so the k-th sample of a job and
-    of the source share a latent draw."""
+@functools.cache
+def _as_uploaded() -> Any:
     from benchmarks.adapt_screen import _source
     from core.mining import MinedGenerator
 
-    g = MinedGenerator(_source().G.eval(), None, None)
+    return MinedGenerator(_source().G.eval(), None, None)
+
+
+def source_samples(n: int, seed: int = 123) -> torch.Tensor:
+    """``n`` samples of the source as uploaded (its G on N(0, I) latents: no miner, no colour map; loaded once), drawn
+    as ``_samples`` draws a job's: seeds 123, 124, ... (from ``seed``) of up to 250 each, so the k-th sample of a job
+    and of the source share a latent draw."""
+    g = _as_uploaded()
     return torch.cat([g.sample(min(250, n - start), seed=seed + i) for i, start in enumerate(range(0, n, 250))])
 
 
