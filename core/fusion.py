@@ -122,6 +122,8 @@ class ProjectionCritic(nn.Module):
 
     def __init__(self, D: Critic, n_sources: int) -> None:
         super().__init__()
+        if not isinstance(D.fc, nn.Linear):
+            raise ValueError("the projection critic projects a whole-image critic's features, not a patch critic's")
         self.D = D
         self.embed = nn.Embedding(n_sources, D.fc.in_features)
         nn.init.zeros_(self.embed.weight)

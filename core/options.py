@@ -122,6 +122,9 @@ class RunConfig:
     critic_init: str = option("auto", "where the critic starts: the source's pretrained critic (source), random weights (fresh; "
                               "what a generator-only upload has), or auto: source when the source ships a critic, else fresh",
                               choices=CRITIC_INITS)
+    critic_patch: int = option(0, "a fresh critic that scores patches (Eq. PATCH, core/nets/gan.py): k > 0 averages the scores of "
+                               "a k x k map of patches (8 for 64px images: each sees 29 px), so it cannot judge the whole image's "
+                               "layout; 0: one score per image. Needs a fresh critic", ge=0, le=512)
     augment: str = option("", "DiffAugment policy on every critic input: a comma-separated list of color, translation, cutout "
                           "(e.g. color,translation,cutout); '' for none")
     colour_match: str = option("auto", "a closed-form colour transfer after the generator (core/colour.py), fitted to the targets' "
@@ -348,6 +351,15 @@ def resolve(cfg: RunConfig, sources: list[SourceInfo]) -> RunConfig:
     ``finetune_n_critic`` or ``finetune_lr_critic`` is set."""
     critic_from = sources[cfg.critic_source] if cfg.critic_source < len(sources) else sources[0]
     fresh = cfg.critic_init == "fresh" or (cfg.critic_init == "auto" and not critic_from.has_critic)
+    if cfg.critic_patch:
+        from core.nets.gan import patch_sizes
+
+        if not fresh:
+            raise MethodError("critic_patch needs a fresh critic (critic_init fresh, or a generator-only source): a "
+                              "pretrained critic scores whole images")
+        if cfg.critic_patch not in patch_sizes(critic_from.img_size):
+            raise MethodError(f"critic_patch for {critic_from.img_size}px images is one of "
+                              f"{', '.join(map(str, patch_sizes(critic_from.img_size)))} (the sizes of the critic's feature maps)")
     miner_init = cfg.miner_init if cfg.miner_init != "auto" else ("paper" if critic_from.has_critic else "identity")
     colour = cfg.colour_match
     if colour == "auto":

@@ -48,6 +48,7 @@ class CriticConfig:
     channels: int = 1
     width: int = 32
     n_classes: int = 0
+    patch: int = 0  # 0: one score per image; k: the mean of the scores of a k x k map of patches (Eq. PATCH)
 
 
 class Generator(nn.Module):
@@ -87,25 +88,45 @@ class Generator(nn.Module):
         return torch.tanh(self.ups(h))  # [N, C, H, W]
 
 
+def patch_sizes(img_size: int) -> list[int]:
+    """The feature-map sizes a critic's stride-2 stages pass through (64 -> [32, 16, 8, 4]): the ``patch`` values it takes."""
+    sizes, size = [], img_size
+    while size > 4:
+        size = (size + 1) // 2
+        sizes.append(size)
+    return sizes
+
+
 class Critic(nn.Module):
-    """D(x) or D(x, c) -> scalar score (WGAN critic, no normalisation layers)."""
+    """D(x) or D(x, c) -> scalar score (WGAN critic, no normalisation layers).
+
+    With ``cfg.patch`` = k the critic is a patch critic (PatchGAN's "Markovian discriminator", Isola et al., CVPR 2017,
+    Sec. 3.2.2): its stride-2 stages stop at the k x k feature map phi(x), a 1x1 convolution h scores every position,
+    each of which sees only a patch of the image (its receptive field: 29 px of 64 at k = 8), and the image's score is
+    their mean, so the critic can judge local texture but not the layout of the whole image:
+
+        D(x) = 1/k^2 sum_{i,j} h(phi(x))_{ij}                                                     (PATCH)
+    """
 
     def __init__(self, cfg: CriticConfig) -> None:
         super().__init__()
         self.cfg = cfg
         _stages(cfg.img_size)  # validates the size
+        if cfg.patch and cfg.patch not in patch_sizes(cfg.img_size):
+            raise ValueError(f"a patch critic of {cfg.img_size}px images scores a k x k map, k one of "
+                             f"{', '.join(map(str, patch_sizes(cfg.img_size)))}; got {cfg.patch}")
         layers: list[nn.Module] = []
         c_in = cfg.channels + cfg.n_classes
         size = cfg.img_size
         i = 0
-        while size > 4:  # 28->14->7->4, 32->16->8->4, 64->...->4
+        while size > max(4, cfg.patch):  # 28->14->7->4, 32->16->8->4, 64->...->4 (a patch critic stops at k)
             c_out = cfg.width * 2**i
             i += 1
             layers += [nn.Conv2d(c_in, c_out, 5, 2, 2), nn.LeakyReLU(0.2, True)]
             c_in = c_out
             size = (size + 1) // 2
         self.convs = nn.Sequential(*layers)
-        self.fc = nn.Linear(c_in * size * size, 1)
+        self.fc: nn.Module = nn.Conv2d(c_in, 1, 1) if cfg.patch else nn.Linear(c_in * size * size, 1)
 
     def features(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         if self.cfg.n_classes:
@@ -116,6 +137,9 @@ class Critic(nn.Module):
         return self.convs(x).flatten(1)  # [N, F]
 
     def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        if self.cfg.patch:  # Eq. PATCH: [N, F*k*k] -> [N, F, k, k] -> scores [N, 1, k, k] -> their mean [N]
+            h = self.features(x, c).view(x.shape[0], -1, self.cfg.patch, self.cfg.patch)
+            return self.fc(h).mean((1, 2, 3))
         return self.fc(self.features(x, c)).squeeze(1)  # [N]
 
     def layer_modules(self) -> list[nn.Module]:

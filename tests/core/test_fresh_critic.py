@@ -152,3 +152,38 @@ def test_a_generator_only_uploads_stages_get_the_stronger_critic_and_a_source_wi
     assert {s.name: (s.n_critic, s.lr_critic) for s in plan(RunConfig(method="minegan++"))} == with_critic  # unresolved: Appendix A's
     with pytest.raises(MethodError, match="n_critic"):
         RunConfig(n_critic=0).validate()
+
+
+def test_a_patch_critic_scores_the_mean_of_its_patch_map_by_hand() -> None:
+    """Eq. PATCH on a 32px critic stopped at its 8 x 8 map: every position scored by the 1x1 head, the image's score their
+    mean; each score depends on its patch alone (a change in one corner leaves the far corner's score as it was)."""
+    from core.nets import Critic, CriticConfig
+
+    torch.manual_seed(0)
+    D = Critic(CriticConfig(img_size=32, channels=3, width=4, patch=8))
+    assert [m.stride for m in D.convs if isinstance(m, torch.nn.Conv2d)] == [(2, 2), (2, 2)]  # 32 -> 16 -> 8, then the head
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        phi = D.convs(x)  # [2, 8, 8, 8]
+        w, b = D.fc.weight.view(-1), float(D.fc.bias)  # type: ignore[union-attr]
+        by_hand = [sum(float((phi[n, :, i, j] * w).sum()) + b for i in range(8) for j in range(8)) / 64 for n in range(2)]
+        assert torch.allclose(D(x), torch.tensor(by_hand), atol=1e-5)
+    y = x.clone()
+    y[:, :, :8, :8] += 1.0  # the top-left corner only
+    scores = lambda v: D.fc(D.convs(v))[:, 0].detach()  # noqa: E731  [2, 8, 8]
+    assert torch.equal(scores(x)[:, -1, -1], scores(y)[:, -1, -1]) and not torch.equal(scores(x)[:, 0, 0], scores(y)[:, 0, 0])
+    with pytest.raises(ValueError, match="one of 16, 8, 4"):
+        Critic(CriticConfig(img_size=32, channels=3, width=4, patch=5))
+
+
+def test_critic_patch_builds_a_fresh_patch_critic_and_is_refused_for_a_pretrained_one(target: torch.Tensor, tmp_path: Path) -> None:
+    src = _generator_only()
+    cfg = RunConfig(method="minegan++", critic_patch=7, critic_warmup=1, **TINY)
+    D = build_modules(resolve(cfg, [src.info]), src).D
+    assert D.cfg.patch == 7 and isinstance(D.fc, torch.nn.Conv2d)  # type: ignore[union-attr]
+    res = train(cfg, src, target, tmp_path / "run")
+    assert res.summary["steps"] == 4
+    with pytest.raises(MethodError, match="needs a fresh critic"):
+        resolve(RunConfig(method="minegan++", critic_patch=7), [tiny_source().info])  # ships its critic: auto keeps it
+    with pytest.raises(MethodError, match="one of 14, 7, 4"):
+        resolve(RunConfig(method="minegan++", critic_patch=8), [src.info])
