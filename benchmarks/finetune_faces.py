@@ -72,6 +72,17 @@ def _samples(c: Any, job_id: str, n: int) -> torch.Tensor:
     return torch.stack(parts)
 
 
+def _grid(a: argparse.Namespace, method: str, seed: int) -> Path:
+    """Where a job's 64-sample grid goes: docs/img for the defaults' table or a screen's section, else --out."""
+    if not a.set:
+        return IMG / f"finetune-{method}-s{seed}.png"
+    return IMG / f"{a.section}-{method}-s{seed}.png" if a.section else Path(a.out) / f"finetune-{method}-s{seed}.png"
+
+
+def _shown(path: Path) -> str:
+    return str(path.relative_to(DOC.parent)) if path.is_relative_to(DOC.parent) else str(path)
+
+
 def _run(c: Any, a: argparse.Namespace, method: str, seed: int, target_zip: bytes, target: torch.Tensor) -> dict[str, Any]:
     spec = {"sources": ["dcgan-faces"], "method": method, "mining_steps": a.mining_steps, "finetune_steps": a.finetune_steps,
             "batch_size": a.batch_size, "seed": seed, **({"options": json.loads(a.set)} if a.set else {})}
@@ -80,9 +91,9 @@ def _run(c: Any, a: argparse.Namespace, method: str, seed: int, target_zip: byte
     while (j := c.get(f"/jobs/{job['id']}").json())["status"] not in ("succeeded", "failed", "canceled"):
         time.sleep(10)
     assert j["status"] == "succeeded", j
-    img = Path(a.out) if a.set else IMG
-    img.mkdir(parents=True, exist_ok=True)
-    (img / f"finetune-{method}-s{seed}.png").write_bytes(c.get(f"/jobs/{job['id']}/sample?n=64&seed=0").content)
+    img = _grid(a, method, seed)
+    img.parent.mkdir(parents=True, exist_ok=True)
+    img.write_bytes(c.get(f"/jobs/{job['id']}/sample?n=64&seed=0").content)
     x = _samples(c, job["id"], a.samples)
     kept = (j.get("metrics") or {}).get("keep_best")
     return {**evaluate(x, target, ["kid", "fid"]), "faces": face_rate(x), "faces_n": len(x), "wall_s": round(time.time() - t0),
@@ -100,8 +111,12 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "finetune_faces"))
     ap.add_argument("--report", action="store_true", help="only write the table from what --out holds")
     ap.add_argument("--set", default="", help="JSON options every job sets beside method, steps, batch and seed (a screen "
-                    "around the defaults): the grids go to --out and the table is printed, not written to docs/")
+                    "around the defaults): the table goes to --section of docs/faces.md, or is only printed without one")
+    ap.add_argument("--section", default="", help="with --set: the docs/faces.md section the table is written to")
+    ap.add_argument("--title", default="", help="with --set and --section: the section's heading")
     a = ap.parse_args()
+    if a.section and not (a.set and a.title):
+        ap.error("--section goes with --set and --title")
     if a.threads:
         os.environ["OMP_NUM_THREADS"] = str(a.threads)
         torch.set_num_threads(a.threads)
@@ -167,7 +182,8 @@ def _report(a: argparse.Namespace, out: Path, target: torch.Tensor) -> None:
     for f in sorted(out.glob(f"*-{a.mining_steps}-{a.finetune_steps}.json")):
         method, seed = f.name.split("-s")[0], int(f.name.split("-s")[1].split("-")[0])
         rows.setdefault(method, []).append((seed, json.loads(f.read_text())))
-    lines = ["| method (service defaults) | seeds | KID per seed | KID median | FID median | faces found (Haar) per seed | "
+    label = f"service defaults + {a.set}" if a.set else "service defaults"
+    lines = [f"| method ({label}) | seeds | KID per seed | KID median | FID median | faces found (Haar) per seed | "
              "faces found, median | published candidate (keep_best) | job wall time |", "|---|---|---|---|---|---|---|---|---|"]
     for method, runs in rows.items():
         ms = [m for _, m in runs]
@@ -185,20 +201,20 @@ def _report(a: argparse.Namespace, out: Path, target: torch.Tensor) -> None:
     extra = [x for i, x in enumerate(extra) if x != "--jobs" and (i == 0 or extra[i - 1] != "--jobs")]
     cmd = " ".join(["python benchmarks/finetune_faces.py", "--jobs", jobs, *extra])
     text = "\n".join([
-        "### Finetuning at the service's defaults, 200 + 100 steps", "",
+        f"### {a.title}" if a.set else "### Finetuning at the service's defaults, 200 + 100 steps", "",
         f"Command: `{cmd}` ({datetime.date.today().isoformat()}, 2-core CPU, one thread per job). Every job: `POST /jobs` with "
         f"the method, {a.mining_steps} mining + {a.finetune_steps} finetuning steps (`mine`: {a.mining_steps + a.finetune_steps} "
-        f"mining steps), batch {a.batch_size} and the seed; {'and ' + a.set if a.set else 'nothing else set'}. KID and FID: "
+        f"mining steps), batch {a.batch_size} and the seed; {'the options `' + a.set + '`' if a.set else 'nothing else set'}. KID and FID: "
         f"{a.samples} samples against the 100 targets. Faces found: OpenCV's Haar cascade on the same {a.samples} samples. "
         "The same detector finds a face "
         f"in {100 * refs['source_faces']:.1f} % of {a.samples} samples of the source as uploaded, drawn the same way (on "
         f"five draws of 200: {', '.join(f'{100 * f:.1f}' for f in draws)} %), and in {100 * refs['target_faces']:.0f} % "
         "of the targets.", "", *lines, "",
-        *[f"`{method}`, seed {s}:\n\n![{method} seed {s}](img/finetune-{method}-s{s}.png)\n" for method, runs in rows.items()
-          for s, _ in runs[:1]],
+        *[f"`{method}`, seed {s}:\n\n![{method} seed {s}]({_shown(_grid(a, method, s))})\n"
+          for method, runs in rows.items() for s, _ in runs[:1]],
     ])
-    if not a.set:
-        update_section("finetune_faces", text, DOC)
+    if not a.set or a.section:
+        update_section(a.section or "finetune_faces", text, DOC)
     print(text)
 
 
