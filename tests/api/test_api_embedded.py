@@ -245,6 +245,8 @@ def test_register_refuses_jobs_without_a_fused_model(client: TestClient) -> None
     ({**TINY_SPEC, "sources": ["tiny-src", "tiny-src"]}, "at most once"),
     ({**TINY_SPEC, "sources": ["tiny-src", "tiny-b"], "options": {"critic_source": 2}}, "critic_source"),
     ({**TINY_SPEC, "options": {"selection": "mean"}}, "selection"),
+    ({**TINY_SPEC, "options": {"critic_patch": 7}}, "critic_patch needs a fresh critic"),
+    ({**TINY_SPEC, "options": {"critic_patch": 8, "critic_init": "fresh"}}, "critic_patch for 28px images is one of 14, 7, 4"),
     ({**TINY_SPEC, "sources": ["tiny-src", "tiny-b"], "method": "fusion", "options": {"fusion_distill": -1}}, "fusion_distill"),
 ])
 def test_source_and_method_mismatches_are_422(client: TestClient, spec, msg: str) -> None:  # type: ignore[no-untyped-def]
