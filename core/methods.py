@@ -139,7 +139,7 @@ def build_modules(cfg: RunConfig, source: SourceModel | list[SourceModel]) -> Ga
         raise MethodError("method: scratch re-initialises the generator, which one read from a graph file (ONNX, .pt2) cannot be; "
                           "use a mining or finetuning method")
     G = new_like(source.G)
-    D = critic_like(source.D, fresh=cfg.method == "scratch" or cfg.critic_init == "fresh", patch=cfg.critic_patch)
+    D = critic_like(source.D, fresh=cfg.method == "scratch" or cfg.critic_init == "fresh", patch=max(cfg.critic_patch, 0))
     if cfg.method != "scratch":
         G.load_state_dict(source.G.state_dict())
     z = source.G.cfg.z_dim
@@ -163,7 +163,7 @@ def _build_family(cfg: RunConfig, sources: list[SourceModel]) -> MultiGanModules
         else:
             members.append((gi, -1))
             names.append(s.name)
-    D = critic_like(sources[cfg.critic_source].D, fresh=cfg.critic_init == "fresh", patch=cfg.critic_patch)
+    D = critic_like(sources[cfg.critic_source].D, fresh=cfg.critic_init == "fresh", patch=max(cfg.critic_patch, 0))
     Ms = nn.ModuleList(_new_miner(cfg, g0.z_dim) for _ in members)
     return MultiGanModules(G=Gs, D=unconditional_critic(D), M=Ms, z_dim=g0.z_dim, members=members, rule=cfg.selection,
                            member_names=names)
@@ -179,7 +179,7 @@ def _build_region_family(cfg: RunConfig, fused: SourceModel) -> MultiGanModules:
     names = [f"region:{n}" for n in fused.meta["fusion"]["sources"]]
     G = new_like(fused.G)
     G.load_state_dict(fused.G.state_dict())
-    D = critic_like(fused.D, fresh=cfg.critic_init == "fresh", patch=cfg.critic_patch)
+    D = critic_like(fused.D, fresh=cfg.critic_init == "fresh", patch=max(cfg.critic_patch, 0))
     Ms = nn.ModuleList(_new_miner(cfg, fused.G.cfg.z_dim) for _ in names)
     with torch.no_grad():
         for M, mu in zip(Ms, means):

@@ -71,11 +71,23 @@ LR_MINER_PAPER = 4e-4  # Appendix A (MNIST): Adam 4e-4
 # face rate trade ("Finetuning at the service's defaults", three job seeds each: 4e-5 KID 0.0372 with 59.5 % faces found
 # against the source's 64 %, 1e-4 KID 0.0415 with 65.6 %, the source's own rate); 1e-4 keeps the faces.
 LR_MINER_IDENTITY = 1e-4
+# Beside a patch critic (critic_patch, Eq. PATCH) the identity miner at 1e-4 concentrates on the source's clearest faces
+# and pays in KID (0.0508 with 79 % faces found on seed 0); at 3e-5 it keeps the whole-image critic's KID with more
+# faces (docs/faces.md, "A patch critic and a slower miner, three seeds": 0.0416, 69.6 %).
+LR_MINER_IDENTITY_PATCH = 3e-5
+# critic_patch auto, by image size: one generator-only upload (unconditional) mined and finetuned (PATCH_METHODS) gets a
+# patch critic where one was measured (the faces DCGAN, 64 px: docs/faces.md); every other run scores whole images (0).
+PATCH_AUTO: dict[int, int] = {64: 8}
+PATCH_METHODS = ("minegan", "minegan++")
 
 
 def miner_lr(cfg: RunConfig) -> float:
-    """``cfg.lr_miner``, or for 0 (auto) the rate for ``cfg.miner_init`` (resolved, or paper for auto)."""
-    return cfg.lr_miner or (LR_MINER_IDENTITY if cfg.miner_init == "identity" else LR_MINER_PAPER)
+    """``cfg.lr_miner``, or for 0 (auto) the rate for ``cfg.miner_init`` (resolved, or paper for auto) and the critic."""
+    if cfg.lr_miner:
+        return cfg.lr_miner
+    if cfg.miner_init != "identity":
+        return LR_MINER_PAPER
+    return LR_MINER_IDENTITY_PATCH if cfg.critic_patch > 0 else LR_MINER_IDENTITY
 
 
 def option(default: Any, help: str = "", *, ge: float | None = None, gt: float | None = None, le: float | None = None,
@@ -122,9 +134,10 @@ class RunConfig:
     critic_init: str = option("auto", "where the critic starts: the source's pretrained critic (source), random weights (fresh; "
                               "what a generator-only upload has), or auto: source when the source ships a critic, else fresh",
                               choices=CRITIC_INITS)
-    critic_patch: int = option(0, "a fresh critic that scores patches (Eq. PATCH, core/nets/gan.py): k > 0 averages the scores of "
+    critic_patch: int = option(-1, "a fresh critic that scores patches (Eq. PATCH, core/nets/gan.py): k > 0 averages the scores of "
                                "a k x k map of patches (8 for 64px images: each sees 29 px), so it cannot judge the whole image's "
-                               "layout; 0: one score per image. Needs a fresh critic", ge=0, le=512)
+                               "layout; 0: one score per image. Needs a fresh critic. -1 (auto): 8 for minegan and minegan++ on a "
+                               "generator-only upload of 64px images (PATCH_AUTO), else 0", ge=-1, le=512)
     augment: str = option("", "DiffAugment policy on every critic input: a comma-separated list of color, translation, cutout "
                           "(e.g. color,translation,cutout); '' for none")
     colour_match: str = option("auto", "a closed-form colour transfer after the generator (core/colour.py), fitted to the targets' "
@@ -345,13 +358,18 @@ def resolve(cfg: RunConfig, sources: list[SourceInfo]) -> RunConfig:
     a zoo source keeps it, also with ``critic_init`` fresh (it reached 8.2 % error on mnist-no-9 -> 9 there, the
     identity 13.6 %). Colour matching is on for colour images from one unconditional generator (not for ``scratch``,
     whose generator has no colours to start from); band matching, when auto, goes with it for the methods in
-    ``BAND_METHODS``. The miner's learning rate,
-    when auto, follows where the miner starts (``miner_lr``). The critic's updates per step and learning rate, when
-    auto, are ``CRITIC_AUTO``'s for the source; while G finetunes after mining it keeps them unless
-    ``finetune_n_critic`` or ``finetune_lr_critic`` is set."""
+    ``BAND_METHODS``. ``critic_patch``, when auto, gives minegan and minegan++ on one generator-only upload a patch
+    critic where ``PATCH_AUTO`` has one for the image size. The miner's learning rate, when auto, follows where the
+    miner starts and the critic (``miner_lr``). The critic's updates per step and learning rate, when auto, are
+    ``CRITIC_AUTO``'s for the source; while G finetunes after mining it keeps them unless ``finetune_n_critic`` or
+    ``finetune_lr_critic`` is set."""
     critic_from = sources[cfg.critic_source] if cfg.critic_source < len(sources) else sources[0]
     fresh = cfg.critic_init == "fresh" or (cfg.critic_init == "auto" and not critic_from.has_critic)
-    if cfg.critic_patch:
+    patch = cfg.critic_patch
+    if patch < 0:
+        measured = fresh and not critic_from.has_critic and cfg.method in PATCH_METHODS and _one_unconditional(cfg, sources)
+        patch = PATCH_AUTO.get(critic_from.img_size, 0) if measured else 0
+    elif patch:
         from core.nets.gan import patch_sizes
 
         if not fresh:
@@ -376,11 +394,11 @@ def resolve(cfg: RunConfig, sources: list[SourceInfo]) -> RunConfig:
                                        "finetune_lr_critic": cfg.finetune_lr_critic if cfg.finetune_lr_critic > 0 else lr_critic}
     return replace(cfg, critic_init="fresh" if fresh else "source", miner_init=miner_init, colour_match=colour, band_match=band, **adapt,
                    keep_best=keep, n_critic=n_critic, lr_critic=lr_critic, **finetune_critic,
-                   lr_miner=miner_lr(replace(cfg, miner_init=miner_init)),
+                   critic_patch=patch, lr_miner=miner_lr(replace(cfg, miner_init=miner_init, critic_patch=patch)),
                    critic_warmup=(AUTO_WARMUP[kind] if fresh else 0) if cfg.critic_warmup < 0 else cfg.critic_warmup)
 
 
-SOURCE_DEPENDENT = ("critic_init", "critic_warmup", "miner_init", "lr_miner", "colour_match", "band_match", "g_ema", "cdc_weight",
+SOURCE_DEPENDENT = ("critic_init", "critic_warmup", "critic_patch", "miner_init", "lr_miner", "colour_match", "band_match", "g_ema", "cdc_weight",
                     "r1_weight", "lecam_weight", "n_critic", "lr_critic", "finetune_n_critic", "finetune_lr_critic", "keep_best")
 
 

@@ -150,7 +150,8 @@ def job_run(job: Job, settings: Settings, sources: list[SourceInfo]) -> Prepared
     asked = run_config_from_spec(job.spec, settings)
     if job.run is None:
         return asked
-    stored = replace(RunConfig.from_json(job.run), checkpoint_every=settings.checkpoint_every)
+    # critic_patch was 0 (whole images) before it had an auto: a run stored without it keeps that
+    stored = replace(RunConfig.from_json({"critic_patch": 0, **job.run}), checkpoint_every=settings.checkpoint_every)
     return PreparedRun(asked, resolve(stored, sources))
 
 

@@ -229,6 +229,10 @@ def test_a_job_stores_its_prepared_run_and_the_worker_runs_that(client: TestClie
     assert job_run(row, svc.settings, srcs) == made.asked
     row.run = {k: v for k, v in run.items() if k != "keep_best"}  # stored by a version without keep_best: resolved here
     assert job_run(row, svc.settings, srcs).run.keep_best == want.keep_best == "off"  # type: ignore[union-attr]
+    upload = [SourceInfo("upload", 100, 64, 3, False, has_critic=False)]  # where critic_patch auto is 8 today
+    row.run = {k: v for k, v in prepare(config_from_spec(job["spec"]), upload).run.as_json().items() if k != "critic_patch"}
+    assert job_run(row, svc.settings, upload).run.critic_patch == 0  # type: ignore[union-attr]  # stored before its auto
+    assert prepare(config_from_spec(job["spec"]), upload).run.critic_patch == 8
 
 def test_register_refuses_jobs_without_a_fused_model(client: TestClient) -> None:
     done = wait_for(client, submit(client).json()["id"])

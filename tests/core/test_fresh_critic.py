@@ -9,7 +9,17 @@ import torch
 
 from core.augment import diff_augment, parse_policy
 from core.methods import RunConfig, build_modules, plan, train
-from core.options import ADAPT_AUTO, AUTO_WARMUP, CRITIC_AUTO, LR_MINER_IDENTITY, LR_MINER_PAPER, MethodError, SourceInfo, resolve
+from core.options import (
+    ADAPT_AUTO,
+    AUTO_WARMUP,
+    CRITIC_AUTO,
+    LR_MINER_IDENTITY,
+    LR_MINER_IDENTITY_PATCH,
+    LR_MINER_PAPER,
+    MethodError,
+    SourceInfo,
+    resolve,
+)
 from core.trainer import Stopped
 from core.zoo import SourceModel
 from tests.conftest import stop_after, tiny_source
@@ -53,7 +63,8 @@ def test_auto_follows_the_source_critic() -> None:
     info = SourceInfo("s", 8, 28, 1, False)
     assert resolve(RunConfig(), [info]) == RunConfig(critic_init="source", critic_warmup=0, miner_init="paper", colour_match="off",
                                                      band_match="off", lr_miner=4e-4, keep_best="off", n_critic=5, lr_critic=1e-4,
-                                                     finetune_n_critic=5, finetune_lr_critic=1e-4, **ADAPT_AUTO["source"])
+                                                     finetune_n_critic=5, finetune_lr_critic=1e-4, critic_patch=0,
+                                                     **ADAPT_AUTO["source"])
     no_critic = resolve(RunConfig(), [SourceInfo("s", 8, 28, 1, False, has_critic=False)])
     assert (no_critic.critic_init, no_critic.critic_warmup, no_critic.miner_init) == ("fresh", AUTO_WARMUP["generator-only"], "identity")
     assert (no_critic.keep_best, no_critic.g_ema) == ("on", ADAPT_AUTO["generator-only"]["g_ema"])  # a generator-only upload
@@ -187,3 +198,24 @@ def test_critic_patch_builds_a_fresh_patch_critic_and_is_refused_for_a_pretraine
         resolve(RunConfig(method="minegan++", critic_patch=7), [tiny_source().info])  # ships its critic: auto keeps it
     with pytest.raises(MethodError, match="one of 14, 7, 4"):
         resolve(RunConfig(method="minegan++", critic_patch=8), [src.info])
+
+
+def test_critic_patch_auto_gives_a_generator_only_64px_upload_a_patch_critic_and_a_slower_miner() -> None:
+    """critic_patch -1 (auto): 8 (PATCH_AUTO) and the miner at LR_MINER_IDENTITY_PATCH for minegan and minegan++ on a
+    generator-only 64px upload; whole images (0) for every other method, size or a source that ships its critic."""
+    upload64, zoo64 = SourceInfo("u", 100, 64, 3, False, has_critic=False), SourceInfo("z", 100, 64, 3, False)
+    assert RunConfig().critic_patch == -1
+    for method in ("minegan", "minegan++"):
+        run = resolve(RunConfig(method=method), [upload64])
+        assert (run.critic_patch, run.lr_miner) == (8, LR_MINER_IDENTITY_PATCH) == (8, 3e-5)
+    for method in ("mine", "transfergan"):
+        assert resolve(RunConfig(method=method), [upload64]).critic_patch == 0
+    assert resolve(RunConfig(method="mine"), [upload64]).lr_miner == LR_MINER_IDENTITY
+    assert resolve(RunConfig(), [SourceInfo("u", 8, 28, 3, False, has_critic=False)]).critic_patch == 0  # no size measured
+    assert resolve(RunConfig(critic_init="fresh"), [zoo64]).critic_patch == 0  # a source's critic replaced: the paper's
+    assert resolve(RunConfig(), [zoo64]).critic_patch == 0
+    assert resolve(RunConfig(), [upload64, SourceInfo("v", 100, 64, 3, False, has_critic=False)]).critic_patch == 0  # a family
+    off = resolve(RunConfig(critic_patch=0), [upload64])
+    assert (off.critic_patch, off.lr_miner) == (0, LR_MINER_IDENTITY)  # 0 is whole images, set or stored
+    assert resolve(RunConfig(critic_patch=8, lr_miner=1e-4), [upload64]).lr_miner == 1e-4  # a rate given is kept
+    assert resolve(RunConfig(critic_patch=16), [upload64]).critic_patch == 16
