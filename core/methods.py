@@ -259,11 +259,19 @@ def mining_run(cfg: RunConfig, sources: list[SourceModel], images: torch.Tensor,
                      data_rng=torch.Generator().manual_seed(cfg.seed + 1), offset=cfg.pre_steps, total_steps=concrete.total_steps,
                      hooks=hooks, extra=extra,
                      sparse=SparseConfig(cfg.sparse_top_fraction, cfg.sparse_min_weights), identity_defaults=DEFAULTS.as_json(),
-                     same_config=lambda a, b: _resolved_json(a, infos) == _resolved_json(b, infos), before_checkpoint=keeper)
+                     same_config=lambda saved, asked: _same_run(saved, asked, concrete, infos), before_checkpoint=keeper)
+
+
+def _same_run(saved: dict[str, Any], asked: dict[str, Any], concrete: RunConfig, infos: list[SourceInfo]) -> bool:
+    """Whether a checkpoint's config is this run's: it resolves for these sources as the config asked does, or as the
+    concrete run that trains does (a job stored by an earlier version whose asked default has since become "auto": its
+    stored run keeps the old value, and so do its checkpoints)."""
+    resolved = _resolved_json(saved, infos)
+    return resolved is not None and resolved in (_resolved_json(asked, infos), _resolved_json(concrete.as_json(), infos))
 
 
 def _resolved_json(config: dict[str, Any], infos: list[SourceInfo]) -> dict[str, Any] | None:
-    """A stored config as it resolves for these sources (None if it no longer parses): how checkpoints compare.
+    """A stored config as it resolves for these sources (None if it no longer parses): how checkpoints compare (_same_run).
     ``keep_best`` says what is published, not how training goes, so it is left out."""
     known = {f.name for f in OPTIONS}
     try:

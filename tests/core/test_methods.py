@@ -1,3 +1,4 @@
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -120,6 +121,27 @@ def test_resume_accepts_checkpoints_written_before_new_options_existed(source, t
         obj["config"].pop(key)
     checkpoints.save(obj, ckpt)
     assert train(cfg, source, target, tmp_path).summary["steps"] == 4
+
+
+def test_a_job_stored_before_its_default_became_auto_resumes_its_checkpoints(source, target, tmp_path: Path) -> None:
+    """A job submitted under an earlier version: its checkpoints and stored run hold that version's default (here a
+    critic warm-up of 1 step, explicit), while the same spec now asks "auto" (which resolves to 0 for this source). The
+    worker hands train the stored run (PreparedRun); it resumes the checkpoint and ends as the uninterrupted run."""
+    from core.options import PreparedRun, resolve
+
+    old = RunConfig(method="minegan", mining_steps=2, finetune_steps=2, batch_size=8, n_critic=1, checkpoint_every=1, critic_warmup=1)
+    asked = replace(old, critic_warmup=-1)
+    assert resolve(asked, [source.info]).critic_warmup == 0  # today's auto differs from the stored run
+    full = train(old, source, target, tmp_path / "full").model
+    calls = {"n": 0}
+    with pytest.raises(Stopped):
+        train(old, source, target, tmp_path / "cut", should_stop=lambda: (calls.__setitem__("n", calls["n"] + 1) or calls["n"] > 3))
+    assert [p.name for p in (tmp_path / "cut").glob("ckpt-*.pt")] == ["ckpt-3.pt"]
+    with pytest.raises(MethodError, match="different run configuration"):  # a run that trains otherwise still refuses it
+        train(PreparedRun(asked, resolve(replace(old, lr_generator=3e-4), [source.info])), source, target, tmp_path / "cut")
+    resumed = train(PreparedRun(asked, resolve(old, [source.info])), source, target, tmp_path / "cut").model
+    for a, b in zip(full.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("sources", [1, 2])
