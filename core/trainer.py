@@ -53,7 +53,7 @@ class StageConfig:
     train_generator: bool
     sparse: bool = False  # S^3 on the critic (Eq. 11-14)
     freeze_critic_layers: int = 0  # FreezeD: number of lowest critic layers kept fixed
-    finetune_layers: int = DEFAULTS.finetune_layers  # weighted G layers that learn, counted back from the output (0: all)
+    finetune_layers: int = 0  # weighted G layers that learn, counted back from the output (0: all)
     n_critic: int = CRITIC_AUTO["source"][0]  # Appendix A
     batch_size: int = DEFAULTS.batch_size
     lr_miner: float = LR_MINER_PAPER

@@ -25,6 +25,7 @@ def zoo_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     write_tiny_zoo(d, "tiny-a")
     write_tiny_zoo(d, "tiny-b")
     monkeypatch.setattr("core.zoo.WEIGHTS_DIR", d)
+    monkeypatch.setenv("MINEGAN_MODELS_DIR", str(tmp_path / "models"))  # what a test registers stays in it
     return d
 
 
@@ -35,7 +36,7 @@ def test_train_sample_and_errors(zoo_dir: Path, tmp_path: Path, capsys: pytest.C
     out = capsys.readouterr()
     summary = json.loads(out.out.strip().splitlines()[-1])
     assert summary["method"] == "minegan" and summary["steps"] == 3
-    assert "auto for tiny-a: critic_init source, critic_warmup 0, critic_patch 0, miner_init paper" in out.err  # what the autos became
+    assert "auto for tiny-a: critic_init source, critic_warmup 0, critic_patch 0, finetune_layers 0, miner_init paper" in out.err  # the autos
     assert main(["sample", str(tmp_path / "r"), "-n", "4", "-o", str(tmp_path / "g.png")]) == 0
     assert Image.open(tmp_path / "g.png").size == (2 * 30 + 2, 2 * 30 + 2)
     assert main(["sample", str(tmp_path / "r"), "-n", "3", "--format", "zip", "-o", str(tmp_path / "s.zip")]) == 0

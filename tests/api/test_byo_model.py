@@ -66,7 +66,8 @@ def test_upload_a_dcgan_and_mine_it(client: TestClient) -> None:
     assert (defaults["critic_init"], defaults["critic_warmup"], defaults["g_ema"], defaults["keep_best"]) == ("fresh", 50, 0.995, "on")
     critic = [defaults[k] for k in ("n_critic", "lr_critic", "finetune_n_critic", "finetune_lr_critic")]
     assert critic == [10, 4e-4, 10, 4e-4]  # a stronger critic, in every stage
-    assert (defaults["critic_patch"], defaults["lr_miner"]) == (8, 3e-5)  # 64 px, minegan++: a patch critic, a slower miner
+    assert (defaults["critic_patch"], defaults["finetune_layers"], defaults["lr_miner"]) == (8, 3, 3e-5)
+    # 64 px, minegan++: a patch critic, G's last 3 layers learn, a slower miner
     assert "my-dcgan" in {m["id"] for m in client.get("/models").json()}
     spec = {"sources": ["my-dcgan"], "method": "minegan", "mining_steps": 2, "finetune_steps": 2, "batch_size": 8,
             "options": {"n_critic": 1, "critic_warmup": 2}}  # no critic shipped: a fresh one, DiffAugment (auto), 2 warm-up steps

@@ -13,6 +13,7 @@ from core.options import (
     ADAPT_AUTO,
     AUTO_WARMUP,
     CRITIC_AUTO,
+    FINETUNE_LAYERS_PATCH,
     LR_MINER_IDENTITY,
     LR_MINER_IDENTITY_PATCH,
     LR_MINER_PAPER,
@@ -63,7 +64,7 @@ def test_auto_follows_the_source_critic() -> None:
     info = SourceInfo("s", 8, 28, 1, False)
     assert resolve(RunConfig(), [info]) == RunConfig(critic_init="source", critic_warmup=0, miner_init="paper", colour_match="off",
                                                      band_match="off", lr_miner=4e-4, keep_best="off", n_critic=5, lr_critic=1e-4,
-                                                     finetune_n_critic=5, finetune_lr_critic=1e-4, critic_patch=0,
+                                                     finetune_n_critic=5, finetune_lr_critic=1e-4, critic_patch=0, finetune_layers=0,
                                                      **ADAPT_AUTO["source"])
     no_critic = resolve(RunConfig(), [SourceInfo("s", 8, 28, 1, False, has_critic=False)])
     assert (no_critic.critic_init, no_critic.critic_warmup, no_critic.miner_init) == ("fresh", AUTO_WARMUP["generator-only"], "identity")
@@ -219,3 +220,18 @@ def test_critic_patch_auto_gives_a_generator_only_64px_upload_a_patch_critic_and
     assert (off.critic_patch, off.lr_miner) == (0, LR_MINER_IDENTITY)  # 0 is whole images, set or stored
     assert resolve(RunConfig(critic_patch=8, lr_miner=1e-4), [upload64]).lr_miner == 1e-4  # a rate given is kept
     assert resolve(RunConfig(critic_patch=16), [upload64]).critic_patch == 16
+
+
+def test_finetune_layers_auto_keeps_gs_early_layers_beside_a_patch_critic_only() -> None:
+    """finetune_layers -1 (auto): FINETUNE_LAYERS_PATCH (3) wherever the critic scores patches, all layers (0) otherwise;
+    a value set is kept."""
+    upload64, zoo64 = SourceInfo("u", 100, 64, 3, False, has_critic=False), SourceInfo("z", 100, 64, 3, False)
+    assert RunConfig().finetune_layers == -1
+    for method in ("minegan", "minegan++"):
+        assert resolve(RunConfig(method=method), [upload64]).finetune_layers == FINETUNE_LAYERS_PATCH == 3
+    assert resolve(RunConfig(method="transfergan"), [upload64]).finetune_layers == 0  # whole images: every layer learns
+    assert resolve(RunConfig(critic_patch=0), [upload64]).finetune_layers == 0
+    assert resolve(RunConfig(), [zoo64]).finetune_layers == 0
+    assert resolve(RunConfig(critic_init="fresh", critic_patch=8), [zoo64]).finetune_layers == 3  # a patch critic asked for
+    assert resolve(RunConfig(finetune_layers=0), [upload64]).finetune_layers == 0
+    assert resolve(RunConfig(finetune_layers=2), [upload64]).finetune_layers == 2
