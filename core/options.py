@@ -79,7 +79,7 @@ LR_MINER_IDENTITY_PATCH = 3e-5
 # patch critic where one was measured (the faces DCGAN, 64 px: docs/faces.md); every other run scores whole images (0).
 PATCH_AUTO: dict[int, int] = {64: 8}
 PATCH_METHODS = ("minegan", "minegan++")
-# finetune_layers auto: beside a patch critic only the last 3 weighted layers of G learn (FreezeG, Mo et al. 2020): the
+# finetune_layers auto: beside a patch critic only the last 3 weighted layers of G learn (FreezeG: G's first layers fixed): the
 # patch critic does not judge the layout the early layers draw. On the faces DCGAN, against every layer learning, over the
 # same three job seeds: KID 0.0383, 0.0401, 0.0406 (median 0.0401) against 0.0405, 0.0427, 0.0416 (0.0416), faces found
 # 66.2 % against 69.6 % (the source: 65.6 %), FID 85.4 against 84.8 (docs/faces.md, the defaults' table). Without a
@@ -408,8 +408,8 @@ def resolve(cfg: RunConfig, sources: list[SourceInfo]) -> RunConfig:
 
 
 SOURCE_DEPENDENT = ("critic_init", "critic_warmup", "critic_patch", "finetune_layers", "miner_init", "lr_miner", "colour_match", "band_match",
-                    "g_ema", "cdc_weight",
-                    "r1_weight", "lecam_weight", "n_critic", "lr_critic", "finetune_n_critic", "finetune_lr_critic", "keep_best")
+                    "g_ema", "cdc_weight", "r1_weight", "lecam_weight", "n_critic", "lr_critic", "finetune_n_critic", "finetune_lr_critic",
+                    "keep_best")
 
 
 def source_defaults(info: SourceInfo) -> dict[str, Any]:
