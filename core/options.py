@@ -82,10 +82,16 @@ PATCH_METHODS = ("minegan", "minegan++")
 # finetune_layers auto: beside a patch critic only the last 3 weighted layers of G learn (FreezeG: G's first layers fixed): the
 # patch critic does not judge the layout the early layers draw. On the faces DCGAN, against every layer learning, over the
 # same three job seeds: KID 0.0383, 0.0401, 0.0406 (median 0.0401) against 0.0405, 0.0427, 0.0416 (0.0416), faces found
-# 66.2 % against 69.6 % (the source: 65.6 %), FID 85.4 against 84.8 (docs/faces.md, the defaults' table). Without a
+# 66.2 % against 69.6 % (the source: 65.6 %), FID 85.4 against 84.8 (docs/faces.md, under the defaults' table). Without a
 # patch critic every layer learns (0): the fresh whole-image critic asks for a new layout, which the last layers alone
 # can only paint over (KID 0.1078 with 2 layers; "The finetuning mechanisms, one at a time").
 FINETUNE_LAYERS_PATCH = 3
+# g_ema auto beside a patch critic (Eq. EMA): a shorter average than ADAPT_AUTO's generator-only 0.995, so the published
+# G keeps more of what the last FINETUNE_LAYERS_PATCH layers learned. On the faces DCGAN, over the same three job seeds:
+# KID 0.0370, 0.0361, 0.0363 (median 0.0363) against 0.0383, 0.0401, 0.0406 (0.0401) at 0.995, FID 83.7 against 85.4,
+# faces found 66.0 % against 66.2 % (the source: 65.6 %) (docs/faces.md, the defaults' table and "Around FreezeG").
+# 0.99 lowers KID further and, on seed 0, the face rate below the source's (63.0 %).
+G_EMA_PATCH = 0.9925
 
 
 def miner_lr(cfg: RunConfig) -> float:
@@ -156,7 +162,8 @@ class RunConfig:
                              "where it measured no better (docs/faces.md)", choices=COLOUR_MATCH)
     # few-shot adaptation (core/adapt.py); -1 (auto): ADAPT_AUTO's value for the source (with or without its critic)
     g_ema: float = option(-1.0, "decay of an exponential moving average of G's weights while G learns (Eq. EMA, StyleGAN's G_ema), "
-                          "published as the generator; 0: off; -1 (auto): see ADAPT_AUTO", ge=-1, le=0.9999, methods=FINETUNE_METHODS)
+                          "published as the generator; 0: off; -1 (auto): see ADAPT_AUTO, and G_EMA_PATCH beside a patch critic",
+                          ge=-1, le=0.9999, methods=FINETUNE_METHODS)
     cdc_weight: float = option(-1.0, "weight of the cross-domain correspondence term (CDC, Ojha et al. 2021, Eq. 3-4) that keeps "
                                "the pairwise similarities of a batch as the source G drew it; 0: off; -1 (auto)", ge=-1, le=10_000,
                                methods=FINETUNE_METHODS)
@@ -367,7 +374,7 @@ def resolve(cfg: RunConfig, sources: list[SourceInfo]) -> RunConfig:
     whose generator has no colours to start from); band matching, when auto, goes with it for the methods in
     ``BAND_METHODS``. ``critic_patch``, when auto, gives minegan and minegan++ on one generator-only upload a patch
     critic where ``PATCH_AUTO`` has one for the image size, and beside a patch critic only ``FINETUNE_LAYERS_PATCH`` of G's
-    layers learn. The miner's learning rate, when auto, follows where the
+    layers learn and ``g_ema`` is ``G_EMA_PATCH``. The miner's learning rate, when auto, follows where the
     miner starts and the critic (``miner_lr``). The critic's updates per step and learning rate, when auto, are
     ``CRITIC_AUTO``'s for the source; while G finetunes after mining it keeps them unless ``finetune_n_critic`` or
     ``finetune_lr_critic`` is set."""
@@ -396,6 +403,8 @@ def resolve(cfg: RunConfig, sources: list[SourceInfo]) -> RunConfig:
     kind = "source" if critic_from.has_critic else "generator-only"
     auto = ADAPT_AUTO[kind]
     adapt: dict[str, Any] = {k: v if getattr(cfg, k) < 0 else getattr(cfg, k) for k, v in auto.items()}
+    if patch and cfg.g_ema < 0:
+        adapt["g_ema"] = G_EMA_PATCH
     keep = cfg.keep_best if cfg.keep_best != "auto" else ("on" if fresh else "off")
     n_critic, lr_critic = critic_rate(cfg, kind)
     finetune_critic: dict[str, Any] = {"finetune_n_critic": cfg.finetune_n_critic if cfg.finetune_n_critic > 0 else n_critic,

@@ -82,7 +82,7 @@ def _options_table() -> list[str]:
 
 
 def _auto() -> list[str]:
-    from core.options import ADAPT_AUTO, DEFAULTS, SOURCE_DEPENDENT, SourceInfo, resolve, source_defaults
+    from core.options import ADAPT_AUTO, DEFAULTS, G_EMA_PATCH, SOURCE_DEPENDENT, SourceInfo, resolve, source_defaults
 
     rule = inspect.cleandoc(resolve.__doc__ or "").replace("``", "`")
     zoo = SourceInfo("zoo", z_dim=100, img_size=28, channels=1, conditional=False, has_critic=True)
@@ -111,6 +111,8 @@ def _auto() -> list[str]:
         "| source | " + " | ".join(f"`{k}`" for k in next(iter(ADAPT_AUTO.values()))) + " |",
         "|---|" + "---|" * len(next(iter(ADAPT_AUTO.values()))),
         *(f"| {kind} | " + " | ".join(_number(v) for v in values.values()) + " |" for kind, values in ADAPT_AUTO.items()),
+        "",
+        f"Beside a patch critic (`critic_patch` > 0 once resolved) `g_ema`'s auto is `G_EMA_PATCH`, {_number(G_EMA_PATCH)}.",
     ]
     return lines
 

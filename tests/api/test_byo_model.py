@@ -63,11 +63,11 @@ def test_upload_a_dcgan_and_mine_it(client: TestClient) -> None:
     defaults = body.pop("job_defaults")  # a generator-only upload: G_ema, the best candidate, a fresh critic with a warm-up
     assert body == {"id": "my-dcgan", "resolution": 64, "channels": 3, "conditional": False, "n_classes": 0, "z_dim": 16,
                     "description": "tiny", "origin": "upload", "critic": False}
-    assert (defaults["critic_init"], defaults["critic_warmup"], defaults["g_ema"], defaults["keep_best"]) == ("fresh", 50, 0.995, "on")
+    assert (defaults["critic_init"], defaults["critic_warmup"], defaults["keep_best"]) == ("fresh", 50, "on")
     critic = [defaults[k] for k in ("n_critic", "lr_critic", "finetune_n_critic", "finetune_lr_critic")]
     assert critic == [10, 4e-4, 10, 4e-4]  # a stronger critic, in every stage
-    assert (defaults["critic_patch"], defaults["finetune_layers"], defaults["lr_miner"]) == (8, 3, 3e-5)
-    # 64 px, minegan++: a patch critic, G's last 3 layers learn, a slower miner
+    assert (defaults["critic_patch"], defaults["finetune_layers"], defaults["lr_miner"], defaults["g_ema"]) == (8, 3, 3e-5, 0.9925)
+    # 64 px, minegan++: a patch critic, G's last 3 layers learn, a slower miner, a shorter moving average of G
     assert "my-dcgan" in {m["id"] for m in client.get("/models").json()}
     spec = {"sources": ["my-dcgan"], "method": "minegan", "mining_steps": 2, "finetune_steps": 2, "batch_size": 8,
             "options": {"n_critic": 1, "critic_warmup": 2}}  # no critic shipped: a fresh one, DiffAugment (auto), 2 warm-up steps

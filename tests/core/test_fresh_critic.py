@@ -14,6 +14,7 @@ from core.options import (
     AUTO_WARMUP,
     CRITIC_AUTO,
     FINETUNE_LAYERS_PATCH,
+    G_EMA_PATCH,
     LR_MINER_IDENTITY,
     LR_MINER_IDENTITY_PATCH,
     LR_MINER_PAPER,
@@ -235,3 +236,19 @@ def test_finetune_layers_auto_keeps_gs_early_layers_beside_a_patch_critic_only()
     assert resolve(RunConfig(critic_init="fresh", critic_patch=8), [zoo64]).finetune_layers == 3  # a patch critic asked for
     assert resolve(RunConfig(finetune_layers=0), [upload64]).finetune_layers == 0
     assert resolve(RunConfig(finetune_layers=2), [upload64]).finetune_layers == 2
+
+
+def test_g_ema_auto_is_shorter_beside_a_patch_critic_only() -> None:
+    """g_ema -1 (auto): G_EMA_PATCH (0.9925) wherever the critic scores patches, ADAPT_AUTO's value otherwise; a value
+    set is kept."""
+    upload64, zoo64 = SourceInfo("u", 100, 64, 3, False, has_critic=False), SourceInfo("z", 100, 64, 3, False)
+    assert G_EMA_PATCH == 0.9925 < ADAPT_AUTO["generator-only"]["g_ema"] == 0.995
+    for method in ("minegan", "minegan++"):
+        assert resolve(RunConfig(method=method), [upload64]).g_ema == G_EMA_PATCH
+    assert resolve(RunConfig(method="transfergan"), [upload64]).g_ema == 0.995  # whole images: the generator-only average
+    assert resolve(RunConfig(critic_patch=0), [upload64]).g_ema == 0.995
+    assert resolve(RunConfig(), [SourceInfo("u", 100, 28, 1, False, has_critic=False)]).g_ema == 0.995  # no patch critic at 28 px
+    assert resolve(RunConfig(), [zoo64]).g_ema == 0.0  # a source with its critic: the paper's recipe
+    assert resolve(RunConfig(critic_init="fresh", critic_patch=8), [zoo64]).g_ema == G_EMA_PATCH  # a patch critic asked for
+    assert resolve(RunConfig(g_ema=0.0), [upload64]).g_ema == 0.0
+    assert resolve(RunConfig(g_ema=0.999), [upload64]).g_ema == 0.999
